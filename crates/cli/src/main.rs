@@ -1,0 +1,3 @@
+fn main() {
+    println!("fracture: work in progress");
+}

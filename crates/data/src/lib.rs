@@ -1,0 +1,1 @@
+//! fracture-data (work in progress).

@@ -1,0 +1,1 @@
+//! fracture-layers (work in progress).

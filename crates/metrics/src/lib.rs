@@ -1,0 +1,1 @@
+//! fracture-metrics (work in progress).

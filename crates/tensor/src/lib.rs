@@ -1,0 +1,1 @@
+//! fracture-tensor (work in progress).

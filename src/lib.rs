@@ -1,0 +1,1 @@
+//! fracture-nn facade (work in progress).
