@@ -1,1 +1,24 @@
-//! fracture-metrics (work in progress).
+//! Classification metrics for fracture-nn, exact to scikit-learn.
+//!
+//! From labels and scores to the figures a radiologist or a reviewer reads: confusion matrix,
+//! accuracy, sensitivity, specificity, PPV/NPV, F1, Cohen's kappa, ROC and PR curves, ROC-AUC,
+//! average precision, operating points, bootstrap confidence intervals and a classification
+//! report. Nothing here depends on the tensor crates.
+//!
+//! # Conventions
+//! - **Positive = fractured.** Labels are `&[bool]` with `true` = fractured; class indices
+//!   (0 = fractured, 1 = not_fractured, the sorted folder names) convert with
+//!   [`positives_from_classes`].
+//! - **Scores** are P(fractured), one finite `f64` per sample; a sample is predicted fractured
+//!   when `score >= threshold`.
+//! - **Zero division** gives `0.0` (scikit-learn's `zero_division=0`); metrics undefined for the
+//!   input (ROC-AUC with one class, ...) return [`MetricsError`]. Bad input never panics.
+//!
+
+mod confusion;
+mod error;
+mod labels;
+
+pub use confusion::Confusion;
+pub use error::{MetricsError, Result};
+pub use labels::{positives_from_classes, CLASS_NAMES, FRACTURED, NOT_FRACTURED};
