@@ -18,7 +18,12 @@
 mod confusion;
 mod error;
 mod labels;
+mod pr;
+mod ranking;
+mod roc;
 
 pub use confusion::Confusion;
 pub use error::{MetricsError, Result};
 pub use labels::{positives_from_classes, CLASS_NAMES, FRACTURED, NOT_FRACTURED};
+pub use pr::{average_precision, pr_curve, PrCurve};
+pub use roc::{roc_auc, roc_curve, roc_curve_all_thresholds, RocCurve};
