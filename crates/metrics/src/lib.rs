@@ -15,15 +15,19 @@
 //!   input (ROC-AUC with one class, ...) return [`MetricsError`]. Bad input never panics.
 //!
 
+mod bootstrap;
 mod confusion;
 mod error;
 mod labels;
+mod operating_point;
 mod pr;
 mod ranking;
 mod roc;
 
+pub use bootstrap::{bootstrap_ci, BootstrapCi, Interval, BOOTSTRAP_LEVEL};
 pub use confusion::Confusion;
 pub use error::{MetricsError, Result};
 pub use labels::{positives_from_classes, CLASS_NAMES, FRACTURED, NOT_FRACTURED};
+pub use operating_point::{threshold_for_sensitivity, youden_threshold, OperatingPoint};
 pub use pr::{average_precision, pr_curve, PrCurve};
 pub use roc::{roc_auc, roc_curve, roc_curve_all_thresholds, RocCurve};
