@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::confusion::Confusion;
 use crate::error::Result;
+use crate::labels::{check_scored, check_threshold};
 use crate::pr::average_precision;
 use crate::roc::roc_auc;
 
@@ -81,6 +82,9 @@ impl BinaryReport {
     /// assert!(BinaryReport::new(&[true], &[0.5, 0.2], 0.5).is_err());
     /// ```
     pub fn new(labels_positive: &[bool], scores: &[f64], threshold: f64) -> Result<Self> {
+        const WHAT: &str = "BinaryReport::new";
+        check_scored(WHAT, labels_positive, scores)?;
+        check_threshold(WHAT, threshold)?;
         let c = Confusion::at_threshold(labels_positive, scores, threshold)?;
         let both = c.positives() > 0 && c.negatives() > 0;
         Ok(Self {
