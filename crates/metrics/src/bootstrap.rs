@@ -25,6 +25,9 @@ use crate::ranking::{mann_whitney_auc, RankedCounts};
 
 /// Confidence level of every interval produced here.
 pub const BOOTSTRAP_LEVEL: f64 = 0.95;
+/// Quantiles bounding the interval, written out: `(1.0 - 0.95) / 2.0` is not exactly 0.025.
+const LOWER_QUANTILE: f64 = 0.025;
+const UPPER_QUANTILE: f64 = 0.975;
 
 /// A point estimate with its bootstrap percentile interval.
 ///
@@ -177,11 +180,10 @@ pub fn bootstrap_ci(
                 });
             }
             values.sort_by(f64::total_cmp);
-            let tail = (1.0 - BOOTSTRAP_LEVEL) / 2.0;
             Ok(Interval {
                 estimate,
-                lower: percentile(&values, tail),
-                upper: percentile(&values, 1.0 - tail),
+                lower: percentile(&values, LOWER_QUANTILE),
+                upper: percentile(&values, UPPER_QUANTILE),
                 n_valid: values.len(),
             })
         };
@@ -217,6 +219,46 @@ mod tests {
         assert!((percentile(&v, 0.025) - 1.1).abs() < 1e-12);
         assert!((percentile(&v, 0.975) - 9.4).abs() < 1e-12);
         assert_eq!(percentile(&[5.0], 0.975), 5.0);
+    }
+
+    /// The O(n)-per-resample counting must equal the obvious route: materialise each resample
+    /// (same generator, same draws) and call the public metrics on it.
+    #[test]
+    fn equals_naive_resampling() {
+        let labels: Vec<bool> = (0..57).map(|i| (i * 5) % 7 < 3).collect();
+        let scores: Vec<f64> = (0..57).map(|i| ((i * 13) % 10) as f64 / 10.0).collect();
+        let (threshold, n_resamples, seed) = (0.4, 300, 99);
+        let ci = bootstrap_ci(&labels, &scores, threshold, n_resamples, seed).unwrap();
+
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut aucs, mut sens, mut specs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n_resamples {
+            let idx: Vec<usize> = (0..labels.len())
+                .map(|_| rng.gen_range(0..labels.len()))
+                .collect();
+            let l: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
+            let s: Vec<f64> = idx.iter().map(|&i| scores[i]).collect();
+            let c = Confusion::at_threshold(&l, &s, threshold).unwrap();
+            if c.positives() > 0 {
+                sens.push(c.sensitivity());
+            }
+            if c.negatives() > 0 {
+                specs.push(c.specificity());
+            }
+            if let Ok(auc) = crate::roc_auc(&l, &s) {
+                aucs.push(auc);
+            }
+        }
+        for (interval, mut values) in [
+            (ci.auc, aucs),
+            (ci.sensitivity, sens),
+            (ci.specificity, specs),
+        ] {
+            values.sort_by(f64::total_cmp);
+            assert_eq!(interval.n_valid, values.len());
+            assert_eq!(interval.lower, percentile(&values, 0.025));
+            assert_eq!(interval.upper, percentile(&values, 0.975));
+        }
     }
 
     #[test]
