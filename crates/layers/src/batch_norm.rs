@@ -1,0 +1,399 @@
+//! Batch normalisation over the channels of an NCHW tensor.
+//!
+//! Per channel `c`, over the `M = N*H*W` values of that channel:
+//! - training: `mean_c`, biased `var_c` of the batch; `y = gamma_c * (x - mean_c) /
+//!   sqrt(var_c + eps) + beta_c`; running statistics updated as
+//!   `r = (1 - momentum) * r + momentum * stat` with the **unbiased** variance `var_c * M / (M-1)`;
+//! - evaluation: the same with the running statistics in place of the batch's.
+//!
+//! Statistics are accumulated in f64, one channel per rayon task, each in a fixed order, so the
+//! result does not depend on the thread count.
+
+use fracture_tensor::Tensor4;
+use rayon::prelude::*;
+
+use crate::error::{LayersError, Result};
+use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+
+/// Configuration of a [`BatchNorm2d`] layer.
+///
+/// PyTorch equivalent: `nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)` (affine, tracking
+/// running statistics; `num_batches_tracked` is not kept).
+///
+/// ```
+/// let bn = fracture_layers::BatchNorm2dConfig::new(8).init().unwrap();
+/// assert_eq!(bn.running_var().value.as_slice(), &[1.0; 8]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchNorm2dConfig {
+    /// Channels `C` (default 1).
+    pub num_features: usize,
+    /// Added to the variance before the square root (default `1e-5`).
+    pub eps: f32,
+    /// Weight of the new batch statistic in the running average (default `0.1`).
+    pub momentum: f32,
+}
+
+impl Default for BatchNorm2dConfig {
+    fn default() -> Self {
+        BatchNorm2dConfig {
+            num_features: 1,
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+impl BatchNorm2dConfig {
+    /// `num_features` channels, PyTorch defaults otherwise.
+    pub fn new(num_features: usize) -> Self {
+        BatchNorm2dConfig {
+            num_features,
+            ..Default::default()
+        }
+    }
+
+    /// Builds the layer: `gamma = 1`, `beta = 0`, running mean 0 and variance 1.
+    pub fn init(&self) -> Result<BatchNorm2d> {
+        let c = self.num_features;
+        if c == 0 {
+            return Err(LayersError::config(
+                "BatchNorm2d",
+                "num_features must be positive",
+            ));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(LayersError::config(
+                "BatchNorm2d",
+                format!("eps must be positive and finite, got {}", self.eps),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(LayersError::config(
+                "BatchNorm2d",
+                format!("momentum must be in [0, 1], got {}", self.momentum),
+            ));
+        }
+        let ones = Tensor4::from_vec([c, 1, 1, 1], vec![1.0; c])?;
+        Ok(BatchNorm2d {
+            config: *self,
+            weight: Param::new(ones.clone(), &[c])?,
+            bias: Param::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+            running_mean: Buffer::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+            running_var: Buffer::new(ones, &[c])?,
+            cache: None,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct BnCache {
+    x_hat: Tensor4,
+    inv_std: Vec<f32>,
+    batch_stats: bool,
+}
+
+/// Batch normalisation: `[N, C, H, W] -> [N, C, H, W]`.
+///
+/// PyTorch equivalent: `nn.BatchNorm2d`. Parameters `weight` (gamma) and `bias` (beta), buffers
+/// `running_mean` and `running_var`, all of PyTorch shape `[C]` (stored `[C, 1, 1, 1]`).
+/// Training needs more than one value per channel (`N*H*W > 1`).
+///
+/// ```
+/// use fracture_layers::{BatchNorm2dConfig, Layer, Mode};
+/// use fracture_tensor::Tensor4;
+/// let mut bn = BatchNorm2dConfig::new(1).init().unwrap();
+/// let x = Tensor4::from_vec([2, 1, 1, 1], vec![1.0, 3.0]).unwrap();
+/// let y = bn.forward(&x, Mode::Train).unwrap();
+/// assert!((y.as_slice()[0] + 1.0).abs() < 1e-4 && (y.as_slice()[1] - 1.0).abs() < 1e-4);
+/// // running mean 0.9*0 + 0.1*2, running var 0.9*1 + 0.1*2 (unbiased variance of {1, 3})
+/// assert!((bn.running_mean().value.as_slice()[0] - 0.2).abs() < 1e-6);
+/// assert!((bn.running_var().value.as_slice()[0] - 1.1).abs() < 1e-6);
+/// ```
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    config: BatchNorm2dConfig,
+    weight: Param,
+    bias: Param,
+    running_mean: Buffer,
+    running_var: Buffer,
+    cache: Option<BnCache>,
+}
+
+impl BatchNorm2d {
+    /// The config it was built from.
+    pub fn config(&self) -> &BatchNorm2dConfig {
+        &self.config
+    }
+    /// Scale gamma, `[C]`.
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+    /// Mutable gamma.
+    pub fn weight_mut(&mut self) -> &mut Param {
+        &mut self.weight
+    }
+    /// Shift beta, `[C]`.
+    pub fn bias(&self) -> &Param {
+        &self.bias
+    }
+    /// Mutable beta.
+    pub fn bias_mut(&mut self) -> &mut Param {
+        &mut self.bias
+    }
+    /// Running mean, `[C]`.
+    pub fn running_mean(&self) -> &Buffer {
+        &self.running_mean
+    }
+    /// Mutable running mean.
+    pub fn running_mean_mut(&mut self) -> &mut Buffer {
+        &mut self.running_mean
+    }
+    /// Running (unbiased) variance, `[C]`.
+    pub fn running_var(&self) -> &Buffer {
+        &self.running_var
+    }
+    /// Mutable running variance.
+    pub fn running_var_mut(&mut self) -> &mut Buffer {
+        &mut self.running_var
+    }
+}
+
+/// The `N` planes (`H*W` values each) of channel `c`, in batch order.
+fn channel_planes(
+    data: &[f32],
+    n: usize,
+    c_total: usize,
+    hw: usize,
+    c: usize,
+) -> impl Iterator<Item = &[f32]> {
+    (0..n).map(move |i| &data[(i * c_total + c) * hw..(i * c_total + c + 1) * hw])
+}
+
+/// Batch mean and biased variance of every channel (two-pass, f64).
+fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
+    let [n, c_total, h, w] = x.shape();
+    let hw = h * w;
+    let m = (n * hw) as f64;
+    let data = x.as_slice();
+    (0..c_total)
+        .into_par_iter()
+        .map(|c| {
+            let mut sum = 0.0f64;
+            for plane in channel_planes(data, n, c_total, hw, c) {
+                sum += plane.iter().map(|&v| v as f64).sum::<f64>();
+            }
+            let mean = sum / m;
+            let mut sq = 0.0f64;
+            for plane in channel_planes(data, n, c_total, hw, c) {
+                sq += plane
+                    .iter()
+                    .map(|&v| {
+                        let d = v as f64 - mean;
+                        d * d
+                    })
+                    .sum::<f64>();
+            }
+            (mean, sq / m)
+        })
+        .collect()
+}
+
+impl Layer for BatchNorm2d {
+    fn kind(&self) -> &'static str {
+        "BatchNorm2d"
+    }
+
+    fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
+        let [n, c_total, h, w] = x.shape();
+        if c_total != self.config.num_features {
+            return Err(LayersError::shape(
+                "BatchNorm2d",
+                format!("input [N, {}, H, W]", self.config.num_features),
+                &x.shape(),
+            ));
+        }
+        let hw = h * w;
+        let m = n * hw;
+        let (mean, inv_std): (Vec<f32>, Vec<f32>) = if mode.is_training() {
+            if m < 2 {
+                return Err(LayersError::shape(
+                    "BatchNorm2d",
+                    "more than one value per channel in training mode (N*H*W > 1)",
+                    &x.shape(),
+                ));
+            }
+            let stats = batch_stats(x);
+            let mom = self.config.momentum as f64;
+            let unbias = m as f64 / (m - 1) as f64;
+            let rm = self.running_mean.value.as_slice_mut();
+            for (r, s) in rm.iter_mut().zip(&stats) {
+                *r = ((1.0 - mom) * *r as f64 + mom * s.0) as f32;
+            }
+            let rv = self.running_var.value.as_slice_mut();
+            for (r, s) in rv.iter_mut().zip(&stats) {
+                *r = ((1.0 - mom) * *r as f64 + mom * s.1 * unbias) as f32;
+            }
+            let eps = self.config.eps as f64;
+            stats
+                .iter()
+                .map(|&(mu, var)| (mu as f32, (1.0 / (var + eps).sqrt()) as f32))
+                .unzip()
+        } else {
+            let eps = self.config.eps as f64;
+            let mean = self.running_mean.value.as_slice().to_vec();
+            let inv_std = self
+                .running_var
+                .value
+                .as_slice()
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+                .collect();
+            (mean, inv_std)
+        };
+        let gamma = self.weight.value.as_slice();
+        let beta = self.bias.value.as_slice();
+        let mut y = Tensor4::zeros(x.shape());
+        let cache = mode.caches();
+        let mut x_hat = if cache {
+            Tensor4::zeros(x.shape())
+        } else {
+            Tensor4::zeros([0, 0, 0, 0])
+        };
+        if hw > 0 {
+            let xs = x.as_slice();
+            if cache {
+                y.as_slice_mut()
+                    .par_chunks_mut(hw)
+                    .zip(x_hat.as_slice_mut().par_chunks_mut(hw))
+                    .enumerate()
+                    .for_each(|(p, (yp, hp))| {
+                        let c = p % c_total;
+                        let xp = &xs[p * hw..(p + 1) * hw];
+                        let (mu, is, g, b) = (mean[c], inv_std[c], gamma[c], beta[c]);
+                        for ((yv, hv), &xv) in yp.iter_mut().zip(hp.iter_mut()).zip(xp) {
+                            let t = (xv - mu) * is;
+                            *hv = t;
+                            *yv = t * g + b;
+                        }
+                    });
+            } else {
+                y.as_slice_mut()
+                    .par_chunks_mut(hw)
+                    .enumerate()
+                    .for_each(|(p, yp)| {
+                        let c = p % c_total;
+                        let xp = &xs[p * hw..(p + 1) * hw];
+                        let scale = inv_std[c] * gamma[c];
+                        let shift = beta[c] - mean[c] * scale;
+                        for (yv, &xv) in yp.iter_mut().zip(xp) {
+                            *yv = xv * scale + shift;
+                        }
+                    });
+            }
+        }
+        self.cache = if cache {
+            Some(BnCache {
+                x_hat,
+                inv_std,
+                batch_stats: mode.is_training(),
+            })
+        } else {
+            None
+        };
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4> {
+        let cache = self.cache.take().ok_or(LayersError::NoForwardCache {
+            layer: "BatchNorm2d",
+        })?;
+        let shape = cache.x_hat.shape();
+        if dy.shape() != shape {
+            return Err(LayersError::shape(
+                "BatchNorm2d",
+                format!("upstream gradient of the input's shape {shape:?}"),
+                &dy.shape(),
+            ));
+        }
+        let [n, c_total, h, w] = shape;
+        let hw = h * w;
+        let m = (n * hw) as f64;
+        let xh = cache.x_hat.as_slice();
+        let dys = dy.as_slice();
+        // Per channel: sum(dy), sum(dy * x_hat).
+        let sums: Vec<(f64, f64)> = (0..c_total)
+            .into_par_iter()
+            .map(|c| {
+                let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                for (dp, hp) in channel_planes(dys, n, c_total, hw, c)
+                    .zip(channel_planes(xh, n, c_total, hw, c))
+                {
+                    for (&d, &hv) in dp.iter().zip(hp) {
+                        s1 += d as f64;
+                        s2 += d as f64 * hv as f64;
+                    }
+                }
+                (s1, s2)
+            })
+            .collect();
+        for (g, s) in self.weight.grad.as_slice_mut().iter_mut().zip(&sums) {
+            *g += s.1 as f32;
+        }
+        for (g, s) in self.bias.grad.as_slice_mut().iter_mut().zip(&sums) {
+            *g += s.0 as f32;
+        }
+        let gamma = self.weight.value.as_slice();
+        let mut dx = Tensor4::zeros(shape);
+        if hw > 0 {
+            let inv_std = &cache.inv_std;
+            let batch = cache.batch_stats;
+            dx.as_slice_mut()
+                .par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(p, dxp)| {
+                    let c = p % c_total;
+                    let k = gamma[c] * inv_std[c];
+                    let dyp = &dys[p * hw..(p + 1) * hw];
+                    if batch {
+                        // dx = gamma*inv_std * (dy - mean(dy) - x_hat * mean(dy*x_hat))
+                        let a = (sums[c].0 / m) as f32;
+                        let b = (sums[c].1 / m) as f32;
+                        let hp = &xh[p * hw..(p + 1) * hw];
+                        for ((o, &d), &hv) in dxp.iter_mut().zip(dyp).zip(hp) {
+                            *o = k * (d - a - hv * b);
+                        }
+                    } else {
+                        for (o, &d) in dxp.iter_mut().zip(dyp) {
+                            *o = k * d;
+                        }
+                    }
+                });
+        }
+        Ok(dx)
+    }
+
+    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
+        f(&join_name(prefix, "weight"), &mut self.weight);
+        f(&join_name(prefix, "bias"), &mut self.bias);
+    }
+
+    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
+        f(&join_name(prefix, "weight"), &self.weight);
+        f(&join_name(prefix, "bias"), &self.bias);
+    }
+
+    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
+        f(&join_name(prefix, "running_mean"), &mut self.running_mean);
+        f(&join_name(prefix, "running_var"), &mut self.running_var);
+    }
+
+    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        f(&join_name(prefix, "running_mean"), &self.running_mean);
+        f(&join_name(prefix, "running_var"), &self.running_var);
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache = None;
+    }
+}

@@ -1,0 +1,265 @@
+//! The [`Layer`] trait every layer implements, the forward [`Mode`], and the trainable
+//! [`Param`] and non-trainable [`Buffer`] tensors a layer owns.
+//!
+//! # Conventions
+//! - Activations are NCHW [`Tensor4`]s; 2-D activations `[N, F]` are stored as `[N, F, 1, 1]`.
+//! - `forward` in [`Mode::Train`] or [`Mode::EvalWithGrad`] caches what `backward` needs; one
+//!   cached forward serves one `backward` (which consumes the cache). [`Mode::Eval`] caches
+//!   nothing, and a following `backward` returns [`LayersError::NoForwardCache`].
+//! - Gradients **accumulate**: `backward` adds into [`Param::grad`], as PyTorch does. Call
+//!   [`Layer::zero_grad`] before each backward pass (the optimizers in [`crate::optim`] read
+//!   `grad` and never reset it).
+//! - Every parameter and buffer has a PyTorch `state_dict` name built from the names given to
+//!   the layers of a [`crate::Sequential`] (`blocks.0.conv.weight`, `bn1.running_mean`), and a
+//!   PyTorch shape (conv weight `[O, C, KH, KW]`, linear weight `[out, in]`, vectors `[C]`)
+//!   used by checkpoints.
+
+use fracture_tensor::Tensor4;
+
+use crate::error::{LayersError, Result};
+
+/// How a forward pass behaves.
+///
+/// ```
+/// use fracture_layers::Mode;
+/// assert!(Mode::Train.is_training() && Mode::Train.caches());
+/// assert!(!Mode::EvalWithGrad.is_training() && Mode::EvalWithGrad.caches());
+/// assert!(!Mode::Eval.caches());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Mode {
+    /// Training: batch norm uses batch statistics and updates its running statistics, dropout
+    /// drops, and every layer caches what `backward` needs (PyTorch `model.train()`).
+    Train,
+    /// Inference: batch norm uses its running statistics, dropout is the identity, nothing is
+    /// cached (PyTorch `model.eval()` under `torch.no_grad()`).
+    Eval,
+    /// Inference behaviour as [`Mode::Eval`], but with caches kept so that `backward` works, e.g.
+    /// for Grad-CAM (PyTorch `model.eval()` with autograd on). Running statistics are not updated.
+    EvalWithGrad,
+}
+
+impl Mode {
+    /// `true` only for [`Mode::Train`].
+    pub fn is_training(self) -> bool {
+        matches!(self, Mode::Train)
+    }
+
+    /// `true` when forward keeps what backward needs ([`Mode::Train`], [`Mode::EvalWithGrad`]).
+    pub fn caches(self) -> bool {
+        !matches!(self, Mode::Eval)
+    }
+}
+
+fn check_torch_shape(value: &Tensor4, torch_shape: &[usize]) -> Result<()> {
+    let n: usize = torch_shape.iter().product();
+    if n != value.len() || torch_shape.is_empty() {
+        return Err(LayersError::Param {
+            name: String::new(),
+            reason: format!(
+                "PyTorch shape {torch_shape:?} does not hold the {} values of a tensor of shape {:?}",
+                value.len(),
+                value.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A trainable tensor and its gradient (same shape), plus the shape PyTorch gives it.
+///
+/// ```
+/// use fracture_layers::Param;
+/// use fracture_tensor::Tensor4;
+/// // A linear weight [out=2, in=3] is stored as [2, 3, 1, 1].
+/// let p = Param::new(Tensor4::zeros([2, 3, 1, 1]), &[2, 3]).unwrap();
+/// assert_eq!(p.torch_shape(), &[2, 3]);
+/// assert_eq!(p.grad.shape(), [2, 3, 1, 1]);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    /// The parameter's value.
+    pub value: Tensor4,
+    /// Its accumulated gradient, same shape as `value`.
+    pub grad: Tensor4,
+    torch_shape: Vec<usize>,
+}
+
+impl Param {
+    /// A parameter with a zero gradient; `torch_shape` must hold exactly `value.len()` elements.
+    pub fn new(value: Tensor4, torch_shape: &[usize]) -> Result<Self> {
+        check_torch_shape(&value, torch_shape)?;
+        Ok(Param {
+            grad: Tensor4::zeros(value.shape()),
+            value,
+            torch_shape: torch_shape.to_vec(),
+        })
+    }
+
+    /// The shape PyTorch gives this tensor (what checkpoints store).
+    pub fn torch_shape(&self) -> &[usize] {
+        &self.torch_shape
+    }
+
+    /// Number of scalars.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// `true` if the parameter holds no scalar.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    /// Sets the gradient to zero.
+    pub fn zero_grad(&mut self) {
+        self.grad.as_slice_mut().fill(0.0);
+    }
+
+    /// Adds `g` (same number of elements) into the gradient.
+    pub(crate) fn accumulate_grad(&mut self, g: &[f32]) {
+        debug_assert_eq!(g.len(), self.grad.len());
+        for (a, b) in self.grad.as_slice_mut().iter_mut().zip(g) {
+            *a += *b;
+        }
+    }
+}
+
+/// A non-trainable tensor saved with the model (batch norm's running statistics).
+///
+/// ```
+/// use fracture_layers::Buffer;
+/// use fracture_tensor::Tensor4;
+/// let b = Buffer::new(Tensor4::zeros([4, 1, 1, 1]), &[4]).unwrap();
+/// assert_eq!(b.torch_shape(), &[4]);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// The buffer's value.
+    pub value: Tensor4,
+    torch_shape: Vec<usize>,
+}
+
+impl Buffer {
+    /// A buffer; `torch_shape` must hold exactly `value.len()` elements.
+    pub fn new(value: Tensor4, torch_shape: &[usize]) -> Result<Self> {
+        check_torch_shape(&value, torch_shape)?;
+        Ok(Buffer {
+            value,
+            torch_shape: torch_shape.to_vec(),
+        })
+    }
+
+    /// The shape PyTorch gives this tensor (what checkpoints store).
+    pub fn torch_shape(&self) -> &[usize] {
+        &self.torch_shape
+    }
+}
+
+/// Joins a name prefix and a local name with a dot (`""` + `"weight"` = `"weight"`).
+///
+/// ```
+/// assert_eq!(fracture_layers::join_name("blocks.0", "conv"), "blocks.0.conv");
+/// assert_eq!(fracture_layers::join_name("", "fc"), "fc");
+/// ```
+pub fn join_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A differentiable layer: forward, backward, and walks over its named tensors.
+///
+/// Implementors provide `forward`, `backward` and the four `visit_*` walks over parameters and
+/// buffers; everything else has a default. See the [module docs](self) for the caching and
+/// gradient-accumulation conventions.
+///
+/// ```
+/// use fracture_layers::{Layer, LinearConfig, Mode};
+/// use fracture_tensor::Tensor4;
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let mut fc = LinearConfig::new(3, 2).init(&mut rng).unwrap();
+/// let x = Tensor4::from_vec([1, 3, 1, 1], vec![1.0, 2.0, 3.0]).unwrap();
+/// let y = fc.forward(&x, Mode::Train).unwrap();
+/// fc.zero_grad();
+/// let dx = fc.backward(&Tensor4::from_vec([1, 2, 1, 1], vec![1.0, 0.0]).unwrap()).unwrap();
+/// assert_eq!((y.shape(), dx.shape()), ([1, 2, 1, 1], [1, 3, 1, 1]));
+/// let names: Vec<String> = fc.named_params().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["weight", "bias"]);
+/// assert_eq!(fc.num_params(), 8);
+/// ```
+pub trait Layer: Send {
+    /// Short kind name for messages, e.g. `"Conv2d"`.
+    fn kind(&self) -> &'static str;
+
+    /// Computes the output; caches inputs for `backward` when `mode.caches()`.
+    fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4>;
+
+    /// Given `dy = dL/d(output)`, accumulates parameter gradients and returns `dL/d(input)`.
+    /// Consumes the cache of the last forward pass.
+    fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4>;
+
+    /// As [`Layer::backward`] but without computing the input gradient (for the first layer of a
+    /// network, where it would be thrown away). The default calls `backward`.
+    fn backward_params_only(&mut self, dy: &Tensor4) -> Result<()> {
+        self.backward(dy).map(|_| ())
+    }
+
+    /// Calls `f(name, param)` for each parameter, names prefixed by `prefix` (see [`join_name`]).
+    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param));
+
+    /// Read-only twin of [`Layer::visit_params`], same names and order.
+    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param));
+
+    /// Calls `f(name, buffer)` for each buffer (running statistics). Default: none.
+    fn visit_buffers<'a>(&'a mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a mut Buffer)) {}
+
+    /// Read-only twin of [`Layer::visit_buffers`]. Default: none.
+    fn visit_buffers_ref<'a>(&'a self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a Buffer)) {}
+
+    /// Calls `f(name, counter)` for each random-stream counter (dropout), so that checkpoints can
+    /// save it and a resumed run draws the same masks. Default: none.
+    fn visit_rng_counters(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut u64)) {}
+
+    /// Read-only twin of [`Layer::visit_rng_counters`]. Default: none.
+    fn visit_rng_counters_ref(&self, _prefix: &str, _f: &mut dyn FnMut(&str, u64)) {}
+
+    /// Drops any cached forward state (frees memory). Default: nothing cached.
+    fn clear_cache(&mut self) {}
+
+    /// Sets every parameter gradient to zero.
+    fn zero_grad(&mut self) {
+        self.visit_params("", &mut |_, p| p.zero_grad());
+    }
+
+    /// Total number of trainable scalars.
+    fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.visit_params_ref("", &mut |_, p| n += p.len());
+        n
+    }
+
+    /// All parameters with their state-dict names, in walk order.
+    fn named_params(&self) -> Vec<(String, &Param)> {
+        let mut v = Vec::new();
+        self.visit_params_ref("", &mut |name, p| v.push((name.to_string(), p)));
+        v
+    }
+
+    /// All parameters, mutably, with their state-dict names, in walk order.
+    fn named_params_mut(&mut self) -> Vec<(String, &mut Param)> {
+        let mut v = Vec::new();
+        self.visit_params("", &mut |name, p| v.push((name.to_string(), p)));
+        v
+    }
+
+    /// All buffers with their state-dict names, in walk order.
+    fn named_buffers(&self) -> Vec<(String, &Buffer)> {
+        let mut v = Vec::new();
+        self.visit_buffers_ref("", &mut |name, b| v.push((name.to_string(), b)));
+        v
+    }
+}

@@ -1,0 +1,221 @@
+//! A chain of named layers, itself a [`Layer`].
+
+use fracture_tensor::Tensor4;
+
+use crate::error::{LayersError, Result};
+use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+
+/// Layers applied in order, each under a name that prefixes its tensors' state-dict names.
+///
+/// PyTorch equivalent: `nn.Sequential(OrderedDict(...))` (or a module whose attributes are
+/// visited in order). Names must be non-empty and contain no `.`; nest a `Sequential` to get
+/// dotted names such as `blocks.0.conv.weight`.
+///
+/// Layers are accessible one by one through [`Sequential::layers_mut`], so a caller can run the
+/// network piece by piece and keep an intermediate activation or gradient (e.g. for Grad-CAM).
+///
+/// ```
+/// use fracture_layers::*;
+/// use fracture_tensor::Tensor4;
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let block = Sequential::new()
+///     .with("conv", Conv2dConfig::new(1, 4, 3).with_padding(1).init(&mut rng)?)?
+///     .with("bn", BatchNorm2dConfig::new(4).init()?)?
+///     .with("relu", Relu::new())?;
+/// let mut net = Sequential::new()
+///     .with("blocks", Sequential::new().with("0", block)?)?
+///     .with("pool", GlobalAvgPool::new())?
+///     .with("fc", LinearConfig::new(4, 2).init(&mut rng)?)?;
+/// let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names[0], "blocks.0.conv.weight");
+/// assert_eq!(net.named_buffers()[0].0, "blocks.0.bn.running_mean");
+/// let logits = net.forward(&Tensor4::zeros([2, 1, 8, 8]), Mode::Train)?;
+/// assert_eq!(logits.shape(), [2, 2, 1, 1]);
+/// net.zero_grad();
+/// net.backward_params_only(&Tensor4::zeros([2, 2, 1, 1]))?;
+/// # Ok::<(), fracture_layers::LayersError>(())
+/// ```
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<(String, Box<dyn Layer>)>,
+}
+
+impl std::fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut l = f.debug_list();
+        for (name, layer) in &self.layers {
+            l.entry(&format_args!("{name}: {}", layer.kind()));
+        }
+        l.finish()
+    }
+}
+
+impl Sequential {
+    /// An empty chain (the identity).
+    pub fn new() -> Self {
+        Sequential::default()
+    }
+
+    /// Appends `layer` under `name`; errors if the name is empty, contains `.` or is taken.
+    pub fn push(
+        &mut self,
+        name: impl Into<String>,
+        layer: impl Layer + 'static,
+    ) -> Result<&mut Self> {
+        self.push_boxed(name, Box::new(layer))
+    }
+
+    /// As [`Sequential::push`] for an already boxed layer.
+    pub fn push_boxed(
+        &mut self,
+        name: impl Into<String>,
+        layer: Box<dyn Layer>,
+    ) -> Result<&mut Self> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("empty")
+        } else if name.contains('.') {
+            Some("contains '.' (nest a Sequential instead)")
+        } else if self.layers.iter().any(|(n, _)| *n == name) {
+            Some("already used in this Sequential")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(LayersError::LayerName { name, reason });
+        }
+        self.layers.push((name, layer));
+        Ok(self)
+    }
+
+    /// Builder form of [`Sequential::push`].
+    pub fn with(mut self, name: impl Into<String>, layer: impl Layer + 'static) -> Result<Self> {
+        self.push(name, layer)?;
+        Ok(self)
+    }
+
+    /// The named layers, in order.
+    pub fn layers(&self) -> &[(String, Box<dyn Layer>)] {
+        &self.layers
+    }
+
+    /// The named layers, mutably (names cannot be changed through this).
+    pub fn layers_mut(&mut self) -> impl ExactSizeIterator<Item = (&str, &mut Box<dyn Layer>)> {
+        self.layers.iter_mut().map(|(n, l)| (n.as_str(), l))
+    }
+
+    /// The layer called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&dyn Layer> {
+        self.layers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.as_ref())
+    }
+
+    /// The layer called `name`, mutably, if any.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Box<dyn Layer>> {
+        self.layers
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l)
+    }
+
+    /// Number of direct children.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `true` if the chain has no layer.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// State-dict names of all parameters, in walk order.
+    pub fn param_names(&self) -> Vec<String> {
+        self.named_params().into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+impl Layer for Sequential {
+    fn kind(&self) -> &'static str {
+        "Sequential"
+    }
+
+    fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
+        let mut iter = self.layers.iter_mut();
+        let Some((_, first)) = iter.next() else {
+            return Ok(x.clone());
+        };
+        let mut h = first.forward(x, mode)?;
+        for (_, layer) in iter {
+            h = layer.forward(&h, mode)?;
+        }
+        Ok(h)
+    }
+
+    fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4> {
+        let mut iter = self.layers.iter_mut().rev();
+        let Some((_, last)) = iter.next() else {
+            return Ok(dy.clone());
+        };
+        let mut g = last.backward(dy)?;
+        for (_, layer) in iter {
+            g = layer.backward(&g)?;
+        }
+        Ok(g)
+    }
+
+    fn backward_params_only(&mut self, dy: &Tensor4) -> Result<()> {
+        let Some(((_, first), rest)) = self.layers.split_first_mut() else {
+            return Ok(());
+        };
+        let mut g = None;
+        for (_, layer) in rest.iter_mut().rev() {
+            g = Some(layer.backward(g.as_ref().unwrap_or(dy))?);
+        }
+        first.backward_params_only(g.as_ref().unwrap_or(dy))
+    }
+
+    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
+        for (name, layer) in self.layers.iter_mut() {
+            layer.visit_params(&join_name(prefix, name), f);
+        }
+    }
+
+    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
+        for (name, layer) in &self.layers {
+            layer.visit_params_ref(&join_name(prefix, name), f);
+        }
+    }
+
+    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
+        for (name, layer) in self.layers.iter_mut() {
+            layer.visit_buffers(&join_name(prefix, name), f);
+        }
+    }
+
+    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        for (name, layer) in &self.layers {
+            layer.visit_buffers_ref(&join_name(prefix, name), f);
+        }
+    }
+
+    fn visit_rng_counters(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut u64)) {
+        for (name, layer) in self.layers.iter_mut() {
+            layer.visit_rng_counters(&join_name(prefix, name), f);
+        }
+    }
+
+    fn visit_rng_counters_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, u64)) {
+        for (name, layer) in &self.layers {
+            layer.visit_rng_counters_ref(&join_name(prefix, name), f);
+        }
+    }
+
+    fn clear_cache(&mut self) {
+        for (_, layer) in self.layers.iter_mut() {
+            layer.clear_cache();
+        }
+    }
+}
