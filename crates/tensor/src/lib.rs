@@ -35,9 +35,11 @@
 mod conv;
 mod error;
 mod gemm;
+mod im2col;
 pub mod naive;
 mod pool;
 mod relu;
+mod sum;
 mod tensor;
 
 pub use conv::{

@@ -1,6 +1,9 @@
 //! Max pooling (padding counts as -inf) and global average pooling, forward and backward.
 
+use rayon::prelude::*;
+
 use crate::error::{Result, TensorError};
+use crate::sum::sum_f32;
 use crate::tensor::Tensor4;
 
 /// Window size, stride and padding of a max pooling, each as `[height, width]`.
@@ -200,7 +203,60 @@ pub(crate) fn check_gap_backward(
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn max_pool2d_forward(x: &Tensor4, p: PoolParams) -> Result<(Tensor4, Vec<u32>)> {
-    crate::naive::max_pool2d_forward(x, p)
+    let out = pool_output_shape("max_pool2d_forward", x.shape(), p)?;
+    let [_, _, h, w] = x.shape();
+    let ohw = out[2] * out[3];
+    let mut y = vec![0.0f32; out.iter().product()];
+    let mut arg = vec![0u32; y.len()];
+    y.par_chunks_mut(ohw)
+        .zip(arg.par_chunks_mut(ohw))
+        .zip(x.as_slice().par_chunks(h * w))
+        .for_each(|((yp, ap), xp)| max_pool_plane(xp, h, w, p, out[3], yp, ap));
+    Ok((Tensor4::from_vec(out, y)?, arg))
+}
+
+/// The clipped input range `[lo, hi)` of window `i` along one axis.
+fn window(i: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
+    let start = i * stride;
+    let lo = start.saturating_sub(pad);
+    let hi = (start + k).saturating_sub(pad).min(size);
+    (lo, hi.max(lo))
+}
+
+/// Max pooling of one `h x w` plane into `yp` / `ap` (`OH * OW` each).
+fn max_pool_plane(
+    xp: &[f32],
+    h: usize,
+    w: usize,
+    p: PoolParams,
+    ow: usize,
+    yp: &mut [f32],
+    ap: &mut [u32],
+) {
+    for (r, (yrow, arow)) in yp
+        .chunks_exact_mut(ow)
+        .zip(ap.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let (h0, h1) = window(r, p.stride[0], p.padding[0], p.kernel[0], h);
+        for (j, (yv, av)) in yrow.iter_mut().zip(arow.iter_mut()).enumerate() {
+            let (w0, w1) = window(j, p.stride[1], p.padding[1], p.kernel[1], w);
+            let mut best = f32::NEG_INFINITY;
+            let mut best_i = h0 * w + w0;
+            for ih in h0..h1 {
+                let row = &xp[ih * w + w0..ih * w + w1];
+                for (jj, &v) in row.iter().enumerate() {
+                    if v > best || (v.is_nan() && !best.is_nan()) {
+                        best = v;
+                        best_i = ih * w + w0 + jj;
+                    }
+                }
+            }
+            *yv = best;
+            // The plane size fits u32 (checked by `pool_output_shape`).
+            *av = best_i as u32;
+        }
+    }
 }
 
 /// Max pooling backward: routes each `dy` element to the input position recorded in `argmax`
@@ -216,7 +272,23 @@ pub fn max_pool2d_forward(x: &Tensor4, p: PoolParams) -> Result<(Tensor4, Vec<u3
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn max_pool2d_backward(dy: &Tensor4, argmax: &[u32], x_shape: [usize; 4]) -> Result<Tensor4> {
-    crate::naive::max_pool2d_backward(dy, argmax, x_shape)
+    let plane = check_max_pool_backward("max_pool2d_backward", dy, argmax, x_shape)?;
+    let ohw = dy.shape()[2] * dy.shape()[3];
+    let mut dx = Tensor4::zeros(x_shape);
+    if plane == 0 || ohw == 0 {
+        return Ok(dx);
+    }
+    dx.as_slice_mut()
+        .par_chunks_mut(plane)
+        .zip(dy.as_slice().par_chunks(ohw))
+        .zip(argmax.par_chunks(ohw))
+        .for_each(|((dxp, dyp), ap)| {
+            for (&g, &i) in dyp.iter().zip(ap) {
+                // In range: checked by `check_max_pool_backward`.
+                dxp[i as usize] += g;
+            }
+        });
+    Ok(dx)
 }
 
 /// Global average pooling forward: `[N, C, H, W] -> [N, C, 1, 1]`, the mean of each plane.
@@ -231,7 +303,19 @@ pub fn max_pool2d_backward(dy: &Tensor4, argmax: &[u32], x_shape: [usize; 4]) ->
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn global_avg_pool_forward(x: &Tensor4) -> Tensor4 {
-    crate::naive::global_avg_pool_forward(x)
+    let [n, c, h, w] = x.shape();
+    let hw = h * w;
+    let mut y = Tensor4::zeros([n, c, 1, 1]);
+    if hw == 0 {
+        y.as_slice_mut().fill(f32::NAN);
+        return y;
+    }
+    y.as_slice_mut()
+        .par_iter_mut()
+        .zip(x.as_slice().par_chunks(hw))
+        .with_min_len(64)
+        .for_each(|(yv, xp)| *yv = sum_f32(xp) / hw as f32);
+    y
 }
 
 /// Global average pooling backward: `dy [N, C, 1, 1]` spread evenly over each plane of
@@ -245,5 +329,16 @@ pub fn global_avg_pool_forward(x: &Tensor4) -> Tensor4 {
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn global_avg_pool_backward(dy: &Tensor4, x_shape: [usize; 4]) -> Result<Tensor4> {
-    crate::naive::global_avg_pool_backward(dy, x_shape)
+    check_gap_backward("global_avg_pool_backward", dy, x_shape)?;
+    let hw = x_shape[2] * x_shape[3];
+    let mut dx = Tensor4::zeros(x_shape);
+    if hw == 0 {
+        return Ok(dx);
+    }
+    dx.as_slice_mut()
+        .par_chunks_mut(hw)
+        .zip(dy.as_slice().par_iter())
+        .with_min_len(64)
+        .for_each(|(plane, &g)| plane.fill(g / hw as f32));
+    Ok(dx)
 }

@@ -1,7 +1,13 @@
 //! ReLU forward (out of place and in place) and backward.
 
+use rayon::prelude::*;
+
 use crate::error::{Result, TensorError};
 use crate::tensor::Tensor4;
+
+/// Elements per rayon task: large enough that scheduling costs nothing, small enough to split
+/// a layer's activations across cores.
+const CHUNK: usize = 1 << 15;
 
 pub(crate) fn check_same_shape(op: &'static str, y: &Tensor4, dy: &Tensor4) -> Result<()> {
     if y.shape() != dy.shape() {
@@ -26,7 +32,9 @@ pub(crate) fn check_same_shape(op: &'static str, y: &Tensor4, dy: &Tensor4) -> R
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn relu_forward(x: &Tensor4) -> Tensor4 {
-    crate::naive::relu_forward(x)
+    let mut y = x.clone();
+    relu_forward_inplace(&mut y);
+    y
 }
 
 /// `x = max(x, 0)` in place.
@@ -39,8 +47,11 @@ pub fn relu_forward(x: &Tensor4) -> Tensor4 {
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn relu_forward_inplace(x: &mut Tensor4) {
-    let mut y = crate::naive::relu_forward(x);
-    std::mem::swap(x, &mut y);
+    x.as_slice_mut().par_chunks_mut(CHUNK).for_each(|ch| {
+        for v in ch {
+            *v = if *v < 0.0 { 0.0 } else { *v };
+        }
+    });
 }
 
 /// ReLU backward from the forward *output* `y`: `dx = dy` where `y > 0`, else 0.
@@ -53,5 +64,15 @@ pub fn relu_forward_inplace(x: &mut Tensor4) {
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn relu_backward(y: &Tensor4, dy: &Tensor4) -> Result<Tensor4> {
-    crate::naive::relu_backward(y, dy)
+    check_same_shape("relu_backward", y, dy)?;
+    let mut dx = dy.clone();
+    dx.as_slice_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(y.as_slice().par_chunks(CHUNK))
+        .for_each(|(d, yc)| {
+            for (d, &v) in d.iter_mut().zip(yc) {
+                *d = if v > 0.0 { *d } else { 0.0 };
+            }
+        });
+    Ok(dx)
 }

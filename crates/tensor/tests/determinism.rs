@@ -1,0 +1,106 @@
+//! The fast kernels give bit-identical results whatever the rayon thread count: every shape is
+//! run in pools of 1, 2 and 3 threads and the outputs compared with `==`. The shapes cover the
+//! batch-parallel path (N >= threads), the split-GEMM path (N < threads), the fixed dw chunks by
+//! batch index (N >= 8) and by output rows (N < 8), and the pointwise 1x1 special case.
+
+mod common;
+
+use common::{random_tensor, random_vec, rng};
+use fracture_tensor::{
+    conv2d_backward, conv2d_forward, global_avg_pool_backward, global_avg_pool_forward,
+    max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward, ConvParams,
+    ConvWorkspace, PoolParams, Tensor4,
+};
+
+type Outputs = Vec<Vec<f32>>;
+
+fn run_all(x: &Tensor4, w: &Tensor4, b: &[f32], p: ConvParams, dy_seed: u64) -> Outputs {
+    let mut ws = ConvWorkspace::default();
+    let y = conv2d_forward(x, w, Some(b), p, &mut ws).unwrap();
+    let dy = random_tensor(&mut rng(dy_seed), y.shape());
+    let g = conv2d_backward(x, w, &dy, p, true, &mut ws).unwrap();
+    let (pooled, arg) = max_pool2d_forward(&y, PoolParams::square(3, 2, 1)).unwrap();
+    let dpool = max_pool2d_backward(&pooled, &arg, y.shape()).unwrap();
+    let r = relu_forward(&y);
+    let dr = relu_backward(&r, &dy).unwrap();
+    let gap = global_avg_pool_forward(&y);
+    let dgap = global_avg_pool_backward(&gap, y.shape()).unwrap();
+    vec![
+        y.into_vec(),
+        g.dx.unwrap().into_vec(),
+        g.dw.into_vec(),
+        g.db,
+        pooled.into_vec(),
+        arg.iter().map(|&i| i as f32).collect(),
+        dpool.into_vec(),
+        dr.into_vec(),
+        gap.into_vec(),
+        dgap.into_vec(),
+    ]
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let cases = [
+        // N < threads (split GEMM, dw split by rows), 3x3 padded.
+        (
+            [1, 3, 20, 17],
+            [8, 3, 3, 3],
+            ConvParams {
+                stride: [1, 1],
+                padding: [1, 1],
+            },
+        ),
+        // N == 2, strided and non-square.
+        (
+            [2, 4, 15, 22],
+            [5, 4, 3, 2],
+            ConvParams {
+                stride: [2, 1],
+                padding: [1, 0],
+            },
+        ),
+        // N >= 8: dw chunks by batch index.
+        (
+            [9, 2, 12, 12],
+            [6, 2, 3, 3],
+            ConvParams {
+                stride: [1, 1],
+                padding: [1, 1],
+            },
+        ),
+        // Pointwise, both paths.
+        ([1, 6, 9, 11], [7, 6, 1, 1], ConvParams::default()),
+        ([5, 6, 9, 11], [7, 6, 1, 1], ConvParams::default()),
+    ];
+    for (i, (xs, wsh, p)) in cases.into_iter().enumerate() {
+        let mut r = rng(100 + i as u64);
+        let x = random_tensor(&mut r, xs);
+        let w = random_tensor(&mut r, wsh);
+        let b = random_vec(&mut r, wsh[0]);
+        let mut reference: Option<Outputs> = None;
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = pool.install(|| run_all(&x, &w, &b, p, 999));
+            match &reference {
+                None => reference = Some(out),
+                Some(want) => {
+                    for (k, (got, want)) in out.iter().zip(want).enumerate() {
+                        let same = got.len() == want.len()
+                            && got
+                                .iter()
+                                .zip(want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "case {i}, output #{k}: {threads} threads differ from 1 thread"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! proptest: the fast kernels agree with the naive ones on random shapes (batch 1-3, channels
+//! 1-9, height and width 1-17 independently, kernel 1-5, stride 1-3, padding 0-2, each axis
+//! drawn separately), and a shape whose output would be empty is an error from both, not a panic.
+
+mod common;
+
+use common::{check_close, random_tensor, random_vec, rng};
+use fracture_tensor::{
+    conv2d_output_shape, max_pool2d_output_shape, naive, ConvParams, ConvWorkspace, PoolParams,
+    TensorError,
+};
+use proptest::prelude::*;
+
+/// GEMM sums in f32 against f64 nested loops: allow for rounding over a few thousand terms.
+const REL: f32 = 1e-4;
+const ABS: f32 = 1e-4;
+
+#[derive(Debug, Clone)]
+struct Case {
+    x: [usize; 4],
+    o: usize,
+    k: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    bias: bool,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=9, 1usize..=17, 1usize..=17),
+        1usize..=9,
+        (1usize..=5, 1usize..=5),
+        (1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|((n, c, h, w), o, k, s, p, bias, seed)| Case {
+            x: [n, c, h, w],
+            o,
+            k: [k.0, k.1],
+            stride: [s.0, s.1],
+            padding: [p.0, p.1],
+            bias,
+            seed,
+        })
+}
+
+fn is_empty_output<T>(r: &Result<T, TensorError>) -> bool {
+    matches!(r, Err(TensorError::EmptyOutput { .. }))
+}
+
+fn conv_case(t: &Case) -> Result<(), TestCaseError> {
+    let w_shape = [t.o, t.x[1], t.k[0], t.k[1]];
+    let p = ConvParams {
+        stride: t.stride,
+        padding: t.padding,
+    };
+    let mut r = rng(t.seed);
+    let x = random_tensor(&mut r, t.x);
+    let w = random_tensor(&mut r, w_shape);
+    let b = t.bias.then(|| random_vec(&mut r, t.o));
+    let mut ws = ConvWorkspace::default();
+    match conv2d_output_shape(t.x, w_shape, p) {
+        Err(e) => {
+            prop_assert!(matches!(e, TensorError::EmptyOutput { .. }), "{}", e);
+            let fast = fracture_tensor::conv2d_forward(&x, &w, b.as_deref(), p, &mut ws);
+            prop_assert!(is_empty_output(&fast), "{:?}", fast.err());
+            let slow = naive::conv2d_forward(&x, &w, b.as_deref(), p);
+            prop_assert!(is_empty_output(&slow), "{:?}", slow.err());
+            // Backward with any dy must fail the same way.
+            let dy = random_tensor(&mut r, [t.x[0], t.o, 1, 1]);
+            let fast = fracture_tensor::conv2d_backward(&x, &w, &dy, p, true, &mut ws);
+            prop_assert!(is_empty_output(&fast), "{:?}", fast.err());
+            let slow = naive::conv2d_backward(&x, &w, &dy, p, true);
+            prop_assert!(is_empty_output(&slow), "{:?}", slow.err());
+        }
+        Ok(out) => {
+            let fast = fracture_tensor::conv2d_forward(&x, &w, b.as_deref(), p, &mut ws).unwrap();
+            let slow = naive::conv2d_forward(&x, &w, b.as_deref(), p).unwrap();
+            prop_assert_eq!(fast.shape(), out);
+            check_close("y", fast.as_slice(), slow.as_slice(), REL, ABS)
+                .map_err(TestCaseError::fail)?;
+
+            let dy = random_tensor(&mut r, out);
+            let need_dx = t.seed % 4 != 0;
+            let fast = fracture_tensor::conv2d_backward(&x, &w, &dy, p, need_dx, &mut ws).unwrap();
+            let slow = naive::conv2d_backward(&x, &w, &dy, p, need_dx).unwrap();
+            check_close("dw", fast.dw.as_slice(), slow.dw.as_slice(), REL, ABS)
+                .map_err(TestCaseError::fail)?;
+            check_close("db", &fast.db, &slow.db, REL, ABS).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(fast.dx.is_some(), need_dx);
+            if let (Some(f), Some(s)) = (&fast.dx, &slow.dx) {
+                check_close("dx", f.as_slice(), s.as_slice(), REL, ABS)
+                    .map_err(TestCaseError::fail)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pool_case(t: &Case) -> Result<(), TestCaseError> {
+    let p = PoolParams {
+        kernel: t.k,
+        stride: t.stride,
+        padding: t.padding,
+    };
+    let mut r = rng(t.seed);
+    let x = random_tensor(&mut r, t.x);
+    match max_pool2d_output_shape(t.x, p) {
+        Err(e) => {
+            prop_assert!(
+                matches!(
+                    e,
+                    TensorError::EmptyOutput { .. } | TensorError::InvalidParameter { .. }
+                ),
+                "{}",
+                e
+            );
+            let kind = std::mem::discriminant(&e);
+            let fast = fracture_tensor::max_pool2d_forward(&x, p).err();
+            prop_assert_eq!(
+                fast.as_ref().map(std::mem::discriminant),
+                Some(kind),
+                "{:?}",
+                fast
+            );
+            let slow = naive::max_pool2d_forward(&x, p).err();
+            prop_assert_eq!(
+                slow.as_ref().map(std::mem::discriminant),
+                Some(kind),
+                "{:?}",
+                slow
+            );
+        }
+        Ok(out) => {
+            let (yf, af) = fracture_tensor::max_pool2d_forward(&x, p).unwrap();
+            let (ys, as_) = naive::max_pool2d_forward(&x, p).unwrap();
+            prop_assert_eq!(yf.shape(), out);
+            // Same comparisons in the same order: bit-identical, same argmax.
+            prop_assert_eq!(yf.as_slice(), ys.as_slice());
+            prop_assert_eq!(&af, &as_);
+            let dy = random_tensor(&mut r, out);
+            let dxf = fracture_tensor::max_pool2d_backward(&dy, &af, t.x).unwrap();
+            let dxs = naive::max_pool2d_backward(&dy, &as_, t.x).unwrap();
+            prop_assert_eq!(dxf.as_slice(), dxs.as_slice());
+        }
+    }
+    Ok(())
+}
+
+fn elementwise_case(t: &Case) -> Result<(), TestCaseError> {
+    let mut r = rng(t.seed);
+    let x = random_tensor(&mut r, t.x);
+    let yf = fracture_tensor::global_avg_pool_forward(&x);
+    let ys = naive::global_avg_pool_forward(&x);
+    check_close("gap y", yf.as_slice(), ys.as_slice(), 1e-5, 1e-6).map_err(TestCaseError::fail)?;
+    let dy = random_tensor(&mut r, [t.x[0], t.x[1], 1, 1]);
+    let dxf = fracture_tensor::global_avg_pool_backward(&dy, t.x).unwrap();
+    let dxs = naive::global_avg_pool_backward(&dy, t.x).unwrap();
+    prop_assert_eq!(dxf.as_slice(), dxs.as_slice());
+
+    let yf = fracture_tensor::relu_forward(&x);
+    let ys = naive::relu_forward(&x);
+    prop_assert_eq!(yf.as_slice(), ys.as_slice());
+    let dy = random_tensor(&mut r, t.x);
+    let dxf = fracture_tensor::relu_backward(&yf, &dy).unwrap();
+    let dxs = naive::relu_backward(&yf, &dy).unwrap();
+    prop_assert_eq!(dxf.as_slice(), dxs.as_slice());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv2d_fast_equals_naive(t in case()) {
+        conv_case(&t)?;
+    }
+
+    #[test]
+    fn max_pool2d_fast_equals_naive(t in case()) {
+        pool_case(&t)?;
+    }
+
+    #[test]
+    fn gap_and_relu_fast_equal_naive(t in case()) {
+        elementwise_case(&t)?;
+    }
+}
+
+/// A shape every case above could miss: a reused workspace sized for a large convolution must
+/// still give right answers for a small one and back (stale scratch must never leak in).
+#[test]
+fn workspace_reuse_across_shapes() {
+    let mut r = rng(7);
+    let mut ws = ConvWorkspace::default();
+    let shapes = [
+        (
+            [3, 5, 17, 13],
+            [6, 5, 3, 3],
+            ConvParams {
+                stride: [1, 1],
+                padding: [1, 1],
+            },
+        ),
+        (
+            [1, 2, 4, 5],
+            [3, 2, 2, 3],
+            ConvParams {
+                stride: [2, 1],
+                padding: [0, 2],
+            },
+        ),
+        ([2, 4, 9, 9], [4, 4, 1, 1], ConvParams::default()),
+        (
+            [3, 5, 17, 13],
+            [6, 5, 3, 3],
+            ConvParams {
+                stride: [1, 1],
+                padding: [1, 1],
+            },
+        ),
+    ];
+    for (xs, wsh, p) in shapes {
+        let x = random_tensor(&mut r, xs);
+        let w = random_tensor(&mut r, wsh);
+        let y = fracture_tensor::conv2d_forward(&x, &w, None, p, &mut ws).unwrap();
+        let want = naive::conv2d_forward(&x, &w, None, p).unwrap();
+        common::assert_close("y", y.as_slice(), want.as_slice(), REL, ABS);
+        let dy = random_tensor(&mut r, y.shape());
+        let g = fracture_tensor::conv2d_backward(&x, &w, &dy, p, true, &mut ws).unwrap();
+        let gw = naive::conv2d_backward(&x, &w, &dy, p, true).unwrap();
+        common::assert_close("dw", g.dw.as_slice(), gw.dw.as_slice(), REL, ABS);
+        common::assert_close(
+            "dx",
+            g.dx.unwrap().as_slice(),
+            gw.dx.unwrap().as_slice(),
+            REL,
+            ABS,
+        );
+    }
+}
