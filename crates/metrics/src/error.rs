@@ -4,6 +4,18 @@
 //! function (`what`) that refused the input, the offending index or value, and what was expected.
 
 /// Everything that can go wrong when computing a metric.
+///
+/// # Example
+/// ```
+/// use fracture_metrics::{roc_auc, MetricsError};
+/// let err = roc_auc(&[true, true], &[0.9, 0.4]).unwrap_err();
+/// assert!(matches!(err, MetricsError::OneClass { positives: 2, negatives: 0, .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "roc_auc: undefined with 2 fractured (positive) and 0 not_fractured (negative) samples; \
+///      expected at least one sample of each class"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetricsError {
     /// No samples were given.
