@@ -1,0 +1,126 @@
+//! Helpers shared by the integration tests: locating `../shared`, reading golden safetensors
+//! files, and tolerance checks that print the worst difference.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use fracture_layers::Layer;
+use fracture_tensor::Tensor4;
+
+/// `../shared` (or `$FRACTURE_SHARED`), if present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("FRACTURE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
+    dir.is_dir().then_some(dir)
+}
+
+/// A golden file: tensors by name (shape, values) and metadata.
+pub struct Golden {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub meta: HashMap<String, String>,
+}
+
+impl Golden {
+    /// Loads `golden/<name>.safetensors`, or prints "skipped" and returns `None`.
+    pub fn load(name: &str) -> Option<Golden> {
+        let Some(dir) = shared_dir() else {
+            eprintln!("skipped: ../shared not found");
+            return None;
+        };
+        let path = dir.join("golden").join(format!("{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden file parses");
+        let mut tensors = HashMap::new();
+        for (n, v) in st.tensors() {
+            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.insert(n, (v.shape().to_vec(), data));
+        }
+        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = m.metadata().clone().unwrap_or_default();
+        Some(Golden { tensors, meta })
+    }
+
+    pub fn vec(&self, name: &str) -> &[f32] {
+        &self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("golden lacks {name}"))
+            .1
+    }
+
+    pub fn shape(&self, name: &str) -> &[usize] {
+        &self.tensors[name].0
+    }
+
+    /// Tensor `name` as a Tensor4, padding the shape with trailing 1s (`[N, F]` -> `[N, F, 1, 1]`).
+    pub fn t4(&self, name: &str) -> Tensor4 {
+        let (shape, data) = &self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("golden lacks {name}"));
+        let mut s = [1usize; 4];
+        s[..shape.len()].copy_from_slice(shape);
+        Tensor4::from_vec(s, data.clone()).unwrap()
+    }
+
+    pub fn targets(&self, name: &str) -> Vec<usize> {
+        self.vec(name).iter().map(|&t| t as usize).collect()
+    }
+
+    pub fn meta_f32(&self, key: &str) -> f32 {
+        self.meta[key]
+            .parse()
+            .unwrap_or_else(|_| panic!("metadata {key}"))
+    }
+}
+
+/// Asserts `|got - want| <= abs + rel * |want|` elementwise; prints the worst case.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() / (abs + rel * w.abs());
+        assert!(!excess.is_nan(), "{what}[{i}]: got {g}, want {w}");
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let i = worst.1;
+    eprintln!(
+        "{what}: max |diff| / (abs + rel*|want|) = {:.3} at {i} (got {}, want {})",
+        worst.0, got[i], want[i]
+    );
+    assert!(
+        worst.0 <= 1.0,
+        "{what}[{i}]: got {}, want {} (rel {rel}, abs {abs})",
+        got[i],
+        want[i]
+    );
+}
+
+/// Sets parameter `name` of `model` from `values` (panics if absent or wrong size).
+pub fn set_param(model: &mut dyn Layer, name: &str, values: &[f32]) {
+    let mut found = false;
+    model.visit_params("", &mut |n, p| {
+        if n == name {
+            p.value.as_slice_mut().copy_from_slice(values);
+            found = true;
+        }
+    });
+    assert!(found, "model has no parameter {name}");
+}
+
+/// A deterministic pseudo-random tensor with entries in `[-1, 1)`.
+pub fn rand_tensor(shape: [usize; 4], seed: u64) -> Tensor4 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor4::from_vec(shape, (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).unwrap()
+}
