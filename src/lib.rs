@@ -1,1 +1,44 @@
-//! fracture-nn facade (work in progress).
+//! # fracture-nn
+//!
+//! A convolutional neural network written from scratch in Rust that tells fractured from intact
+//! bones in X-ray images, and the tools around it: a trainer with checkpoints that resume exactly,
+//! evaluation with the metrics a radiology model is judged by, and prediction of one image or a
+//! folder with a probability.
+//!
+//! **Research software, not a medical device.**
+//!
+//! This crate is the facade: it re-exports the layered crates ([`tensor`], [`layers`],
+//! [`data`], [`metrics`]) and holds the model architectures ([`ModelConfig`]), the [`Trainer`]
+//! and the [`Classifier`] file format.
+//!
+//! Training on a folder `<root>/{train,val,test}/{fractured,not_fractured}/*.png` takes a few
+//! lines:
+//!
+//! ```no_run
+//! use fracture_nn::{data::{ImageFolder, LoadOptions}, ModelConfig, TrainConfig, Trainer};
+//! let folder = ImageFolder::load("xrays".as_ref(), &LoadOptions::new(128))?;
+//! let trainer = Trainer::new(TrainConfig { epochs: 15, verbose: true, ..Default::default() }, "runs/xrays");
+//! let out = trainer.fit(&ModelConfig { image_size: 128, ..Default::default() }, folder.train()?.clone(), folder.val()?.clone(),
+//!                       folder.test().ok().cloned(), "xrays", false)?;
+//! println!("val ROC-AUC {:?}, threshold {:.3}", out.report.val.roc_auc, out.classifier.meta.threshold);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod classifier;
+pub mod curves;
+pub mod error;
+pub mod model;
+pub mod trainer;
+
+pub use fracture_data as data;
+pub use fracture_layers as layers;
+pub use fracture_metrics as metrics;
+pub use fracture_tensor as tensor;
+
+pub use classifier::{Classifier, ClassifierMeta, Provenance, META_KEY};
+pub use error::{Error, Result};
+pub use model::{BlockKind, ModelConfig};
+pub use trainer::{
+    evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes, TrainConfig,
+    TrainOutcome, Trainer,
+};

@@ -1,0 +1,229 @@
+//! A trained fracture classifier: the network plus everything prediction needs (architecture,
+//! input size and resize mode, normalisation, class names, operating threshold, provenance),
+//! saved as one safetensors file.
+//!
+//! The file is a `fracture-layers` model checkpoint whose `__metadata__` carries the entry
+//! `fracture_nn` ([`META_KEY`]): a JSON [`ClassifierMeta`]. Opening it in Python:
+//!
+//! ```text
+//! from safetensors import safe_open
+//! with safe_open("model.safetensors", "np") as f:
+//!     print(f.metadata()["fracture_nn"]); print(f.get_tensor("fc.weight").shape)
+//! ```
+
+use std::path::Path;
+
+use fracture_data::{Normalization, PreprocessConfig};
+use fracture_layers::{checkpoint, softmax, Layer, Mode, Sequential};
+use fracture_tensor::Tensor4;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// Metadata key of the classifier description inside a model file.
+pub const META_KEY: &str = "fracture_nn";
+
+/// Where a model came from.
+///
+/// ```
+/// let p = fracture_nn::Provenance::default();
+/// assert_eq!(p.crate_version, env!("CARGO_PKG_VERSION"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Version of fracture-nn that trained it.
+    pub crate_version: String,
+    /// Training data (folder path, or `phantoms(...)`).
+    pub data: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Epoch whose weights these are (best validation ROC-AUC).
+    pub best_epoch: usize,
+    /// Validation ROC-AUC of these weights.
+    pub val_auc: Option<f64>,
+    /// Seconds since the Unix epoch when the file was written.
+    pub created_unix: u64,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            crate_version: env!("CARGO_PKG_VERSION").to_string(),
+            data: String::new(),
+            seed: 0,
+            epochs: 0,
+            best_epoch: 0,
+            val_auc: None,
+            created_unix: 0,
+        }
+    }
+}
+
+/// Everything besides the weights that a model file carries.
+///
+/// ```
+/// use fracture_nn::{ClassifierMeta, ModelConfig};
+/// let meta = ClassifierMeta::new(ModelConfig::phantom(64), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+/// assert_eq!(meta.class_names, ["fractured", "not_fractured"]);
+/// assert_eq!(meta.threshold, 0.5);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierMeta {
+    /// The architecture (rebuilds the network).
+    pub model: ModelConfig,
+    /// How an image file becomes the network's input (size, resize mode, decode limits).
+    pub preprocess: PreprocessConfig,
+    /// Standardisation computed on the training split.
+    pub normalization: Normalization,
+    /// Class names by index (sorted folder names).
+    pub class_names: Vec<String>,
+    /// Index of the positive class (fractured).
+    pub positive_class: usize,
+    /// Operating threshold on P(fractured), chosen on the validation split.
+    pub threshold: f64,
+    /// How the threshold was chosen.
+    pub threshold_rule: String,
+    /// Where the model came from.
+    pub provenance: Provenance,
+}
+
+impl ClassifierMeta {
+    /// Metadata for `model` with the default classes, threshold 0.5 and empty provenance.
+    pub fn new(model: ModelConfig, normalization: Normalization) -> Self {
+        ClassifierMeta {
+            preprocess: PreprocessConfig {
+                image_size: model.image_size,
+                ..PreprocessConfig::default()
+            },
+            model,
+            normalization,
+            class_names: fracture_metrics::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+            positive_class: fracture_metrics::FRACTURED,
+            threshold: 0.5,
+            threshold_rule: "default 0.5".into(),
+            provenance: Provenance::default(),
+        }
+    }
+}
+
+/// A network with its metadata, ready to predict.
+///
+/// ```
+/// use fracture_nn::{Classifier, ClassifierMeta, ModelConfig};
+/// let meta = ClassifierMeta::new(ModelConfig::phantom(32), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+/// let mut clf = Classifier::new(meta, 7)?;
+/// let p = clf.predict_batch(&vec![0.0; 2 * 32 * 32], 2)?;
+/// assert_eq!(p.len(), 2);
+/// assert!(p.iter().all(|&v| (0.0..=1.0).contains(&v)));
+/// let dir = tempfile::tempdir()?;
+/// clf.save(&dir.path().join("m.safetensors"))?;
+/// let mut back = Classifier::load(&dir.path().join("m.safetensors"))?;
+/// assert_eq!(back.predict_batch(&vec![0.0; 2 * 32 * 32], 2)?, p);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Classifier {
+    /// The network.
+    pub net: Sequential,
+    /// Its metadata.
+    pub meta: ClassifierMeta,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    /// A freshly initialised network (weights from `seed`) with `meta`.
+    pub fn new(meta: ClassifierMeta, seed: u64) -> Result<Self> {
+        let net = meta.model.build(seed)?;
+        Ok(Classifier { net, meta })
+    }
+
+    /// Wraps an existing network.
+    pub fn from_parts(net: Sequential, meta: ClassifierMeta) -> Self {
+        Classifier { net, meta }
+    }
+
+    /// Saves weights and metadata atomically to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        checkpoint::save_model(path, &self.net, &meta_entries(&self.meta))?;
+        Ok(())
+    }
+
+    /// Reads only the metadata of a model file.
+    pub fn read_meta(path: &Path) -> Result<ClassifierMeta> {
+        let meta = checkpoint::read_metadata(path)?;
+        parse_meta(path, &meta)
+    }
+
+    /// Loads a model file written by [`Classifier::save`]: rebuilds the architecture from its
+    /// metadata, then loads and checks every tensor.
+    pub fn load(path: &Path) -> Result<Self> {
+        let meta = Self::read_meta(path)?;
+        let mut net = meta.model.build(0).map_err(|e| Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!("its architecture cannot be built: {e}"),
+        })?;
+        checkpoint::load_model(path, &mut net)?;
+        Ok(Classifier { net, meta })
+    }
+
+    /// Input side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.meta.model.image_size
+    }
+
+    /// P(positive class) for a batch of `n` standardised images laid out NCHW (C = 1) in
+    /// `pixels`; the network runs in eval mode.
+    pub fn predict_batch(&mut self, pixels: &[f32], n: usize) -> Result<Vec<f64>> {
+        let s = self.image_size();
+        let c = self.meta.model.in_channels;
+        let x = Tensor4::from_vec([n, c, s, s], pixels.to_vec())?;
+        self.predict_tensor(&x)
+    }
+
+    /// P(positive class) for an NCHW batch already in a tensor.
+    pub fn predict_tensor(&mut self, x: &Tensor4) -> Result<Vec<f64>> {
+        let logits = self.net.forward(x, Mode::Eval)?;
+        let probs = softmax(&logits)?;
+        let [n, k, _, _] = probs.shape();
+        let pos = self.meta.positive_class;
+        Ok((0..n).map(|i| probs.as_slice()[i * k + pos] as f64).collect())
+    }
+
+    /// Decodes, preprocesses (as in training) and classifies one image file.
+    pub fn predict_file(&mut self, path: &Path) -> Result<f64> {
+        let x = fracture_data::preprocess_file(path, &self.meta.preprocess, &self.meta.normalization)?;
+        Ok(self.predict_batch(&x, 1)?[0])
+    }
+
+    /// The label for a probability at the classifier's threshold (or `threshold`).
+    pub fn label(&self, p_positive: f64, threshold: Option<f64>) -> &str {
+        let t = threshold.unwrap_or(self.meta.threshold);
+        let pos = self.meta.positive_class;
+        let idx = if p_positive >= t { pos } else { 1 - pos.min(1) };
+        self.meta.class_names.get(idx).map(String::as_str).unwrap_or("?")
+    }
+}
+
+/// The safetensors metadata entries describing a classifier.
+pub(crate) fn meta_entries(meta: &ClassifierMeta) -> checkpoint::Metadata {
+    let json = serde_json::to_string(meta).expect("ClassifierMeta serialises");
+    [(META_KEY.to_string(), json)].into_iter().collect()
+}
+
+fn parse_meta(path: &Path, meta: &checkpoint::Metadata) -> Result<ClassifierMeta> {
+    let json = meta.get(META_KEY).ok_or_else(|| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason: format!("not a fracture-nn classifier: its metadata has no {META_KEY:?} entry"),
+    })?;
+    serde_json::from_str(json).map_err(|e| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason: format!("its {META_KEY:?} metadata is not valid: {e}"),
+    })
+}

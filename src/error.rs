@@ -1,0 +1,80 @@
+//! The error type of the `fracture-nn` facade: everything the model, trainer and prediction
+//! code can fail with, each naming the file or setting at fault.
+
+use std::path::PathBuf;
+
+/// Errors from the model, trainer, checkpoints and prediction.
+///
+/// ```
+/// use fracture_nn::Error;
+/// let e = Error::Config("epochs must be at least 1".into());
+/// assert_eq!(e.to_string(), "invalid configuration: epochs must be at least 1");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting that cannot work (zero epochs, an input size too small for the network...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A model file that is not a fracture-nn classifier, or whose metadata is unreadable.
+    #[error("{}: {reason}", path.display())]
+    ModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Writing a plot failed.
+    #[error("cannot draw {}: {reason}", path.display())]
+    Plot {
+        /// The PNG being written.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss} (the last good checkpoint is kept; lower the learning rate)")]
+    NonFiniteLoss {
+        /// Epoch (from 1).
+        epoch: usize,
+        /// Batch within the epoch (from 1).
+        batch: usize,
+        /// The offending value.
+        loss: f32,
+    },
+    /// Resuming is impossible (no state to resume from, or a state from another run).
+    #[error("cannot resume from {}: {reason}", path.display())]
+    Resume {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A tensor kernel failed (a shape error).
+    #[error(transparent)]
+    Tensor(#[from] fracture_tensor::TensorError),
+    /// A layer, loss, optimizer or checkpoint failed.
+    #[error(transparent)]
+    Layers(#[from] fracture_layers::LayersError),
+    /// Loading or preprocessing images failed.
+    #[error(transparent)]
+    Data(#[from] fracture_data::DataError),
+    /// Computing metrics failed.
+    #[error(transparent)]
+    Metrics(#[from] fracture_metrics::MetricsError),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,194 @@
+//! Network architectures for grayscale radiographs: a configurable [`ModelConfig`] that builds a
+//! [`Sequential`] from `fracture-layers`, with presets for the benchmark reference model, the
+//! phantom demo and real X-rays.
+//!
+//! Parameter names follow PyTorch's `state_dict` of the equivalent `nn.Module`, so a checkpoint
+//! reads naturally in Python:
+//!
+//! - plain stages: `blocks.{i}.0` conv3x3 (no bias), `blocks.{i}.1` BatchNorm2d, `.2` ReLU,
+//!   `.3` MaxPool2d(2), exactly `../shared/bench/torch_reference.py` for
+//!   [`ModelConfig::reference`];
+//! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN, `stem.2` ReLU, then
+//!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `shortcut.*`), the first of
+//!   each stage after the first with stride 2;
+//! - then `pool` (global average), `drop` (dropout) and `fc` (linear to the classes).
+
+use fracture_layers::{
+    BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgPool, LinearConfig, MaxPool2dConfig,
+    Relu, ResidualBlockConfig, Sequential,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which building block the stages use.
+///
+/// ```
+/// use fracture_nn::BlockKind;
+/// assert_eq!(serde_json::to_string(&BlockKind::Residual).unwrap(), "\"residual\"");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// conv3x3-BN-ReLU-maxpool2 per stage (VGG-like; the benchmark reference model).
+    Plain,
+    /// A stride-2 stem, then residual blocks (ResNet basic blocks), stride 2 between stages.
+    Residual,
+}
+
+/// The architecture of a classifier: stored as JSON in every checkpoint, so that a model file
+/// rebuilds its own network.
+///
+/// ```
+/// use fracture_nn::ModelConfig;
+/// use fracture_nn::layers::Layer;
+/// let cfg = ModelConfig::reference(128);
+/// let net = cfg.build(0)?;
+/// assert_eq!(net.num_params(), 388_834);
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Side of the square grayscale input, in pixels.
+    pub image_size: usize,
+    /// Input channels (1 for grayscale radiographs).
+    pub in_channels: usize,
+    /// Output channels of each stage.
+    pub widths: Vec<usize>,
+    /// Residual blocks per stage (ignored for [`BlockKind::Plain`], which has one conv per stage).
+    pub blocks_per_stage: usize,
+    /// Plain or residual stages.
+    pub block: BlockKind,
+    /// Dropout probability before the classifier.
+    pub dropout: f32,
+    /// Number of classes (2: fractured, not_fractured).
+    pub num_classes: usize,
+}
+
+impl Default for ModelConfig {
+    /// The default for real radiographs: residual, widths 32-64-128-256, 224 px.
+    fn default() -> Self {
+        ModelConfig {
+            image_size: 224,
+            in_channels: 1,
+            widths: vec![32, 64, 128, 256],
+            blocks_per_stage: 1,
+            block: BlockKind::Residual,
+            dropout: 0.3,
+            num_classes: 2,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The benchmark reference model of `../shared/bench/torch_reference.py`: four plain stages
+    /// 1->32->64->128->256, global average pool, dropout 0.3, linear 256->2.
+    pub fn reference(image_size: usize) -> Self {
+        ModelConfig {
+            image_size,
+            block: BlockKind::Plain,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// A small plain network for the synthetic phantoms (widths 16-32-64-64), trains in minutes.
+    pub fn phantom(image_size: usize) -> Self {
+        ModelConfig {
+            image_size,
+            widths: vec![16, 32, 64, 64],
+            block: BlockKind::Plain,
+            dropout: 0.2,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// Total down-sampling factor of the feature extractor.
+    pub fn downsampling(&self) -> usize {
+        // Plain: one max pool per stage. Residual: the stride-2 stem, then stride 2 between stages.
+        1 << self.widths.len()
+    }
+
+    /// Checks that the network can be built and that the input survives the down-sampling.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            return bad(format!("widths must be non-empty and positive, got {:?}", self.widths));
+        }
+        if self.in_channels == 0 || self.num_classes < 2 {
+            return bad(format!(
+                "need at least 1 input channel and 2 classes, got {} and {}",
+                self.in_channels, self.num_classes
+            ));
+        }
+        if self.block == BlockKind::Residual && self.blocks_per_stage == 0 {
+            return bad("blocks_per_stage must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        let d = self.downsampling();
+        if self.image_size < d {
+            return bad(format!(
+                "image size {} is smaller than the network's down-sampling factor {d} ({} stages); use at least {d} px or fewer stages",
+                self.image_size,
+                self.widths.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the network with Kaiming-initialised weights drawn from `seed`.
+    pub fn build(&self, seed: u64) -> Result<Sequential> {
+        self.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut blocks = Sequential::new();
+        let mut net = Sequential::new();
+        let last = *self.widths.last().expect("validated non-empty");
+        match self.block {
+            BlockKind::Plain => {
+                let mut c = self.in_channels;
+                for (i, &w) in self.widths.iter().enumerate() {
+                    let stage = Sequential::new()
+                        .with("0", Conv2dConfig::new(c, w, 3).with_padding(1).with_bias(false).init(&mut rng)?)?
+                        .with("1", BatchNorm2dConfig::new(w).init()?)?
+                        .with("2", Relu::new())?
+                        .with("3", MaxPool2dConfig::new(2).init()?)?;
+                    blocks.push(i.to_string(), stage)?;
+                    c = w;
+                }
+            }
+            BlockKind::Residual => {
+                let w0 = self.widths[0];
+                let stem = Sequential::new()
+                    .with(
+                        "0",
+                        Conv2dConfig::new(self.in_channels, w0, 3)
+                            .with_stride(2)
+                            .with_padding(1)
+                            .with_bias(false)
+                            .init(&mut rng)?,
+                    )?
+                    .with("1", BatchNorm2dConfig::new(w0).init()?)?
+                    .with("2", Relu::new())?;
+                net.push("stem", stem)?;
+                let mut c = w0;
+                let mut k = 0;
+                for (i, &w) in self.widths.iter().enumerate() {
+                    for j in 0..self.blocks_per_stage {
+                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                        blocks.push(k.to_string(), ResidualBlockConfig::new(c, w, stride).init(&mut rng)?)?;
+                        c = w;
+                        k += 1;
+                    }
+                }
+            }
+        }
+        net.push("blocks", blocks)?;
+        net.push("pool", GlobalAvgPool::new())?;
+        net.push("drop", DropoutConfig::new(self.dropout).init(&mut rng)?)?;
+        net.push("fc", LinearConfig::new(last, self.num_classes).init(&mut rng)?)?;
+        Ok(net)
+    }
+}

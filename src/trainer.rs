@@ -1,0 +1,793 @@
+//! The training loop: seeded epochs over a [`BatchLoader`], validation after each epoch, the
+//! best model by validation ROC-AUC, early stopping, atomic checkpoints that resume exactly, and
+//! the run's files (`metrics.csv`, `curves.png`, `report.json`).
+//!
+//! # Files written into the output directory
+//! - `model.safetensors`: the best weights by validation ROC-AUC, as a [`Classifier`] file
+//!   carrying the architecture, normalisation, class names and the operating threshold chosen on
+//!   validation (sensitivity >= [`TrainConfig::target_sensitivity`]).
+//! - `last.safetensors` and `last.optim.safetensors`: the state after the last finished epoch
+//!   (weights, batch-norm statistics, dropout counters, optimizer moments, history), written
+//!   atomically every epoch; [`Trainer::fit`] with `resume` continues from them and reaches the
+//!   same weights as an uninterrupted run.
+//! - `metrics.csv`: one row per epoch; `curves.png`: loss and validation ROC-AUC per epoch;
+//!   `report.json`: validation and test metrics, thresholds and the configuration.
+//!
+//! # Determinism
+//! The batch order and augmentation depend only on (seed, epoch, sample); the learning rate only
+//! on the step; dropout masks on a counter saved with the weights. With the same seed and the
+//! same number of threads, two runs (or a run and a killed-and-resumed run) give bit-identical
+//! weights.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fracture_data::{Augment, BatchLoader, DatasetSplit, LoaderConfig, Normalization};
+use fracture_layers::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
+use fracture_layers::{checkpoint, CrossEntropyLoss, Layer, Mode, Sequential};
+use fracture_metrics::{roc_auc, threshold_for_sensitivity, youden_threshold, BinaryReport, OperatingPoint};
+use fracture_tensor::Tensor4;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::classifier::{meta_entries, Classifier, ClassifierMeta, Provenance};
+use crate::curves::{plot_training_curves, EpochPoint};
+use crate::error::{io_err, Error, Result};
+use crate::model::ModelConfig;
+
+/// Which optimizer the trainer uses.
+///
+/// ```
+/// use fracture_nn::OptimizerKind;
+/// assert_eq!("adamw".parse::<OptimizerKind>().unwrap(), OptimizerKind::AdamW);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// SGD with momentum (Nesterov), weight decay added to the gradient.
+    Sgd,
+    /// AdamW with decoupled weight decay.
+    AdamW,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adamw" | "adam" => Ok(OptimizerKind::AdamW),
+            other => Err(Error::Config(format!("unknown optimizer {other:?} (expected sgd or adamw)"))),
+        }
+    }
+}
+
+/// How the loss weighs the classes.
+///
+/// ```
+/// use fracture_nn::ClassWeights;
+/// // 30 fractured, 90 not: inverse frequency, normalised to mean 1 over the samples.
+/// assert_eq!(ClassWeights::Balanced.resolve(&[30, 90]).unwrap(), Some(vec![2.0, 2.0 / 3.0]));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// All classes weigh 1.
+    None,
+    /// `n / (k * n_c)` from the training split's balance (the default).
+    Balanced,
+    /// Given weights, one per class.
+    Given(Vec<f32>),
+}
+
+impl ClassWeights {
+    /// The weights for a training split with `counts` images per class.
+    pub fn resolve(&self, counts: &[usize]) -> Result<Option<Vec<f32>>> {
+        match self {
+            ClassWeights::None => Ok(None),
+            ClassWeights::Given(w) if w.len() == counts.len() => Ok(Some(w.clone())),
+            ClassWeights::Given(w) => Err(Error::Config(format!(
+                "{} class weights given for {} classes",
+                w.len(),
+                counts.len()
+            ))),
+            ClassWeights::Balanced => {
+                let n: usize = counts.iter().sum();
+                let k = counts.len() as f32;
+                Ok(Some(
+                    counts
+                        .iter()
+                        .map(|&c| if c == 0 { 0.0 } else { n as f32 / (k * c as f32) })
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// Everything that defines a training run besides the data and the architecture.
+///
+/// ```
+/// let cfg = fracture_nn::TrainConfig { epochs: 3, ..Default::default() };
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Maximum number of epochs.
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// SGD or AdamW.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate (cosine schedule with linear warm-up, per step).
+    pub lr: f32,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f32,
+    /// Warm-up epochs (linear).
+    pub warmup_epochs: usize,
+    /// Weight decay (added to the gradient for SGD, decoupled for AdamW).
+    pub weight_decay: f32,
+    /// SGD momentum (Nesterov).
+    pub momentum: f32,
+    /// Class weights of the loss.
+    pub class_weights: ClassWeights,
+    /// Sample the classes evenly instead of weighting the loss.
+    pub balanced_sampling: bool,
+    /// Label smoothing of the loss.
+    pub label_smoothing: f32,
+    /// Clip the gradient's global norm to this value.
+    pub grad_clip: Option<f32>,
+    /// Training augmentation (`None`: none).
+    pub augment: Option<Augment>,
+    /// Stop when validation ROC-AUC has not improved for this many epochs.
+    pub patience: Option<usize>,
+    /// Sensitivity the operating threshold must reach on validation.
+    pub target_sensitivity: f64,
+    /// Seed of weights, batch order, augmentation and dropout.
+    pub seed: u64,
+    /// Show a progress bar and one summary line per epoch on stderr.
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 20,
+            batch_size: 32,
+            optimizer: OptimizerKind::AdamW,
+            lr: 2e-3,
+            min_lr: 1e-5,
+            warmup_epochs: 1,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            class_weights: ClassWeights::Balanced,
+            balanced_sampling: false,
+            label_smoothing: 0.0,
+            grad_clip: Some(5.0),
+            augment: Some(Augment::default()),
+            patience: None,
+            target_sensitivity: 0.90,
+            seed: 0,
+            verbose: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("the learning rate must be positive and finite");
+        }
+        if !(0.0..=1.0).contains(&self.target_sensitivity) {
+            return bad("target sensitivity must be in [0, 1]");
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1 epoch");
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's figures (a row of `metrics.csv`).
+///
+/// ```
+/// let r = fracture_nn::EpochRecord { epoch: 1, lr: 1e-3, train_loss: 0.6, train_accuracy: 0.7,
+///     val_loss: 0.5, val_auc: Some(0.8), val_accuracy: 0.75, images_per_s: 100.0, seconds: 3.0 };
+/// assert_eq!(r.epoch, 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Learning rate at the end of the epoch.
+    pub lr: f32,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Running training accuracy (argmax).
+    pub train_accuracy: f64,
+    /// Mean validation loss (unweighted).
+    pub val_loss: f64,
+    /// Validation ROC-AUC (`None` if validation holds one class only).
+    pub val_auc: Option<f64>,
+    /// Validation accuracy at argmax.
+    pub val_accuracy: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Wall time of the epoch (training and validation).
+    pub seconds: f64,
+}
+
+/// The state saved in `last.safetensors` besides the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    epochs_done: usize,
+    best_auc: Option<f64>,
+    best_epoch: usize,
+    history: Vec<EpochRecord>,
+    config: TrainConfig,
+    model: ModelConfig,
+    normalization: Normalization,
+    data: String,
+    train_seconds: f64,
+}
+
+const STATE_KEY: &str = "fracture_nn_run";
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The best classifier (by validation ROC-AUC), with its operating threshold.
+    pub classifier: Classifier,
+    /// Per-epoch figures.
+    pub history: Vec<EpochRecord>,
+    /// Epoch of the best weights.
+    pub best_epoch: usize,
+    /// The report also written as `report.json`.
+    pub report: RunReport,
+    /// Where the files went.
+    pub out_dir: PathBuf,
+}
+
+/// The contents of `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Training configuration.
+    pub config: TrainConfig,
+    /// Architecture.
+    pub model: ModelConfig,
+    /// Trainable parameters.
+    pub num_params: usize,
+    /// Training data.
+    pub data: String,
+    /// Images per split.
+    pub sizes: SplitSizes,
+    /// Epochs run and the best one.
+    pub epochs_run: usize,
+    /// Epoch of the saved weights.
+    pub best_epoch: usize,
+    /// Training wall time in seconds (all sessions of a resumed run).
+    pub train_seconds: f64,
+    /// Threshold reaching the target sensitivity on validation (the model's operating point).
+    pub operating_point: OperatingPoint,
+    /// Youden's J threshold on validation, for comparison.
+    pub youden: Option<OperatingPoint>,
+    /// Validation metrics at the operating threshold.
+    pub val: BinaryReport,
+    /// Test metrics at the operating threshold chosen on validation.
+    pub test: Option<BinaryReport>,
+    /// Per-epoch figures.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Number of images in each split of a run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SplitSizes {
+    /// Training images.
+    pub train: usize,
+    /// Validation images.
+    pub val: usize,
+    /// Test images (0 if absent).
+    pub test: usize,
+}
+
+/// Trains a [`ModelConfig`] on in-memory splits and writes the run's files.
+///
+/// ```no_run
+/// use fracture_nn::{ModelConfig, TrainConfig, Trainer};
+/// let data = fracture_nn::data::ImageFolder::load("my-xrays".as_ref(), &fracture_nn::data::LoadOptions::new(128))?;
+/// let trainer = Trainer::new(TrainConfig { epochs: 10, ..Default::default() }, "runs/demo");
+/// let out = trainer.fit(&ModelConfig::phantom(128), data.train()?.clone(), data.val()?.clone(), None, "my-xrays", false)?;
+/// println!("val ROC-AUC {:?}", out.report.val.roc_auc);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Trainer {
+    /// The run's settings.
+    pub config: TrainConfig,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Stop (as if killed) after this many epochs in this session; for tests of resuming.
+    pub stop_after: Option<usize>,
+}
+
+impl Trainer {
+    /// A trainer writing into `out_dir`.
+    pub fn new(config: TrainConfig, out_dir: impl Into<PathBuf>) -> Self {
+        Trainer {
+            config,
+            out_dir: out_dir.into(),
+            stop_after: None,
+        }
+    }
+
+    /// Path of the best model file.
+    pub fn model_path(&self) -> PathBuf {
+        self.out_dir.join("model.safetensors")
+    }
+
+    fn last_path(&self) -> PathBuf {
+        self.out_dir.join("last.safetensors")
+    }
+
+    fn last_optim_path(&self) -> PathBuf {
+        self.out_dir.join("last.optim.safetensors")
+    }
+
+    /// Trains `model` on `train`, validating on `val` each epoch; evaluates `test` once at the
+    /// end with the threshold chosen on `val`. `data` describes the data for provenance. With
+    /// `resume`, continues from `last.safetensors` in the output directory.
+    ///
+    /// Returns `Ok` with the outcome when all epochs ran or early stopping triggered, and also
+    /// when [`Trainer::stop_after`] interrupted the run (the outcome then reflects the best
+    /// model so far).
+    pub fn fit(
+        &self,
+        model: &ModelConfig,
+        train: DatasetSplit,
+        val: DatasetSplit,
+        test: Option<DatasetSplit>,
+        data: &str,
+        resume: bool,
+    ) -> Result<TrainOutcome> {
+        let cfg = &self.config;
+        cfg.validate()?;
+        model.validate()?;
+        for (name, split) in [("train", &train), ("val", &val)] {
+            if split.image_size() != model.image_size {
+                return Err(Error::Config(format!(
+                    "the {name} images are {} px but the model expects {} px",
+                    split.image_size(),
+                    model.image_size
+                )));
+            }
+        }
+        std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
+        let normalization = Normalization::from_train(&train)?;
+        let counts = train.class_counts();
+        let weights = cfg.class_weights.resolve(&counts)?;
+        let loss_fn = CrossEntropyLoss {
+            class_weights: if cfg.balanced_sampling { None } else { weights },
+            label_smoothing: cfg.label_smoothing,
+        };
+        let sizes = SplitSizes {
+            train: train.len(),
+            val: val.len(),
+            test: test.as_ref().map_or(0, |t| t.len()),
+        };
+
+        let mut net = model.build(cfg.seed)?;
+        let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
+            OptimizerKind::Sgd => Box::new(Sgd::new(SgdConfig {
+                momentum: cfg.momentum,
+                dampening: 0.0,
+                weight_decay: cfg.weight_decay,
+                nesterov: cfg.momentum > 0.0,
+            })?),
+            OptimizerKind::AdamW => Box::new(AdamW::new(AdamWConfig {
+                weight_decay: cfg.weight_decay,
+                ..AdamWConfig::default()
+            })?),
+        };
+        let mut state = RunState {
+            epochs_done: 0,
+            best_auc: None,
+            best_epoch: 0,
+            history: Vec::new(),
+            config: cfg.clone(),
+            model: model.clone(),
+            normalization,
+            data: data.to_string(),
+            train_seconds: 0.0,
+        };
+        if resume {
+            state = self.load_last(&mut net, opt.as_mut(), &state)?;
+        }
+
+        let loader = BatchLoader::new(
+            Arc::new(train),
+            normalization,
+            LoaderConfig {
+                batch_size: cfg.batch_size,
+                shuffle: true,
+                balanced: cfg.balanced_sampling,
+                augment: cfg.augment,
+                seed: cfg.seed,
+                drop_last: false,
+                prefetch: true,
+            },
+        )?;
+        let val = Arc::new(val);
+        let steps_per_epoch = loader.batches_per_epoch();
+        let schedule = LrSchedule::Cosine {
+            lr: cfg.lr,
+            min_lr: cfg.min_lr.min(cfg.lr),
+            warmup: cfg.warmup_epochs.min(cfg.epochs.saturating_sub(1)) * steps_per_epoch,
+            total: (cfg.epochs * steps_per_epoch).max(1),
+        };
+
+        let mut session_epochs = 0;
+        while state.epochs_done < cfg.epochs {
+            if self.stop_after.is_some_and(|k| session_epochs >= k) {
+                break;
+            }
+            if let (Some(p), Some(_)) = (cfg.patience, state.best_auc) {
+                if state.epochs_done - state.best_epoch >= p {
+                    if cfg.verbose {
+                        eprintln!("early stop: no val ROC-AUC gain in {p} epochs");
+                    }
+                    break;
+                }
+            }
+            let epoch = state.epochs_done; // 0-based index of the epoch to run
+            let t0 = Instant::now();
+            let bar = progress_bar(cfg.verbose, steps_per_epoch, epoch + 1, cfg.epochs);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let mut lr = cfg.lr;
+            for (b, batch) in loader.epoch(epoch).enumerate() {
+                let step = epoch * steps_per_epoch + b;
+                lr = schedule.lr_at(step);
+                let x = Tensor4::from_vec(batch.shape(), batch.images)?;
+                let logits = net.forward(&x, Mode::Train)?;
+                let (loss, dlogits) = loss_fn.forward_backward(&logits, &batch.labels)?;
+                if !loss.is_finite() {
+                    bar.abandon();
+                    return Err(Error::NonFiniteLoss {
+                        epoch: epoch + 1,
+                        batch: b + 1,
+                        loss,
+                    });
+                }
+                net.zero_grad();
+                net.backward_params_only(&dlogits)?;
+                if let Some(c) = cfg.grad_clip {
+                    clip_grad_norm(&mut net, c)?;
+                }
+                opt.step(&mut net, lr)?;
+                loss_sum += loss as f64 * batch.n as f64;
+                correct += count_correct(&logits, &batch.labels);
+                seen += batch.n;
+                let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4}  acc {:.3}  {:.0} img/s",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64,
+                    seen as f64 / secs
+                ));
+                bar.inc(1);
+            }
+            let train_secs = t0.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+            let ev = evaluate_split(&mut net, Arc::clone(&val), normalization, cfg.batch_size)?;
+            let val_auc = ev.auc();
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val_loss: ev.mean_loss,
+                val_auc,
+                val_accuracy: ev.accuracy,
+                images_per_s: seen as f64 / train_secs.max(1e-9),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            if cfg.verbose {
+                eprintln!(
+                    "epoch {:>3}/{}  loss {:.4}  acc {:.3}  val loss {:.4}  val AUC {}  val acc {:.3}  {:.0} img/s  {:.1}s",
+                    record.epoch,
+                    cfg.epochs,
+                    record.train_loss,
+                    record.train_accuracy,
+                    record.val_loss,
+                    val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+                    record.val_accuracy,
+                    record.images_per_s,
+                    record.seconds
+                );
+            }
+            state.history.push(record);
+            state.epochs_done += 1;
+            state.train_seconds += t0.elapsed().as_secs_f64();
+            // `>` keeps the earliest epoch on ties; a run whose val set has one class keeps the latest.
+            let improved = match (val_auc, state.best_auc) {
+                (Some(a), Some(b)) => a > b,
+                (Some(_), None) => true,
+                (None, _) => state.best_auc.is_none(),
+            };
+            if improved {
+                state.best_auc = val_auc;
+                state.best_epoch = state.epochs_done;
+                let mut meta = ClassifierMeta::new(model.clone(), normalization);
+                meta.provenance = self.provenance(&state);
+                checkpoint::save_model(self.model_path(), &net, &meta_entries(&meta))?;
+            }
+            self.save_last(&net, opt.as_ref(), &state)?;
+            self.write_history_files(&state.history)?;
+            session_epochs += 1;
+        }
+        drop(loader);
+        self.finish(state, val, test, sizes)
+    }
+
+    fn provenance(&self, state: &RunState) -> Provenance {
+        Provenance {
+            data: state.data.clone(),
+            seed: self.config.seed,
+            epochs: state.epochs_done,
+            best_epoch: state.best_epoch,
+            val_auc: state.best_auc,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ..Provenance::default()
+        }
+    }
+
+    /// Loads the best model, chooses the operating threshold on val, evaluates test, writes the
+    /// final model file and `report.json`.
+    fn finish(
+        &self,
+        state: RunState,
+        val: Arc<DatasetSplit>,
+        test: Option<DatasetSplit>,
+        sizes: SplitSizes,
+    ) -> Result<TrainOutcome> {
+        let mut clf = Classifier::load(&self.model_path())?;
+        let bs = self.config.batch_size;
+        let n_val = val.len();
+        let ev = evaluate_split(&mut clf.net, val, state.normalization, bs)?;
+        let labels = ev.positives();
+        let op = threshold_for_sensitivity(&labels, &ev.scores, self.config.target_sensitivity)?;
+        let youden = youden_threshold(&labels, &ev.scores).ok();
+        clf.meta.threshold = op.threshold;
+        clf.meta.threshold_rule = format!(
+            "highest specificity with validation sensitivity >= {:.2} ({} val images)",
+            self.config.target_sensitivity,
+            n_val
+        );
+        clf.meta.provenance = self.provenance(&state);
+        clf.meta.provenance.epochs = state.epochs_done;
+        clf.save(&self.model_path())?;
+        let val_report = BinaryReport::new(&labels, &ev.scores, op.threshold)?;
+        let test_report = match test {
+            Some(t) if !t.is_empty() => {
+                let te = evaluate_split(&mut clf.net, t, state.normalization, bs)?;
+                Some(BinaryReport::new(&te.positives(), &te.scores, op.threshold)?)
+            }
+            _ => None,
+        };
+        let report = RunReport {
+            config: self.config.clone(),
+            model: state.model.clone(),
+            num_params: clf.net.num_params(),
+            data: state.data.clone(),
+            sizes,
+            epochs_run: state.epochs_done,
+            best_epoch: state.best_epoch,
+            train_seconds: state.train_seconds,
+            operating_point: op,
+            youden,
+            val: val_report,
+            test: test_report,
+            history: state.history.clone(),
+        };
+        let json = serde_json::to_string_pretty(&report).expect("report serialises");
+        let path = self.out_dir.join("report.json");
+        checkpoint::write_atomic(&path, json.as_bytes())?;
+        Ok(TrainOutcome {
+            classifier: clf,
+            history: state.history,
+            best_epoch: state.best_epoch,
+            report,
+            out_dir: self.out_dir.clone(),
+        })
+    }
+
+    fn save_last(&self, net: &Sequential, opt: &dyn Optimizer, state: &RunState) -> Result<()> {
+        let json = serde_json::to_string(state).expect("run state serialises");
+        let meta: checkpoint::Metadata = [(STATE_KEY.to_string(), json)].into_iter().collect();
+        let epoch_meta: checkpoint::Metadata =
+            [("epochs_done".to_string(), state.epochs_done.to_string())].into_iter().collect();
+        // Optimizer first, then the weights: both carry the epoch, and resuming checks they agree.
+        checkpoint::save_optimizer_state(self.last_optim_path(), &opt.state(), &epoch_meta)?;
+        checkpoint::save_model(self.last_path(), net, &meta)?;
+        Ok(())
+    }
+
+    fn load_last(&self, net: &mut Sequential, opt: &mut dyn Optimizer, fresh: &RunState) -> Result<RunState> {
+        let path = self.last_path();
+        let resume_err = |reason: String| Error::Resume {
+            path: path.clone(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(resume_err("there is no last checkpoint in this output directory".into()));
+        }
+        let meta = checkpoint::load_model(&path, net)?;
+        let json = meta
+            .get(STATE_KEY)
+            .ok_or_else(|| resume_err("it holds no training state (is it a model file?)".into()))?;
+        let state: RunState =
+            serde_json::from_str(json).map_err(|e| resume_err(format!("unreadable training state: {e}")))?;
+        if state.model != fresh.model {
+            return Err(resume_err("it was trained with another architecture".into()));
+        }
+        let mut a = state.config.clone();
+        let mut b = fresh.config.clone();
+        // Only the epoch budget, patience and verbosity may change when resuming.
+        for c in [&mut a, &mut b] {
+            c.epochs = 0;
+            c.patience = None;
+            c.verbose = false;
+        }
+        if a != b {
+            return Err(resume_err(
+                "it was trained with other settings (only --epochs may change when resuming)".into(),
+            ));
+        }
+        let opt_state = checkpoint::load_optimizer_state(self.last_optim_path())?;
+        opt.load_state(opt_state)?;
+        let opt_meta = checkpoint::read_metadata(self.last_optim_path())?;
+        if opt_meta.get("epochs_done") != Some(&state.epochs_done.to_string()) {
+            return Err(resume_err(
+                "last.safetensors and last.optim.safetensors come from different epochs (the run was killed while writing them); restart the run".into(),
+            ));
+        }
+        Ok(RunState {
+            config: fresh.config.clone(),
+            ..state
+        })
+    }
+
+    fn write_history_files(&self, history: &[EpochRecord]) -> Result<()> {
+        let mut csv = String::from(
+            "epoch,lr,train_loss,train_accuracy,val_loss,val_auc,val_accuracy,images_per_s,seconds\n",
+        );
+        for r in history {
+            csv.push_str(&format!(
+                "{},{},{:.6},{:.6},{:.6},{},{:.6},{:.1},{:.2}\n",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                r.train_accuracy,
+                r.val_loss,
+                r.val_auc.map_or(String::new(), |a| format!("{a:.6}")),
+                r.val_accuracy,
+                r.images_per_s,
+                r.seconds
+            ));
+        }
+        checkpoint::write_atomic(&self.out_dir.join("metrics.csv"), csv.as_bytes())?;
+        let points: Vec<EpochPoint> = history
+            .iter()
+            .map(|r| EpochPoint {
+                epoch: r.epoch,
+                train_loss: r.train_loss,
+                val_loss: r.val_loss,
+                val_auc: r.val_auc.unwrap_or(f64::NAN),
+            })
+            .collect();
+        plot_training_curves(&self.out_dir.join("curves.png"), &points)
+    }
+}
+
+fn progress_bar(verbose: bool, len: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !verbose {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}
+
+fn count_correct(logits: &Tensor4, labels: &[usize]) -> usize {
+    let [n, k, _, _] = logits.shape();
+    let l = logits.as_slice();
+    (0..n)
+        .filter(|&i| {
+            let row = &l[i * k..(i + 1) * k];
+            let arg = (0..k).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+            arg == labels[i]
+        })
+        .count()
+}
+
+/// Scores of a split under a network in eval mode.
+#[derive(Clone, Debug)]
+pub struct SplitScores {
+    /// P(fractured) per image, in the split's order.
+    pub scores: Vec<f64>,
+    /// Class index per image.
+    pub labels: Vec<usize>,
+    /// Mean unweighted cross-entropy.
+    pub mean_loss: f64,
+    /// Accuracy at argmax.
+    pub accuracy: f64,
+}
+
+impl SplitScores {
+    /// `true` where the image is fractured (the positive class).
+    pub fn positives(&self) -> Vec<bool> {
+        self.labels.iter().map(|&l| l == fracture_metrics::FRACTURED).collect()
+    }
+
+    /// ROC-AUC, `None` when the split holds one class only.
+    pub fn auc(&self) -> Option<f64> {
+        roc_auc(&self.positives(), &self.scores).ok()
+    }
+}
+
+/// Runs `net` in eval mode over `split` (no augmentation) and returns P(fractured) per image.
+///
+/// ```
+/// use fracture_nn::{evaluate_split, ModelConfig};
+/// use fracture_nn::data::{DatasetSplit, Normalization, Split};
+/// let split = DatasetSplit::new(Split::Val, vec!["fractured".into(), "not_fractured".into()], 32,
+///     vec![128; 2 * 32 * 32], vec![0, 1], vec!["a.png".into(), "b.png".into()])?;
+/// let mut net = ModelConfig::phantom(32).build(0)?;
+/// let ev = evaluate_split(&mut net, &split, Normalization { mean: 0.5, std: 0.2 }, 8)?;
+/// assert_eq!(ev.scores.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn evaluate_split(
+    net: &mut Sequential,
+    split: impl Into<Arc<DatasetSplit>>,
+    normalization: Normalization,
+    batch_size: usize,
+) -> Result<SplitScores> {
+    let split = split.into();
+    let loader = BatchLoader::eval(Arc::clone(&split), normalization, batch_size)?;
+    let plain = CrossEntropyLoss::default();
+    let mut scores = Vec::with_capacity(split.len());
+    let mut labels = Vec::with_capacity(split.len());
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    for batch in loader.epoch(0) {
+        let x = Tensor4::from_vec(batch.shape(), batch.images)?;
+        let logits = net.forward(&x, Mode::Eval)?;
+        loss_sum += plain.forward(&logits, &batch.labels)? as f64 * batch.n as f64;
+        correct += count_correct(&logits, &batch.labels);
+        let probs = fracture_layers::softmax(&logits)?;
+        let k = probs.shape()[1];
+        scores.extend((0..batch.n).map(|i| probs.as_slice()[i * k + fracture_metrics::FRACTURED] as f64));
+        labels.extend_from_slice(&batch.labels);
+    }
+    let n = labels.len().max(1) as f64;
+    Ok(SplitScores {
+        scores,
+        labels,
+        mean_loss: loss_sum / n,
+        accuracy: correct as f64 / n,
+    })
+}
