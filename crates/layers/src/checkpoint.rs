@@ -7,7 +7,8 @@
 //! norm's `num_batches_tracked` is not stored). The header's `__metadata__` holds the caller's
 //! string entries (e.g. the architecture config as JSON) plus the reserved entries
 //! `format_version` ([`FORMAT_VERSION`]), `fracture_kind` (`"model"`), and, when the model has
-//! dropout layers, `rng_counters` (JSON object of their random-stream counters).
+//! dropout layers, `rng_streams` (JSON object: layer name -> `{"seed", "counter"}` of its
+//! random stream, see [`RngStream`]).
 //!
 //! # Optimizer files
 //! Slot tensors named `<param>.<slot>` (`fc.weight.momentum_buffer`, `fc.weight.exp_avg`), and
@@ -30,7 +31,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{LayersError, Result};
-use crate::layer::Layer;
+use crate::layer::{Layer, RngStream};
 use crate::optim::{OptimizerState, ParamState};
 
 /// Version of the checkpoint layout written by this crate (metadata entry `format_version`).
@@ -40,7 +41,7 @@ pub const FORMAT_VERSION: &str = "1";
 pub const RESERVED_KEYS: [&str; 6] = [
     "format_version",
     "fracture_kind",
-    "rng_counters",
+    "rng_streams",
     "optimizer",
     "optimizer_config",
     "optimizer_params",
@@ -92,31 +93,35 @@ fn describe(e: &SafeTensorError) -> String {
 /// Parses `bytes` as safetensors, first checking that every data offset lies inside the file
 /// (the crate's own check can overflow on absurd offsets).
 fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
-    if bytes.len() >= 8 {
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-        let data_len = (bytes.len() as u64 - 8).checked_sub(n);
-        if let (Some(data_len), Ok(header)) =
-            (data_len, std::str::from_utf8(&bytes[8..8 + n as usize]))
-        {
-            if let Ok(serde_json::Value::Object(map)) =
-                serde_json::from_str::<serde_json::Value>(header)
-            {
-                for (name, info) in map.iter().filter(|(k, _)| *k != "__metadata__") {
-                    let offsets = info.get("data_offsets").and_then(|o| o.as_array());
-                    let too_far = offsets
-                        .map(|o| o.iter().any(|v| v.as_u64().is_some_and(|v| v > data_len)))
-                        .unwrap_or(false);
-                    if too_far {
-                        return Err(ckpt_err(
-                            path,
-                            format!("tensor {name:?} has data offsets past the end of the file (truncated or corrupt)"),
-                        ));
-                    }
-                }
-            }
-        }
+    if let Some(name) = offset_past_end(bytes) {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "tensor {name:?} has data offsets past the end of the file (truncated or corrupt)"
+            ),
+        ));
     }
     SafeTensors::deserialize(bytes).map_err(|e| ckpt_err(path, describe(&e)))
+}
+
+/// The first tensor whose header offsets exceed the data actually present, if the header is
+/// readable at all (an unreadable header is left for the crate to report).
+fn offset_past_end(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let data_len = (bytes.len() as u64 - 8).checked_sub(n)?;
+    let header = std::str::from_utf8(bytes.get(8..8 + usize::try_from(n).ok()?)?).ok()?;
+    let serde_json::Value::Object(map) = serde_json::from_str(header).ok()? else {
+        return None;
+    };
+    map.into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .find_map(|(name, info)| {
+            let offsets = info.get("data_offsets")?.as_array()?.clone();
+            offsets
+                .iter()
+                .any(|v| v.as_u64().is_some_and(|v| v > data_len))
+                .then_some(name)
+        })
 }
 
 fn file_metadata(bytes: &[u8], path: &Path) -> Result<Metadata> {
@@ -280,15 +285,12 @@ pub fn model_to_bytes(model: &dyn Layer, metadata: &Metadata) -> Result<Vec<u8>>
     let mut meta = metadata.clone();
     meta.insert("format_version".into(), FORMAT_VERSION.into());
     meta.insert("fracture_kind".into(), "model".into());
-    let mut counters = BTreeMap::new();
-    model.visit_rng_counters_ref("", &mut |name, c| {
-        counters.insert(name.to_string(), c);
+    let mut streams = BTreeMap::new();
+    model.visit_rng_streams_ref("", &mut |name, s| {
+        streams.insert(name.to_string(), *s);
     });
-    if !counters.is_empty() {
-        meta.insert(
-            "rng_counters".into(),
-            serde_json::to_string(&counters).unwrap_or_default(),
-        );
+    if !streams.is_empty() {
+        meta.insert("rng_streams".into(), json(&streams));
     }
     write_tensors(&tensors, &meta)
 }
@@ -408,27 +410,23 @@ pub fn model_from_bytes(bytes: &[u8], model: &mut dyn Layer, path: &Path) -> Res
         });
     }
     let mut wanted = Vec::new();
-    model.visit_rng_counters_ref("", &mut |name, _| wanted.push(name.to_string()));
-    let counters: BTreeMap<String, u64> = if wanted.is_empty() {
+    model.visit_rng_streams_ref("", &mut |name, _| wanted.push(name.to_string()));
+    let streams: BTreeMap<String, RngStream> = if wanted.is_empty() {
         BTreeMap::new()
     } else {
-        let raw = meta.get("rng_counters").ok_or_else(|| {
+        let raw = meta.get("rng_streams").ok_or_else(|| {
             ckpt_err(
                 path,
                 format!(
-                    "metadata lacks rng_counters (the model has dropout layer {:?})",
+                    "metadata lacks rng_streams (the model has dropout layer {:?})",
                     wanted[0]
                 ),
             )
         })?;
-        let c: BTreeMap<String, u64> = serde_json::from_str(raw).map_err(|e| {
-            ckpt_err(
-                path,
-                format!("metadata rng_counters is not a JSON object of integers: {e}"),
-            )
-        })?;
+        let c: BTreeMap<String, RngStream> = serde_json::from_str(raw)
+            .map_err(|e| ckpt_err(path, format!("metadata rng_streams is malformed: {e}")))?;
         if let Some(w) = wanted.iter().find(|w| !c.contains_key(*w)) {
-            return Err(ckpt_err(path, format!("metadata rng_counters lacks {w:?}")));
+            return Err(ckpt_err(path, format!("metadata rng_streams lacks {w:?}")));
         }
         c
     };
@@ -442,9 +440,9 @@ pub fn model_from_bytes(bytes: &[u8], model: &mut dyn Layer, path: &Path) -> Res
             b.value.as_slice_mut().copy_from_slice(v);
         }
     });
-    model.visit_rng_counters("", &mut |name, c| {
-        if let Some(v) = counters.get(name) {
-            *c = *v;
+    model.visit_rng_streams("", &mut |name, s| {
+        if let Some(v) = streams.get(name) {
+            *s = *v;
         }
     });
     Ok(meta)

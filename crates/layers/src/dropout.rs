@@ -5,7 +5,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{LayersError, Result};
-use crate::layer::{join_name, Layer, Mode, Param};
+use crate::layer::{Layer, Mode, Param, RngStream};
 
 /// Configuration of a [`Dropout`] layer.
 ///
@@ -45,8 +45,10 @@ impl DropoutConfig {
         }
         Ok(Dropout {
             config: *self,
-            seed: rng.next_u64(),
-            counter: 0,
+            stream: RngStream {
+                seed: rng.next_u64(),
+                counter: 0,
+            },
             cache: None,
         })
     }
@@ -58,7 +60,7 @@ impl DropoutConfig {
 /// PyTorch equivalent: `nn.Dropout`. No parameters. The `k`-th training forward pass draws its
 /// mask from ChaCha8 seeded with the layer's seed on stream `k`, so masks are reproducible
 /// whatever the thread count; the counter `k` is saved in checkpoints (see
-/// [`Layer::visit_rng_counters`]) so that a resumed run draws the same masks.
+/// [`Layer::visit_rng_streams`]) so that a resumed run draws the same masks.
 ///
 /// ```
 /// use fracture_layers::{DropoutConfig, Layer, Mode};
@@ -73,8 +75,7 @@ impl DropoutConfig {
 #[derive(Debug)]
 pub struct Dropout {
     config: DropoutConfig,
-    seed: u64,
-    counter: u64,
+    stream: RngStream,
     /// `Some(mask)` after a training forward, `Some(empty)` after an `EvalWithGrad` one.
     cache: Option<Vec<f32>>,
 }
@@ -84,13 +85,9 @@ impl Dropout {
     pub fn config(&self) -> &DropoutConfig {
         &self.config
     }
-    /// The seed of its random stream.
-    pub fn seed(&self) -> u64 {
-        self.seed
-    }
-    /// Number of training forward passes so far (the next mask's stream).
-    pub fn counter(&self) -> u64 {
-        self.counter
+    /// Its random stream: seed, and number of training forward passes so far.
+    pub fn rng_stream(&self) -> RngStream {
+        self.stream
     }
 }
 
@@ -110,9 +107,9 @@ impl Layer for Dropout {
         }
         let p = self.config.p;
         let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(self.counter);
-        self.counter += 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.stream.seed);
+        rng.set_stream(self.stream.counter);
+        self.stream.counter += 1;
         let mask: Vec<f32> = (0..x.len())
             .map(|_| if rng.gen::<f32>() < p { 0.0 } else { scale })
             .collect();
@@ -153,12 +150,12 @@ impl Layer for Dropout {
 
     fn visit_params_ref<'a>(&'a self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a Param)) {}
 
-    fn visit_rng_counters(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut u64)) {
-        f(&join_name(prefix, "rng_counter"), &mut self.counter);
+    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
+        f(prefix, &mut self.stream);
     }
 
-    fn visit_rng_counters_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, u64)) {
-        f(&join_name(prefix, "rng_counter"), self.counter);
+    fn visit_rng_streams_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, &RngStream)) {
+        f(prefix, &self.stream);
     }
 
     fn clear_cache(&mut self) {

@@ -156,6 +156,21 @@ impl Buffer {
     }
 }
 
+/// The state of a layer's own random stream: the next draw (e.g. a dropout mask) comes from
+/// ChaCha8 seeded with `seed` on stream `counter`, after which `counter` is incremented.
+///
+/// ```
+/// let s = fracture_layers::RngStream { seed: 7, counter: 0 };
+/// assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"seed":7,"counter":0}"#);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RngStream {
+    /// Seed of the ChaCha8 generator.
+    pub seed: u64,
+    /// Index of the next stream to draw from (number of draws so far).
+    pub counter: u64,
+}
+
 /// Joins a name prefix and a local name with a dot (`""` + `"weight"` = `"weight"`).
 ///
 /// ```
@@ -220,12 +235,12 @@ pub trait Layer: Send {
     /// Read-only twin of [`Layer::visit_buffers`]. Default: none.
     fn visit_buffers_ref<'a>(&'a self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a Buffer)) {}
 
-    /// Calls `f(name, counter)` for each random-stream counter (dropout), so that checkpoints can
-    /// save it and a resumed run draws the same masks. Default: none.
-    fn visit_rng_counters(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut u64)) {}
+    /// Calls `f(name, stream)` for each random stream (dropout), so that checkpoints can save it
+    /// and a resumed run draws the same masks. Default: none.
+    fn visit_rng_streams(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut RngStream)) {}
 
-    /// Read-only twin of [`Layer::visit_rng_counters`]. Default: none.
-    fn visit_rng_counters_ref(&self, _prefix: &str, _f: &mut dyn FnMut(&str, u64)) {}
+    /// Read-only twin of [`Layer::visit_rng_streams`]. Default: none.
+    fn visit_rng_streams_ref(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &RngStream)) {}
 
     /// Drops any cached forward state (frees memory). Default: nothing cached.
     fn clear_cache(&mut self) {}

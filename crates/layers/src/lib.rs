@@ -62,7 +62,7 @@ pub use dropout::{Dropout, DropoutConfig};
 pub use error::{LayersError, Result};
 pub use flatten::Flatten;
 pub use global_avg_pool::GlobalAvgPool;
-pub use layer::{join_name, Buffer, Layer, Mode, Param};
+pub use layer::{join_name, Buffer, Layer, Mode, Param, RngStream};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{log_softmax, softmax, CrossEntropyLoss};
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};

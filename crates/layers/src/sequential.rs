@@ -3,7 +3,7 @@
 use fracture_tensor::Tensor4;
 
 use crate::error::{LayersError, Result};
-use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+use crate::layer::{join_name, Buffer, Layer, Mode, Param, RngStream};
 
 /// Layers applied in order, each under a name that prefixes its tensors' state-dict names.
 ///
@@ -201,15 +201,15 @@ impl Layer for Sequential {
         }
     }
 
-    fn visit_rng_counters(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut u64)) {
+    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
         for (name, layer) in self.layers.iter_mut() {
-            layer.visit_rng_counters(&join_name(prefix, name), f);
+            layer.visit_rng_streams(&join_name(prefix, name), f);
         }
     }
 
-    fn visit_rng_counters_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, u64)) {
+    fn visit_rng_streams_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, &RngStream)) {
         for (name, layer) in &self.layers {
-            layer.visit_rng_counters_ref(&join_name(prefix, name), f);
+            layer.visit_rng_streams_ref(&join_name(prefix, name), f);
         }
     }
 

@@ -50,15 +50,15 @@ fn objective(y: &Tensor4, r: &Tensor4) -> f64 {
         .sum()
 }
 
-fn counters(layer: &mut dyn Layer) -> Vec<u64> {
+fn counters(layer: &mut dyn Layer) -> Vec<RngStream> {
     let mut v = Vec::new();
-    layer.visit_rng_counters("", &mut |_, c| v.push(*c));
+    layer.visit_rng_streams("", &mut |_, c| v.push(*c));
     v
 }
 
-fn restore_counters(layer: &mut dyn Layer, saved: &[u64]) {
+fn restore_counters(layer: &mut dyn Layer, saved: &[RngStream]) {
     let mut i = 0;
-    layer.visit_rng_counters("", &mut |_, c| {
+    layer.visit_rng_streams("", &mut |_, c| {
         *c = saved[i];
         i += 1;
     });
@@ -428,8 +428,8 @@ impl Layer for WithLoss {
     fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
         self.net.visit_params_ref(prefix, f)
     }
-    fn visit_rng_counters(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut u64)) {
-        self.net.visit_rng_counters(prefix, f)
+    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
+        self.net.visit_rng_streams(prefix, f)
     }
 }
 
