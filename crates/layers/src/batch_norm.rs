@@ -284,10 +284,10 @@ impl Layer for BatchNorm2d {
                     .for_each(|(p, yp)| {
                         let c = p % c_total;
                         let xp = &xs[p * hw..(p + 1) * hw];
-                        let scale = inv_std[c] * gamma[c];
-                        let shift = beta[c] - mean[c] * scale;
+                        // The caching path's arithmetic: Eval and EvalWithGrad agree bit for bit.
+                        let (mu, is, g, b) = (mean[c], inv_std[c], gamma[c], beta[c]);
                         for (yv, &xv) in yp.iter_mut().zip(xp) {
-                            *yv = xv * scale + shift;
+                            *yv = (xv - mu) * is * g + b;
                         }
                     });
             }
