@@ -254,15 +254,10 @@ impl Layer for BatchNorm2d {
         let gamma = self.weight.value.as_slice();
         let beta = self.bias.value.as_slice();
         let mut y = Tensor4::zeros(x.shape());
-        let cache = mode.caches();
-        let mut x_hat = if cache {
-            Tensor4::zeros(x.shape())
-        } else {
-            Tensor4::zeros([0, 0, 0, 0])
-        };
+        let mut x_hat = mode.caches().then(|| Tensor4::zeros(x.shape()));
         if hw > 0 {
             let xs = x.as_slice();
-            if cache {
+            if let Some(x_hat) = &mut x_hat {
                 y.as_slice_mut()
                     .par_chunks_mut(hw)
                     .zip(x_hat.as_slice_mut().par_chunks_mut(hw))
@@ -292,15 +287,11 @@ impl Layer for BatchNorm2d {
                     });
             }
         }
-        self.cache = if cache {
-            Some(BnCache {
-                x_hat,
-                inv_std,
-                batch_stats: mode.is_training(),
-            })
-        } else {
-            None
-        };
+        self.cache = x_hat.map(|x_hat| BnCache {
+            x_hat,
+            inv_std,
+            batch_stats: mode.is_training(),
+        });
         Ok(y)
     }
 

@@ -206,8 +206,13 @@ impl Layer for Conv2d {
     }
 
     fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4> {
-        self.backward_inner(dy, true)?
-            .ok_or(LayersError::NoForwardCache { layer: "Conv2d" })
+        self.backward_inner(dy, true)?.ok_or_else(|| {
+            LayersError::shape(
+                "Conv2d",
+                "an input gradient from conv2d_backward",
+                &dy.shape(),
+            )
+        })
     }
 
     fn backward_params_only(&mut self, dy: &Tensor4) -> Result<()> {

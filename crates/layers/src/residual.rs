@@ -154,7 +154,8 @@ impl Layer for ResidualBlock {
             ));
         }
         for (o, s) in out.as_slice_mut().iter_mut().zip(short.as_slice()) {
-            *o = (*o + s).max(0.0);
+            let v = *o + s;
+            *o = if v < 0.0 { 0.0 } else { v }; // as relu_forward: NaN propagates
         }
         self.cache = if mode.caches() {
             Some((h, out.clone()))

@@ -51,6 +51,18 @@ pub trait Optimizer: Send {
 }
 
 /// One parameter's optimizer state.
+///
+/// ```
+/// use fracture_layers::optim::{Optimizer, Sgd, SgdConfig};
+/// use fracture_layers::LinearConfig;
+/// use rand::SeedableRng;
+/// let mut fc = LinearConfig::new(2, 1).init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap();
+/// let mut opt = Sgd::new(SgdConfig { momentum: 0.9, ..Default::default() }).unwrap();
+/// opt.step(&mut fc, 0.1).unwrap();
+/// let s = &opt.state().params["weight"];
+/// assert_eq!((s.step, s.shape.as_slice()), (1, &[1, 2][..]));
+/// assert_eq!(s.slots["momentum_buffer"].len(), 2);
+/// ```
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ParamState {
     /// Number of updates applied to this parameter.
