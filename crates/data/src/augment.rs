@@ -1,0 +1,523 @@
+//! Seeded data augmentation for training images.
+//!
+//! [`Augment`] composes, each with its own probability: horizontal and vertical flips, rotation
+//! (default up to ±15°), random resized crop, translation, brightness and contrast jitter and
+//! Gaussian noise. All geometric operations are folded into one affine map and sampled once
+//! with bilinear interpolation (outside the image counts as black); photometric operations follow,
+//! and the result is clamped to `[0, 1]`. Given the same random generator the output is the
+//! same, and the batch loader gives each sample its own generator
+//! ([`crate::sample_rng`]`(seed, epoch, position)`), so batches do not depend on the thread count.
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+/// Random rotation about the image centre.
+///
+/// ```
+/// use fracture_data::augment::Rotation;
+/// assert_eq!(Rotation::default().max_degrees, 15.0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// Probability of rotating (default 0.5).
+    pub p: f32,
+    /// Angle drawn uniformly in `[-max_degrees, max_degrees]` (default 15).
+    pub max_degrees: f32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            p: 0.5,
+            max_degrees: 15.0,
+        }
+    }
+}
+
+/// Random resized crop: a window of random area and aspect ratio is scaled to the full size.
+///
+/// ```
+/// use fracture_data::augment::ResizedCrop;
+/// assert_eq!(ResizedCrop::default().scale, [0.8, 1.0]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResizedCrop {
+    /// Probability of cropping (default 0.5).
+    pub p: f32,
+    /// Range of the window's area as a fraction of the image (default `[0.8, 1.0]`).
+    pub scale: [f32; 2],
+    /// Range of the window's aspect ratio width/height, drawn log-uniformly
+    /// (default `[3/4, 4/3]`).
+    pub ratio: [f32; 2],
+}
+
+impl Default for ResizedCrop {
+    fn default() -> Self {
+        ResizedCrop {
+            p: 0.5,
+            scale: [0.8, 1.0],
+            ratio: [0.75, 4.0 / 3.0],
+        }
+    }
+}
+
+/// Random translation.
+///
+/// ```
+/// use fracture_data::augment::Translate;
+/// assert_eq!(Translate::default().max_fraction, 0.1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Translate {
+    /// Probability of translating (default 0.3).
+    pub p: f32,
+    /// Largest shift along each axis as a fraction of the image side (default 0.1).
+    pub max_fraction: f32,
+}
+
+impl Default for Translate {
+    fn default() -> Self {
+        Translate {
+            p: 0.3,
+            max_fraction: 0.1,
+        }
+    }
+}
+
+/// A photometric jitter: with probability `p`, a value drawn uniformly in `[-amount, amount]`.
+///
+/// For brightness the value is added to `[0, 1]` pixels; for contrast the pixels' distance to
+/// the image mean is multiplied by `1 + value`.
+///
+/// ```
+/// use fracture_data::augment::Jitter;
+/// let j = Jitter { p: 1.0, amount: 0.2 };
+/// assert!(j.amount > 0.0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Jitter {
+    /// Probability of applying the jitter.
+    pub p: f32,
+    /// Largest magnitude of the change.
+    pub amount: f32,
+}
+
+/// Additive Gaussian noise on `[0, 1]` pixels.
+///
+/// ```
+/// use fracture_data::augment::Noise;
+/// assert_eq!(Noise::default().p, 0.0); // off unless asked for
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Noise {
+    /// Probability of adding noise (default 0: off).
+    pub p: f32,
+    /// Standard deviation on the `[0, 1]` scale (default 0.02).
+    pub std: f32,
+}
+
+impl Default for Noise {
+    fn default() -> Self {
+        Noise { p: 0.0, std: 0.02 }
+    }
+}
+
+/// The augmentation pipeline; every step has its own probability (0 disables it).
+///
+/// ```
+/// use fracture_data::{sample_rng, Augment};
+/// let aug = Augment::default();
+/// let src = vec![128u8; 16 * 16];
+/// let mut out = vec![0.0f32; 16 * 16];
+/// aug.apply(&src, 16, &mut sample_rng(1, 0, 3), &mut out).unwrap();
+/// assert!(out.iter().all(|&v| (0.0..=1.0).contains(&v)));
+/// let mut again = vec![0.0f32; 16 * 16];
+/// aug.apply(&src, 16, &mut sample_rng(1, 0, 3), &mut again).unwrap();
+/// assert_eq!(out, again);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Probability of a horizontal flip (default 0.5).
+    pub hflip: f32,
+    /// Probability of a vertical flip (default 0: radiographs have a usual up-down orientation).
+    pub vflip: f32,
+    /// Random rotation.
+    pub rotation: Rotation,
+    /// Random resized crop.
+    pub crop: ResizedCrop,
+    /// Random translation.
+    pub translate: Translate,
+    /// Brightness jitter (default p 0.5, ±0.1).
+    pub brightness: Jitter,
+    /// Contrast jitter (default p 0.5, ±20 %).
+    pub contrast: Jitter,
+    /// Gaussian noise (default off).
+    pub noise: Noise,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            hflip: 0.5,
+            vflip: 0.0,
+            rotation: Rotation::default(),
+            crop: ResizedCrop::default(),
+            translate: Translate::default(),
+            brightness: Jitter {
+                p: 0.5,
+                amount: 0.1,
+            },
+            contrast: Jitter {
+                p: 0.5,
+                amount: 0.2,
+            },
+            noise: Noise::default(),
+        }
+    }
+}
+
+/// The affine map from output pixel centres to source pixel coordinates.
+#[derive(Clone, Copy, Debug)]
+struct Affine {
+    /// `src = m * (out - c) + t + c`, with `c` the image centre.
+    m: [[f32; 2]; 2],
+    t: [f32; 2],
+}
+
+impl Augment {
+    /// No augmentation at all (every probability 0).
+    ///
+    /// ```
+    /// use fracture_data::{sample_rng, Augment};
+    /// let mut out = [0.0f32; 4];
+    /// Augment::none().apply(&[0, 51, 102, 255], 2, &mut sample_rng(0, 0, 0), &mut out).unwrap();
+    /// assert_eq!(out, [0.0, 0.2, 0.4, 1.0]);
+    /// ```
+    pub fn none() -> Augment {
+        Augment {
+            hflip: 0.0,
+            vflip: 0.0,
+            rotation: Rotation {
+                p: 0.0,
+                ..Rotation::default()
+            },
+            crop: ResizedCrop {
+                p: 0.0,
+                ..ResizedCrop::default()
+            },
+            translate: Translate {
+                p: 0.0,
+                ..Translate::default()
+            },
+            brightness: Jitter {
+                p: 0.0,
+                amount: 0.0,
+            },
+            contrast: Jitter {
+                p: 0.0,
+                amount: 0.0,
+            },
+            noise: Noise {
+                p: 0.0,
+                ..Noise::default()
+            },
+        }
+    }
+
+    /// Checks probabilities and ranges.
+    ///
+    /// ```
+    /// use fracture_data::Augment;
+    /// assert!(Augment::default().validate().is_ok());
+    /// assert!(Augment { hflip: 1.5, ..Augment::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let probs = [
+            ("hflip", self.hflip),
+            ("vflip", self.vflip),
+            ("rotation.p", self.rotation.p),
+            ("crop.p", self.crop.p),
+            ("translate.p", self.translate.p),
+            ("brightness.p", self.brightness.p),
+            ("contrast.p", self.contrast.p),
+            ("noise.p", self.noise.p),
+        ];
+        for (name, p) in probs {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad(format!(
+                    "{name} must be a probability in [0, 1], got {p}"
+                )));
+            }
+        }
+        let checks = [
+            (
+                "rotation.max_degrees in [0, 180]",
+                (0.0..=180.0).contains(&self.rotation.max_degrees),
+            ),
+            (
+                "crop.scale within (0, 1] and ordered",
+                self.crop.scale[0] > 0.0
+                    && self.crop.scale[0] <= self.crop.scale[1]
+                    && self.crop.scale[1] <= 1.0,
+            ),
+            (
+                "crop.ratio positive and ordered",
+                self.crop.ratio[0] > 0.0 && self.crop.ratio[0] <= self.crop.ratio[1],
+            ),
+            (
+                "translate.max_fraction in [0, 1]",
+                (0.0..=1.0).contains(&self.translate.max_fraction),
+            ),
+            (
+                "brightness.amount in [0, 1]",
+                (0.0..=1.0).contains(&self.brightness.amount),
+            ),
+            (
+                "contrast.amount in [0, 1]",
+                (0.0..=1.0).contains(&self.contrast.amount),
+            ),
+            ("noise.std in [0, 1]", (0.0..=1.0).contains(&self.noise.std)),
+        ];
+        for (what, ok) in checks {
+            if !ok {
+                return Err(bad(format!("augmentation: expected {what} ({self:?})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Augments one square 8-bit image of side `size` into `out` (same length), producing
+    /// `[0, 1]` values (standardisation comes after, in the loader).
+    ///
+    /// Fails if `src` or `out` is not `size * size` long.
+    pub fn apply<R: Rng + ?Sized>(
+        &self,
+        src: &[u8],
+        size: usize,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let n = size * size;
+        if src.len() != n || out.len() != n {
+            return Err(bad(format!(
+                "augment: expected {size}x{size} = {n} pixels in and out, got {} and {}",
+                src.len(),
+                out.len()
+            )));
+        }
+        match self.draw_affine(size, rng) {
+            Some(affine) => warp_bilinear(src, size, &affine, out),
+            None => {
+                for (o, &p) in out.iter_mut().zip(src) {
+                    *o = p as f32 / 255.0;
+                }
+            }
+        }
+        self.photometric(rng, out);
+        Ok(())
+    }
+
+    /// Draws the geometric part; `None` when no geometric step fires (identity).
+    fn draw_affine<R: Rng + ?Sized>(&self, size: usize, rng: &mut R) -> Option<Affine> {
+        let s = size as f32;
+        let hflip = fires(rng, self.hflip);
+        let vflip = fires(rng, self.vflip);
+        let angle = if fires(rng, self.rotation.p) {
+            let max = self.rotation.max_degrees.to_radians();
+            rng.gen_range(-max..=max)
+        } else {
+            0.0
+        };
+        // Crop window (in source pixels) and its centre offset.
+        let (mut sx, mut sy, mut tx, mut ty) = (1.0f32, 1.0f32, 0.0f32, 0.0f32);
+        if fires(rng, self.crop.p) {
+            let area = rng.gen_range(self.crop.scale[0]..=self.crop.scale[1]);
+            let (lr0, lr1) = (self.crop.ratio[0].ln(), self.crop.ratio[1].ln());
+            let ratio = rng.gen_range(lr0..=lr1).exp();
+            sx = (area * ratio).sqrt().min(1.0);
+            sy = (area / ratio).sqrt().min(1.0);
+            let free_x = (1.0 - sx) * s / 2.0;
+            let free_y = (1.0 - sy) * s / 2.0;
+            tx = rng.gen_range(-free_x..=free_x);
+            ty = rng.gen_range(-free_y..=free_y);
+        }
+        if fires(rng, self.translate.p) {
+            let max = self.translate.max_fraction * s;
+            tx += rng.gen_range(-max..=max);
+            ty += rng.gen_range(-max..=max);
+        }
+        if !hflip && !vflip && angle == 0.0 && sx == 1.0 && sy == 1.0 && tx == 0.0 && ty == 0.0 {
+            return None;
+        }
+        // out -> flip -> scale to the crop window -> rotate -> shift.
+        let fx = if hflip { -sx } else { sx };
+        let fy = if vflip { -sy } else { sy };
+        let (sin, cos) = angle.sin_cos();
+        Some(Affine {
+            m: [[cos * fx, -sin * fy], [sin * fx, cos * fy]],
+            t: [tx, ty],
+        })
+    }
+
+    fn photometric<R: Rng + ?Sized>(&self, rng: &mut R, out: &mut [f32]) {
+        if fires(rng, self.contrast.p) && self.contrast.amount > 0.0 {
+            let factor = 1.0 + rng.gen_range(-self.contrast.amount..=self.contrast.amount);
+            let mean = out.iter().map(|&v| v as f64).sum::<f64>() / out.len().max(1) as f64;
+            let mean = mean as f32;
+            for v in out.iter_mut() {
+                *v = (*v - mean) * factor + mean;
+            }
+        }
+        if fires(rng, self.brightness.p) && self.brightness.amount > 0.0 {
+            let delta = rng.gen_range(-self.brightness.amount..=self.brightness.amount);
+            for v in out.iter_mut() {
+                *v += delta;
+            }
+        }
+        if fires(rng, self.noise.p) && self.noise.std > 0.0 {
+            for v in out.iter_mut() {
+                let z: f32 = StandardNormal.sample(rng);
+                *v += z * self.noise.std;
+            }
+        }
+        for v in out.iter_mut() {
+            *v = v.clamp(0.0, 1.0);
+        }
+    }
+}
+
+fn bad(msg: String) -> DataError {
+    DataError::Config(msg)
+}
+
+/// Draws a Bernoulli(p) event; `p <= 0` never fires and draws nothing.
+fn fires<R: Rng + ?Sized>(rng: &mut R, p: f32) -> bool {
+    p > 0.0 && rng.gen::<f32>() < p
+}
+
+/// Samples `src` through `affine` with bilinear interpolation; outside pixels are black.
+fn warp_bilinear(src: &[u8], size: usize, affine: &Affine, out: &mut [f32]) {
+    let c = size as f32 / 2.0;
+    let [[m00, m01], [m10, m11]] = affine.m;
+    let max = size as isize - 1;
+    let px = |x: isize, y: isize| -> f32 {
+        if x < 0 || y < 0 || x > max || y > max {
+            0.0
+        } else {
+            src[y as usize * size + x as usize] as f32
+        }
+    };
+    for (oy, row) in out.chunks_exact_mut(size).enumerate() {
+        let dy = oy as f32 + 0.5 - c;
+        for (ox, o) in row.iter_mut().enumerate() {
+            let dx = ox as f32 + 0.5 - c;
+            // Source position in pixel-index coordinates (centre of pixel i is i).
+            let x = m00 * dx + m01 * dy + affine.t[0] + c - 0.5;
+            let y = m10 * dx + m11 * dy + affine.t[1] + c - 0.5;
+            let x0 = x.floor();
+            let y0 = y.floor();
+            let (fx, fy) = (x - x0, y - y0);
+            let (xi, yi) = (x0 as isize, y0 as isize);
+            let top = px(xi, yi) * (1.0 - fx) + px(xi + 1, yi) * fx;
+            let bottom = px(xi, yi + 1) * (1.0 - fx) + px(xi + 1, yi + 1) * fx;
+            *o = ((top * (1.0 - fy) + bottom * fy) / 255.0).clamp(0.0, 1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::sample_rng;
+
+    #[test]
+    fn hflip_is_exact_mirror() {
+        let src: Vec<u8> = (0..16).map(|v| v * 10).collect();
+        let aug = Augment {
+            hflip: 1.0,
+            ..Augment::none()
+        };
+        let mut out = vec![0.0; 16];
+        aug.apply(&src, 4, &mut sample_rng(0, 0, 0), &mut out)
+            .unwrap();
+        for y in 0..4 {
+            for x in 0..4 {
+                let expected = src[y * 4 + (3 - x)] as f32 / 255.0;
+                assert!((out[y * 4 + x] - expected).abs() < 1e-6, "({x},{y})");
+            }
+        }
+    }
+
+    #[test]
+    fn vflip_is_exact_mirror() {
+        let src: Vec<u8> = (0..9).map(|v| v * 20).collect();
+        let aug = Augment {
+            vflip: 1.0,
+            ..Augment::none()
+        };
+        let mut out = vec![0.0; 9];
+        aug.apply(&src, 3, &mut sample_rng(0, 0, 0), &mut out)
+            .unwrap();
+        assert_eq!(out[0], src[6] as f32 / 255.0);
+        assert_eq!(out[8], src[2] as f32 / 255.0);
+    }
+
+    #[test]
+    fn rotation_by_90_degrees_moves_pixels_as_expected() {
+        // A single bright pixel right of centre ends up below or above it after ±90°.
+        let size = 9;
+        let mut src = vec![0u8; size * size];
+        src[4 * size + 7] = 255;
+        // The map of a +90° rotation (drawn angles are random, so test the warp directly).
+        let affine = Affine {
+            m: [[0.0, -1.0], [1.0, 0.0]],
+            t: [0.0, 0.0],
+        };
+        let mut out = vec![0.0; size * size];
+        warp_bilinear(&src, size, &affine, &mut out);
+        // out(x, y) = src(c + (-(y - c)), c + (x - c)): the bright source pixel (7, 4) shows at
+        // the output pixel with x - c = 3 ... i.e. (4, 1).
+        assert!((out[size + 4] - 1.0).abs() < 1e-5, "{out:?}");
+    }
+
+    #[test]
+    fn crop_of_a_quarter_area_zooms_by_two() {
+        // A horizontal ramp of 30 per pixel: after a 2x zoom it rises 15 per output pixel.
+        let size = 8;
+        let src: Vec<u8> = (0..64).map(|i| (i % 8) as u8 * 30).collect();
+        let aug = Augment {
+            crop: ResizedCrop {
+                p: 1.0,
+                scale: [0.25, 0.25],
+                ratio: [1.0, 1.0],
+            },
+            ..Augment::none()
+        };
+        for index in 0..8 {
+            let mut out = vec![0.0; 64];
+            aug.apply(&src, size, &mut sample_rng(3, 1, index), &mut out)
+                .unwrap();
+            for y in 1..7 {
+                for x in 1..6 {
+                    let step = out[y * size + x + 1] - out[y * size + x];
+                    assert!(
+                        (step - 15.0 / 255.0).abs() < 1e-4,
+                        "step {step} at ({x},{y})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let mut out = vec![0.0; 3];
+        let err = Augment::default()
+            .apply(&[0; 4], 2, &mut sample_rng(0, 0, 0), &mut out)
+            .unwrap_err();
+        assert!(err.to_string().contains("2x2"), "{err}");
+    }
+}
