@@ -706,7 +706,7 @@ fn load_scanned(
     let mut paths = Vec::new();
     // Decode in chunks so that `Fail` stops soon after the first bad file, while the reported
     // error is always the first one in sorted order, whatever the thread count.
-    let chunk = 64 * rayon::current_num_threads().max(1);
+    let chunk = 8 * rayon::current_num_threads().max(1);
     for (label, (class_dir, files)) in scan.files.into_iter().enumerate() {
         let mut kept = 0usize;
         let mut skipped = 0usize;
