@@ -100,7 +100,10 @@ impl ClassifierMeta {
             },
             model,
             normalization,
-            class_names: fracture_metrics::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+            class_names: fracture_metrics::CLASS_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             positive_class: fracture_metrics::FRACTURED,
             threshold: 0.5,
             threshold_rule: "default 0.5".into(),
@@ -133,7 +136,9 @@ pub struct Classifier {
 
 impl std::fmt::Debug for Classifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Classifier").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("Classifier")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,12 +198,15 @@ impl Classifier {
         let probs = softmax(&logits)?;
         let [n, k, _, _] = probs.shape();
         let pos = self.meta.positive_class;
-        Ok((0..n).map(|i| probs.as_slice()[i * k + pos] as f64).collect())
+        Ok((0..n)
+            .map(|i| probs.as_slice()[i * k + pos] as f64)
+            .collect())
     }
 
     /// Decodes, preprocesses (as in training) and classifies one image file.
     pub fn predict_file(&mut self, path: &Path) -> Result<f64> {
-        let x = fracture_data::preprocess_file(path, &self.meta.preprocess, &self.meta.normalization)?;
+        let x =
+            fracture_data::preprocess_file(path, &self.meta.preprocess, &self.meta.normalization)?;
         Ok(self.predict_batch(&x, 1)?[0])
     }
 
@@ -207,7 +215,11 @@ impl Classifier {
         let t = threshold.unwrap_or(self.meta.threshold);
         let pos = self.meta.positive_class;
         let idx = if p_positive >= t { pos } else { 1 - pos.min(1) };
-        self.meta.class_names.get(idx).map(String::as_str).unwrap_or("?")
+        self.meta
+            .class_names
+            .get(idx)
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 }
 

@@ -51,7 +51,11 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Horizontal grid lines every `step` from `lo` to `hi`, drawn as series (no text needed).
 fn grid<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     x: (f64, f64),
     y: (f64, f64),
     step: f64,
@@ -68,8 +72,15 @@ fn grid<DB: DrawingBackend>(
 
 fn save_rgb(path: &Path, buf: &[u8], w: u32, h: u32) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
-    image::save_buffer_with_format(&tmp, buf, w, h, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
-        .map_err(|e| plot_err(path, e))?;
+    image::save_buffer_with_format(
+        &tmp,
+        buf,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| plot_err(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e,
@@ -159,7 +170,12 @@ pub fn plot_training_curves(path: &Path, history: &[EpochPoint]) -> Result<()> {
 /// assert!(path.exists());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn plot_roc_curve(path: &Path, fpr: &[f64], tpr: &[f64], point: Option<(f64, f64)>) -> Result<()> {
+pub fn plot_roc_curve(
+    path: &Path,
+    fpr: &[f64],
+    tpr: &[f64],
+    point: Option<(f64, f64)>,
+) -> Result<()> {
     const S: u32 = 480;
     let mut buf = vec![0u8; (S * S * 3) as usize];
     {
@@ -176,8 +192,11 @@ pub fn plot_roc_curve(path: &Path, fpr: &[f64], tpr: &[f64], point: Option<(f64,
             .y_labels(0)
             .draw()
             .map_err(|e| plot_err(path, e))?;
-        c.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], RGBColor(150, 150, 150).stroke_width(1)))
-            .map_err(|e| plot_err(path, e))?;
+        c.draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            RGBColor(150, 150, 150).stroke_width(1),
+        ))
+        .map_err(|e| plot_err(path, e))?;
         c.draw_series(LineSeries::new(
             fpr.iter().zip(tpr).map(|(&x, &y)| (x, y)),
             BLUE.stroke_width(3),

@@ -39,6 +39,6 @@ pub use classifier::{Classifier, ClassifierMeta, Provenance, META_KEY};
 pub use error::{Error, Result};
 pub use model::{BlockKind, ModelConfig};
 pub use trainer::{
-    evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes, TrainConfig,
-    TrainOutcome, Trainer,
+    evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes,
+    TrainConfig, TrainOutcome, Trainer,
 };

@@ -114,7 +114,10 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.widths.is_empty() || self.widths.contains(&0) {
-            return bad(format!("widths must be non-empty and positive, got {:?}", self.widths));
+            return bad(format!(
+                "widths must be non-empty and positive, got {:?}",
+                self.widths
+            ));
         }
         if self.in_channels == 0 || self.num_classes < 2 {
             return bad(format!(
@@ -151,7 +154,13 @@ impl ModelConfig {
                 let mut c = self.in_channels;
                 for (i, &w) in self.widths.iter().enumerate() {
                     let stage = Sequential::new()
-                        .with("0", Conv2dConfig::new(c, w, 3).with_padding(1).with_bias(false).init(&mut rng)?)?
+                        .with(
+                            "0",
+                            Conv2dConfig::new(c, w, 3)
+                                .with_padding(1)
+                                .with_bias(false)
+                                .init(&mut rng)?,
+                        )?
                         .with("1", BatchNorm2dConfig::new(w).init()?)?
                         .with("2", Relu::new())?
                         .with("3", MaxPool2dConfig::new(2).init()?)?;
@@ -178,7 +187,10 @@ impl ModelConfig {
                 for (i, &w) in self.widths.iter().enumerate() {
                     for j in 0..self.blocks_per_stage {
                         let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                        blocks.push(k.to_string(), ResidualBlockConfig::new(c, w, stride).init(&mut rng)?)?;
+                        blocks.push(
+                            k.to_string(),
+                            ResidualBlockConfig::new(c, w, stride).init(&mut rng)?,
+                        )?;
                         c = w;
                         k += 1;
                     }
@@ -188,7 +200,10 @@ impl ModelConfig {
         net.push("blocks", blocks)?;
         net.push("pool", GlobalAvgPool::new())?;
         net.push("drop", DropoutConfig::new(self.dropout).init(&mut rng)?)?;
-        net.push("fc", LinearConfig::new(last, self.num_classes).init(&mut rng)?)?;
+        net.push(
+            "fc",
+            LinearConfig::new(last, self.num_classes).init(&mut rng)?,
+        )?;
         Ok(net)
     }
 }

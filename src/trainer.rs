@@ -24,9 +24,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fracture_data::{Augment, BatchLoader, DatasetSplit, LoaderConfig, Normalization};
-use fracture_layers::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer, Sgd, SgdConfig};
+use fracture_layers::optim::{
+    clip_grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer, Sgd, SgdConfig,
+};
 use fracture_layers::{checkpoint, CrossEntropyLoss, Layer, Mode, Sequential};
-use fracture_metrics::{roc_auc, threshold_for_sensitivity, youden_threshold, BinaryReport, OperatingPoint};
+use fracture_metrics::{
+    roc_auc, threshold_for_sensitivity, youden_threshold, BinaryReport, OperatingPoint,
+};
 use fracture_tensor::Tensor4;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -57,7 +61,9 @@ impl std::str::FromStr for OptimizerKind {
         match s.to_ascii_lowercase().as_str() {
             "sgd" => Ok(OptimizerKind::Sgd),
             "adamw" | "adam" => Ok(OptimizerKind::AdamW),
-            other => Err(Error::Config(format!("unknown optimizer {other:?} (expected sgd or adamw)"))),
+            other => Err(Error::Config(format!(
+                "unknown optimizer {other:?} (expected sgd or adamw)"
+            ))),
         }
     }
 }
@@ -97,7 +103,13 @@ impl ClassWeights {
                 Ok(Some(
                     counts
                         .iter()
-                        .map(|&c| if c == 0 { 0.0 } else { n as f32 / (k * c as f32) })
+                        .map(|&c| {
+                            if c == 0 {
+                                0.0
+                            } else {
+                                n as f32 / (k * c as f32)
+                            }
+                        })
                         .collect(),
                 ))
             }
@@ -569,8 +581,7 @@ impl Trainer {
         clf.meta.threshold = op.threshold;
         clf.meta.threshold_rule = format!(
             "highest specificity with validation sensitivity >= {:.2} ({} val images)",
-            self.config.target_sensitivity,
-            n_val
+            self.config.target_sensitivity, n_val
         );
         clf.meta.provenance = self.provenance(&state);
         clf.meta.provenance.epochs = state.epochs_done;
@@ -579,7 +590,11 @@ impl Trainer {
         let test_report = match test {
             Some(t) if !t.is_empty() => {
                 let te = evaluate_split(&mut clf.net, t, state.normalization, bs)?;
-                Some(BinaryReport::new(&te.positives(), &te.scores, op.threshold)?)
+                Some(BinaryReport::new(
+                    &te.positives(),
+                    &te.scores,
+                    op.threshold,
+                )?)
             }
             _ => None,
         };
@@ -614,30 +629,41 @@ impl Trainer {
         let json = serde_json::to_string(state).expect("run state serialises");
         let meta: checkpoint::Metadata = [(STATE_KEY.to_string(), json)].into_iter().collect();
         let epoch_meta: checkpoint::Metadata =
-            [("epochs_done".to_string(), state.epochs_done.to_string())].into_iter().collect();
+            [("epochs_done".to_string(), state.epochs_done.to_string())]
+                .into_iter()
+                .collect();
         // Optimizer first, then the weights: both carry the epoch, and resuming checks they agree.
         checkpoint::save_optimizer_state(self.last_optim_path(), &opt.state(), &epoch_meta)?;
         checkpoint::save_model(self.last_path(), net, &meta)?;
         Ok(())
     }
 
-    fn load_last(&self, net: &mut Sequential, opt: &mut dyn Optimizer, fresh: &RunState) -> Result<RunState> {
+    fn load_last(
+        &self,
+        net: &mut Sequential,
+        opt: &mut dyn Optimizer,
+        fresh: &RunState,
+    ) -> Result<RunState> {
         let path = self.last_path();
         let resume_err = |reason: String| Error::Resume {
             path: path.clone(),
             reason,
         };
         if !path.exists() {
-            return Err(resume_err("there is no last checkpoint in this output directory".into()));
+            return Err(resume_err(
+                "there is no last checkpoint in this output directory".into(),
+            ));
         }
         let meta = checkpoint::load_model(&path, net)?;
         let json = meta
             .get(STATE_KEY)
             .ok_or_else(|| resume_err("it holds no training state (is it a model file?)".into()))?;
-        let state: RunState =
-            serde_json::from_str(json).map_err(|e| resume_err(format!("unreadable training state: {e}")))?;
+        let state: RunState = serde_json::from_str(json)
+            .map_err(|e| resume_err(format!("unreadable training state: {e}")))?;
         if state.model != fresh.model {
-            return Err(resume_err("it was trained with another architecture".into()));
+            return Err(resume_err(
+                "it was trained with another architecture".into(),
+            ));
         }
         let mut a = state.config.clone();
         let mut b = fresh.config.clone();
@@ -649,7 +675,8 @@ impl Trainer {
         }
         if a != b {
             return Err(resume_err(
-                "it was trained with other settings (only --epochs may change when resuming)".into(),
+                "it was trained with other settings (only --epochs may change when resuming)"
+                    .into(),
             ));
         }
         let opt_state = checkpoint::load_optimizer_state(self.last_optim_path())?;
@@ -740,7 +767,10 @@ pub struct SplitScores {
 impl SplitScores {
     /// `true` where the image is fractured (the positive class).
     pub fn positives(&self) -> Vec<bool> {
-        self.labels.iter().map(|&l| l == fracture_metrics::FRACTURED).collect()
+        self.labels
+            .iter()
+            .map(|&l| l == fracture_metrics::FRACTURED)
+            .collect()
     }
 
     /// ROC-AUC, `None` when the split holds one class only.
@@ -780,7 +810,9 @@ pub fn evaluate_split(
         correct += count_correct(&logits, &batch.labels);
         let probs = fracture_layers::softmax(&logits)?;
         let k = probs.shape()[1];
-        scores.extend((0..batch.n).map(|i| probs.as_slice()[i * k + fracture_metrics::FRACTURED] as f64));
+        scores.extend(
+            (0..batch.n).map(|i| probs.as_slice()[i * k + fracture_metrics::FRACTURED] as f64),
+        );
         labels.extend_from_slice(&batch.labels);
     }
     let n = labels.len().max(1) as f64;

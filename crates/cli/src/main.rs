@@ -1,3 +1,555 @@
-fn main() {
-    println!("fracture: work in progress");
+//! `fracture`: train, evaluate and apply bone-fracture X-ray classifiers.
+//!
+//! A thin layer over the `fracture-nn` crate: argument parsing, printing, and exit codes. Every
+//! error is one line on stderr and a non-zero exit status.
+//!
+//! Research software, not a medical device.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fracture_nn::data::phantom::PhantomConfig;
+use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
+use fracture_nn::metrics::{bootstrap_ci, BinaryReport, ClassificationReport};
+use fracture_nn::{evaluate_split, Classifier, ModelConfig, OptimizerKind, TrainConfig, Trainer};
+
+/// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
+///
+/// Research software, not a medical device: never use its output for diagnosis.
+#[derive(Parser, Debug)]
+#[command(name = "fracture", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model on an image folder, or on built-in synthetic phantoms when --data is absent.
+    Train(TrainArgs),
+    /// Evaluate a model on one split of an image folder and print the classification report.
+    Eval(EvalArgs),
+    /// Classify images (files, or folders searched recursively) with P(fractured).
+    Predict(PredictArgs),
+    /// Write a synthetic phantom dataset in the {train,val,test}/{fractured,not_fractured} layout.
+    Synth(SynthArgs),
+    /// Print a model file's architecture, parameter count, input size and provenance.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Dataset root holding train/ and val/ (and optionally test/), each with fractured/ and
+    /// not_fractured/. Without it, trains on synthetic phantoms generated in memory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output directory (default runs/<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Epochs (default 12 on phantoms, 30 on a folder).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Square input size in pixels (default 64 on phantoms, 224 on a folder).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Peak learning rate (cosine schedule with warm-up).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Optimizer: sgd or adamw.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// Seed of weights, data order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Architecture: plain (VGG-like) or residual.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Channel widths of the stages, comma-separated (e.g. 32,64,128,256).
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// Stop when val ROC-AUC has not improved for this many epochs.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Sample classes evenly instead of weighting the loss.
+    #[arg(long)]
+    balanced_sampling: bool,
+    /// Fail on the first unreadable image instead of skipping it with a warning.
+    #[arg(long)]
+    strict: bool,
+    /// Phantoms only: training images (validation and test get a fifth each).
+    #[arg(long, default_value_t = 1200)]
+    phantoms: usize,
+    /// No progress bar or per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Model file (model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset root with {train,val,test}/{fractured,not_fractured}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Threshold on P(fractured) (default: the model's operating threshold chosen on val).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Skip unreadable images (listed on stderr) instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// Model file (model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images, or folders searched recursively for image files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Threshold on P(fractured) (default: the model's operating threshold).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// One JSON object per line: {"path", "p_fractured", "label"} or {"path", "error"}.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Output root.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images per class in the training split (validation and test get a fifth each).
+    #[arg(long, default_value_t = 500)]
+    per_class: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// Model file.
+    #[arg(long)]
+    model: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
+        Command::Predict(a) => predict(a),
+        Command::Synth(a) => synth(a),
+        Command::Info(a) => info(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes joined by ": ".
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot set the number of threads")?;
+    }
+    Ok(())
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    match s {
+        "train" => Ok(Split::Train),
+        "val" => Ok(Split::Val),
+        "test" => Ok(Split::Test),
+        other => bail!("unknown split {other:?} (expected train, val or test)"),
+    }
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    set_threads(a.threads)?;
+    let on_phantoms = a.data.is_none();
+    let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
+    let mut model = if on_phantoms {
+        ModelConfig::phantom(image_size)
+    } else {
+        ModelConfig {
+            image_size,
+            ..ModelConfig::default()
+        }
+    };
+    if let Some(arch) = &a.arch {
+        model.block = match arch.as_str() {
+            "plain" => fracture_nn::BlockKind::Plain,
+            "residual" => fracture_nn::BlockKind::Residual,
+            other => bail!("unknown --arch {other:?} (expected plain or residual)"),
+        };
+    }
+    if let Some(w) = a.widths.clone() {
+        model.widths = w;
+    }
+    let optimizer: OptimizerKind = a.optimizer.parse()?;
+    let config = TrainConfig {
+        epochs: a.epochs.unwrap_or(if on_phantoms { 12 } else { 30 }),
+        batch_size: a.batch_size,
+        optimizer,
+        lr: a.lr.unwrap_or(if optimizer == OptimizerKind::Sgd {
+            0.05
+        } else {
+            2e-3
+        }),
+        seed: a.seed,
+        patience: a.patience,
+        balanced_sampling: a.balanced_sampling,
+        verbose: !a.quiet,
+        ..TrainConfig::default()
+    };
+    let out = match a.out {
+        Some(o) => o,
+        None if a.resume => bail!("--resume needs --out: the directory of the run to continue"),
+        None => PathBuf::from("runs").join(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string(),
+        ),
+    };
+    let (mut folder, description) = match &a.data {
+        None => {
+            let cfg = PhantomConfig {
+                size: image_size,
+                train: a.phantoms,
+                val: (a.phantoms / 5).max(2),
+                test: (a.phantoms / 5).max(2),
+                seed: a.seed,
+                ..PhantomConfig::default()
+            };
+            eprintln!(
+                "training on synthetic phantoms: {} train / {} val / {} test at {} px (use --data DIR for real X-rays)",
+                cfg.train, cfg.val, cfg.test, cfg.size
+            );
+            let desc = format!(
+                "phantoms(size={}, train={}, seed={})",
+                cfg.size, cfg.train, cfg.seed
+            );
+            (cfg.folder()?, desc)
+        }
+        Some(root) => {
+            let policy = if a.strict {
+                BadFilePolicy::Fail
+            } else {
+                BadFilePolicy::Skip
+            };
+            eprintln!("loading {} at {image_size} px ...", root.display());
+            let folder =
+                ImageFolder::load(root, &LoadOptions::new(image_size).with_policy(policy))?;
+            report_skipped(&folder);
+            (folder, root.display().to_string())
+        }
+    };
+    let train = folder.take_split(Split::Train)?;
+    let val = folder.take_split(Split::Val)?;
+    let test = folder.take_split(Split::Test).ok();
+    eprintln!(
+        "train {} images {:?}, val {} images {:?}; writing to {}",
+        train.len(),
+        train.class_counts(),
+        val.len(),
+        val.class_counts(),
+        out.display()
+    );
+    let trainer = Trainer::new(config, &out);
+    let outcome = trainer.fit(&model, train, val, test, &description, a.resume)?;
+    let r = &outcome.report;
+    println!(
+        "\nbest epoch {} of {} ({:.0} s); operating threshold {:.4} (val sensitivity >= {:.2})",
+        r.best_epoch,
+        r.epochs_run,
+        r.train_seconds,
+        r.operating_point.threshold,
+        r.config.target_sensitivity
+    );
+    println!("\nvalidation:\n{}", r.val);
+    if let Some(t) = &r.test {
+        println!("test (threshold chosen on validation):\n{t}");
+    }
+    println!(
+        "files: {0}/model.safetensors, last.safetensors, metrics.csv, curves.png, report.json in {0}",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_skipped(folder: &ImageFolder) {
+    let s = folder.summary();
+    if !s.skipped.is_empty() {
+        eprintln!("warning: skipped {} unreadable file(s):", s.skipped.len());
+        for f in &s.skipped {
+            eprintln!("  {f}");
+        }
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    set_threads(a.threads)?;
+    let split = parse_split(&a.split)?;
+    let mut clf = Classifier::load(&a.model)?;
+    let policy = if a.skip_bad {
+        BadFilePolicy::Skip
+    } else {
+        BadFilePolicy::Fail
+    };
+    let options = LoadOptions {
+        preprocess: clf.meta.preprocess,
+        policy,
+    };
+    let split_dir = a.data.join(split.dir_name());
+    let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)?;
+    for f in &summary.skipped {
+        eprintln!("warning: skipped {f}");
+    }
+    let threshold = a.threshold.unwrap_or(clf.meta.threshold);
+    if !threshold.is_finite() && a.threshold.is_some() {
+        bail!("--threshold must be a finite number");
+    }
+    let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32)?;
+    let labels = ev.positives();
+    let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
+    let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        let obj = v.as_object_mut().expect("a report is an object");
+        obj.insert("kappa".into(), serde_json::json!(report.cohen_kappa));
+        obj.insert("split".into(), serde_json::json!(split.dir_name()));
+        obj.insert(
+            "model".into(),
+            serde_json::json!(a.model.display().to_string()),
+        );
+        if let Some(ci) = &ci {
+            obj.insert("bootstrap_95ci".into(), serde_json::to_value(ci)?);
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!(
+            "{} on {} ({} images), threshold {threshold:.4}{}",
+            a.model.display(),
+            split_dir.display(),
+            report.n,
+            if a.threshold.is_some() {
+                " (given)"
+            } else {
+                " (the model's, chosen on val)"
+            }
+        );
+        let names: Vec<&str> = clf.meta.class_names.iter().map(String::as_str).collect();
+        let y_pred: Vec<usize> = ev
+            .scores
+            .iter()
+            .map(|&p| {
+                if p >= threshold {
+                    clf.meta.positive_class
+                } else {
+                    1 - clf.meta.positive_class
+                }
+            })
+            .collect();
+        let cr = ClassificationReport::new(&ev.labels, &y_pred, &names)?;
+        println!("\n{cr}");
+        println!("{report}");
+        if let Some(ci) = ci {
+            println!(
+                "bootstrap 95% CI (1000 resamples): ROC-AUC [{:.4}, {:.4}], sensitivity [{:.4}, {:.4}], specificity [{:.4}, {:.4}]",
+                ci.auc.lower, ci.auc.upper, ci.sensitivity.lower, ci.sensitivity.upper, ci.specificity.lower, ci.specificity.upper
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+
+/// Files named on the command line are taken as they are (decoding is by content); folders are
+/// searched recursively for files with an image extension, in sorted order.
+fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                out.push((dir.to_path_buf(), Some(format!("cannot read folder: {e}"))));
+                return;
+            }
+        };
+        let mut items: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        items.sort();
+        for p in items {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                out.push((p, None));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else {
+            out.push((p.clone(), None));
+        }
+    }
+    out
+}
+
+fn predict(a: PredictArgs) -> Result<ExitCode> {
+    set_threads(a.threads)?;
+    if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be in [0, 1], got {t}");
+        }
+    }
+    let mut clf = Classifier::load(&a.model)?;
+    let threshold = a.threshold.unwrap_or(clf.meta.threshold);
+    let files = collect_images(&a.paths);
+    if files.is_empty() {
+        bail!("no image files found in the given folder(s)");
+    }
+    let mut failed = 0usize;
+    for (path, early_error) in files {
+        let result = match early_error {
+            Some(e) => Err(e),
+            None => clf.predict_file(&path).map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(p) => {
+                let label = clf.label(p, Some(threshold)).to_string();
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label})
+                    );
+                } else {
+                    println!("{}\tP(fractured) = {p:.4}\t{label}", path.display());
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"path": path.display().to_string(), "error": e})
+                    );
+                } else {
+                    eprintln!("{}: error: {e}", path.display());
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} file(s) could not be classified");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn synth(a: SynthArgs) -> Result<ExitCode> {
+    if a.per_class == 0 {
+        bail!("--per-class must be at least 1");
+    }
+    let cfg = PhantomConfig {
+        size: a.size,
+        train: 2 * a.per_class,
+        val: (2 * a.per_class / 5).max(2),
+        test: (2 * a.per_class / 5).max(2),
+        seed: a.seed,
+        ..PhantomConfig::default()
+    };
+    cfg.write_folder(&a.out)?;
+    println!(
+        "wrote {} phantoms ({} train, {} val, {} test; half fractured) at {} px to {}",
+        cfg.train + cfg.val + cfg.test,
+        cfg.train,
+        cfg.val,
+        cfg.test,
+        cfg.size,
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(a: InfoArgs) -> Result<ExitCode> {
+    use fracture_nn::layers::Layer;
+    let clf = Classifier::load(&a.model)?;
+    let m = &clf.meta;
+    println!("model file     {}", a.model.display());
+    println!(
+        "architecture   {:?}, widths {:?}, {} block(s) per stage, dropout {}",
+        m.model.block, m.model.widths, m.model.blocks_per_stage, m.model.dropout
+    );
+    println!("parameters     {}", clf.net.num_params());
+    println!(
+        "input          {} x {} px, {} channel(s), resize {:?}",
+        m.model.image_size, m.model.image_size, m.model.in_channels, m.preprocess.resize_mode
+    );
+    println!(
+        "normalisation  mean {:.4}, std {:.4}",
+        m.normalization.mean, m.normalization.std
+    );
+    println!(
+        "classes        {:?} (positive: {})",
+        m.class_names, m.class_names[m.positive_class]
+    );
+    println!("threshold      {:.4} ({})", m.threshold, m.threshold_rule);
+    let p = &m.provenance;
+    println!(
+        "provenance     fracture-nn {}, data {}, seed {}, {} epochs, best epoch {}, val ROC-AUC {}",
+        p.crate_version,
+        p.data,
+        p.seed,
+        p.epochs,
+        p.best_epoch,
+        p.val_auc.map_or("n/a".into(), |v| format!("{v:.4}"))
+    );
+    println!("\n{:#?}", clf.net);
+    Ok(ExitCode::SUCCESS)
 }
