@@ -83,11 +83,11 @@ pub(crate) fn im2col_channel(plane: &[f32], g: &Geom, oh0: usize, rows: usize, c
     }
 }
 
-/// Adds the column block of one channel back into its `H * W` gradient plane (the adjoint of
-/// [`im2col_channel`] for all output rows). `plane` must be zeroed by the caller first if a
-/// fresh gradient is wanted.
-pub(crate) fn col2im_channel(col: &[f32], g: &Geom, plane: &mut [f32]) {
-    let ncols = g.oh * g.ow;
+/// Adds the column block of one channel for output rows `oh0..oh0 + rows` back into its
+/// `H * W` gradient plane (the adjoint of [`im2col_channel`]). `plane` must be zeroed by the
+/// caller first if a fresh gradient is wanted.
+pub(crate) fn col2im_channel(col: &[f32], g: &Geom, oh0: usize, rows: usize, plane: &mut [f32]) {
+    let ncols = rows * g.ow;
     for ki in 0..g.kh {
         for kj in 0..g.kw {
             let (lo, hi) = g.ow_range(kj);
@@ -97,7 +97,7 @@ pub(crate) fn col2im_channel(col: &[f32], g: &Geom, plane: &mut [f32]) {
             let start = lo * g.sw + kj - g.pw;
             let src_row = &col[(ki * g.kw + kj) * ncols..][..ncols];
             for (r, src) in src_row.chunks_exact(g.ow).enumerate() {
-                let Some(ih) = g.input_row(r, ki) else {
+                let Some(ih) = g.input_row(oh0 + r, ki) else {
                     continue;
                 };
                 let dst = &mut plane[ih * g.w..][..g.w];

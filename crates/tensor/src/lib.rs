@@ -12,7 +12,8 @@
 //!   `[N, F, 1, 1]`.
 //! - [`TensorError`], [`Result`]: the crate's error type; bad input never panics.
 //! - Convolution: [`ConvParams`], [`conv2d_output_shape`], [`ConvWorkspace`],
-//!   [`conv2d_forward`], [`conv2d_backward`] returning [`Conv2dGrads`].
+//!   [`conv2d_forward`], [`conv2d_backward`] returning [`Conv2dGrads`], and
+//!   [`conv2d_forward_into`] / [`conv2d_backward_into`], which reuse the caller's output buffers.
 //! - Pooling: [`PoolParams`], [`max_pool2d_output_shape`], [`max_pool2d_forward`],
 //!   [`max_pool2d_backward`], [`global_avg_pool_forward`], [`global_avg_pool_backward`].
 //! - Activation: [`relu_forward`], [`relu_forward_inplace`], [`relu_backward`].
@@ -33,6 +34,7 @@
 //! ```
 
 mod conv;
+mod conv_gemm;
 mod error;
 mod gemm;
 mod im2col;
@@ -41,9 +43,11 @@ mod pool;
 mod relu;
 mod sum;
 mod tensor;
+mod workspace;
 
 pub use conv::{
-    conv2d_backward, conv2d_forward, conv2d_output_shape, Conv2dGrads, ConvParams, ConvWorkspace,
+    conv2d_backward, conv2d_backward_into, conv2d_forward, conv2d_forward_into,
+    conv2d_output_shape, Conv2dGrads, ConvParams,
 };
 pub use error::{Result, TensorError};
 pub use gemm::sgemm;
@@ -53,3 +57,4 @@ pub use pool::{
 };
 pub use relu::{relu_backward, relu_forward, relu_forward_inplace};
 pub use tensor::Tensor4;
+pub use workspace::ConvWorkspace;

@@ -221,6 +221,21 @@ impl Tensor4 {
         Self::from_vec(shape, self.into_vec())
     }
 
+    /// Takes the tensor's storage as a vector of exactly `len` elements, leaving `self` empty
+    /// (`[0, 0, 0, 0]`). The allocation is reused when possible; contents are unspecified.
+    pub(crate) fn take_buffer(&mut self, len: usize) -> Vec<f32> {
+        let mut v = std::mem::replace(self, Self::zeros([0, 0, 0, 0])).into_vec();
+        if v.len() == len {
+            v
+        } else if v.capacity() >= len {
+            v.resize(len, 0.0);
+            v
+        } else {
+            // A fresh zeroed allocation is cheaper than growing (no copy of old values).
+            vec![0.0; len]
+        }
+    }
+
     fn restore_layout(&mut self) {
         if !self.data.is_standard_layout() {
             let a = std::mem::replace(&mut self.data, Array4::zeros([0, 0, 0, 0]));

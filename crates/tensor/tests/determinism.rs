@@ -1,7 +1,8 @@
 //! The fast kernels give bit-identical results whatever the rayon thread count: every shape is
 //! run in pools of 1, 2 and 3 threads and the outputs compared with `==`. The shapes cover the
 //! batch-parallel path (N >= threads), the split-GEMM path (N < threads), the fixed dw chunks by
-//! batch index (N >= 8) and by output rows (N < 8), and the pointwise 1x1 special case.
+//! batch index (N >= 8) and by output rows (N < 8), im2col in several row blocks, and the
+//! pointwise 1x1 special case.
 
 mod common;
 
@@ -67,6 +68,23 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+            },
+        ),
+        // Several im2col row blocks per image, batch-parallel and split paths.
+        (
+            [1, 16, 70, 70],
+            [3, 16, 5, 5],
+            ConvParams {
+                stride: [1, 1],
+                padding: [2, 2],
+            },
+        ),
+        (
+            [2, 16, 70, 70],
+            [3, 16, 5, 5],
+            ConvParams {
+                stride: [1, 1],
+                padding: [2, 2],
             },
         ),
         // Pointwise, both paths.

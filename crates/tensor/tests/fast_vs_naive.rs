@@ -6,8 +6,8 @@ mod common;
 
 use common::{check_close, random_tensor, random_vec, rng};
 use fracture_tensor::{
-    conv2d_output_shape, max_pool2d_output_shape, naive, ConvParams, ConvWorkspace, PoolParams,
-    TensorError,
+    conv2d_output_shape, max_pool2d_output_shape, naive, Conv2dGrads, ConvParams, ConvWorkspace,
+    PoolParams, Tensor4, TensorError,
 };
 use proptest::prelude::*;
 
@@ -191,11 +191,18 @@ proptest! {
 }
 
 /// A shape every case above could miss: a reused workspace sized for a large convolution must
-/// still give right answers for a small one and back (stale scratch must never leak in).
+/// still give right answers for a small one and back (stale scratch must never leak in), and
+/// the `_into` variants must ignore whatever their reused output buffers held.
 #[test]
 fn workspace_reuse_across_shapes() {
     let mut r = rng(7);
     let mut ws = ConvWorkspace::default();
+    let mut y_into = Tensor4::zeros([0, 0, 0, 0]);
+    let mut g_into = Conv2dGrads {
+        dx: None,
+        dw: Tensor4::zeros([0, 0, 0, 0]),
+        db: vec![],
+    };
     let shapes = [
         (
             [3, 5, 17, 13],
@@ -214,6 +221,24 @@ fn workspace_reuse_across_shapes() {
             },
         ),
         ([2, 4, 9, 9], [4, 4, 1, 1], ConvParams::default()),
+        // Large enough that the im2col matrix is processed in several blocks of output rows.
+        // ... also with a batch of 8, where dx is fused into the dw pass.
+        (
+            [8, 16, 40, 70],
+            [3, 16, 5, 5],
+            ConvParams {
+                stride: [1, 1],
+                padding: [2, 2],
+            },
+        ),
+        (
+            [2, 16, 70, 66],
+            [4, 16, 5, 5],
+            ConvParams {
+                stride: [1, 2],
+                padding: [2, 1],
+            },
+        ),
         (
             [3, 5, 17, 13],
             [6, 5, 3, 3],
@@ -233,12 +258,37 @@ fn workspace_reuse_across_shapes() {
         let g = fracture_tensor::conv2d_backward(&x, &w, &dy, p, true, &mut ws).unwrap();
         let gw = naive::conv2d_backward(&x, &w, &dy, p, true).unwrap();
         common::assert_close("dw", g.dw.as_slice(), gw.dw.as_slice(), REL, ABS);
-        common::assert_close(
-            "dx",
-            g.dx.unwrap().as_slice(),
-            gw.dx.unwrap().as_slice(),
-            REL,
-            ABS,
-        );
+        let want_dx = gw.dx.unwrap();
+        common::assert_close("dx", g.dx.unwrap().as_slice(), want_dx.as_slice(), REL, ABS);
+
+        // Poison the reused buffers, then recompute into them.
+        y_into.as_slice_mut().fill(f32::NAN);
+        g_into.dw.as_slice_mut().fill(f32::NAN);
+        g_into.db.fill(f32::NAN);
+        if let Some(dx) = &mut g_into.dx {
+            dx.as_slice_mut().fill(f32::NAN);
+        }
+        let b = random_vec(&mut r, wsh[0]);
+        fracture_tensor::conv2d_forward_into(&x, &w, Some(&b), p, &mut ws, &mut y_into).unwrap();
+        let want = naive::conv2d_forward(&x, &w, Some(&b), p).unwrap();
+        assert_eq!(y_into.shape(), want.shape());
+        common::assert_close("y into", y_into.as_slice(), want.as_slice(), REL, ABS);
+        fracture_tensor::conv2d_backward_into(&x, &w, &dy, p, true, &mut ws, &mut g_into).unwrap();
+        assert_eq!(g_into.dw.shape(), wsh);
+        common::assert_close("dw into", g_into.dw.as_slice(), gw.dw.as_slice(), REL, ABS);
+        common::assert_close("db into", &g_into.db, &gw.db, REL, ABS);
+        let dx = g_into.dx.as_ref().expect("dx requested");
+        common::assert_close("dx into", dx.as_slice(), want_dx.as_slice(), REL, ABS);
     }
+    fracture_tensor::conv2d_backward_into(
+        &random_tensor(&mut r, [1, 1, 3, 3]),
+        &random_tensor(&mut r, [1, 1, 3, 3]),
+        &random_tensor(&mut r, [1, 1, 1, 1]),
+        ConvParams::default(),
+        false,
+        &mut ws,
+        &mut g_into,
+    )
+    .unwrap();
+    assert!(g_into.dx.is_none());
 }
