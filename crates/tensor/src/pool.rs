@@ -204,15 +204,36 @@ pub(crate) fn check_gap_backward(
 /// ```
 pub fn max_pool2d_forward(x: &Tensor4, p: PoolParams) -> Result<(Tensor4, Vec<u32>)> {
     let out = pool_output_shape("max_pool2d_forward", x.shape(), p)?;
-    let [_, _, h, w] = x.shape();
-    let ohw = out[2] * out[3];
     let mut y = vec![0.0f32; out.iter().product()];
     let mut arg = vec![0u32; y.len()];
-    y.par_chunks_mut(ohw)
-        .zip(arg.par_chunks_mut(ohw))
-        .zip(x.as_slice().par_chunks(h * w))
-        .for_each(|((yp, ap), xp)| max_pool_plane(xp, h, w, p, out[3], yp, ap));
+    max_pool_kernel(x, p, out, &mut y, &mut arg);
     Ok((Tensor4::from_vec(out, y)?, arg))
+}
+
+/// [`max_pool2d_forward`] writing into `y` and `argmax`, reusing their allocations (they are
+/// resized to the output; old values are ignored).
+///
+/// ```
+/// use fracture_tensor::{max_pool2d_forward_into, PoolParams, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 4.0, 3.0, 2.0])?;
+/// let (mut y, mut argmax) = (Tensor4::zeros([0, 0, 0, 0]), Vec::new());
+/// max_pool2d_forward_into(&x, PoolParams::square(2, 2, 0), &mut y, &mut argmax)?;
+/// assert_eq!((y.as_slice(), argmax.as_slice()), (&[4.0][..], &[1u32][..]));
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn max_pool2d_forward_into(
+    x: &Tensor4,
+    p: PoolParams,
+    y: &mut Tensor4,
+    argmax: &mut Vec<u32>,
+) -> Result<()> {
+    let out = pool_output_shape("max_pool2d_forward_into", x.shape(), p)?;
+    let len = out.iter().product();
+    let mut buf = y.take_buffer(len);
+    argmax.resize(len, 0);
+    max_pool_kernel(x, p, out, &mut buf, argmax);
+    *y = Tensor4::from_vec(out, buf)?;
+    Ok(())
 }
 
 /// The clipped input range `[lo, hi)` of window `i` along one axis.
@@ -223,38 +244,94 @@ fn window(i: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize,
     (lo, hi.max(lo))
 }
 
-/// Max pooling of one `h x w` plane into `yp` / `ap` (`OH * OW` each).
+/// Max pooling of every (n, c) plane in parallel; `out` is the checked output shape.
+fn max_pool_kernel(x: &Tensor4, p: PoolParams, out: [usize; 4], y: &mut [f32], arg: &mut [u32]) {
+    let [_, _, h, w] = x.shape();
+    let [_, _, oh, ow] = out;
+    let ohw = oh * ow;
+    let hwin: Vec<(usize, usize)> = (0..oh)
+        .map(|r| window(r, p.stride[0], p.padding[0], p.kernel[0], h))
+        .collect();
+    let wwin: Vec<(usize, usize)> = (0..ow)
+        .map(|j| window(j, p.stride[1], p.padding[1], p.kernel[1], w))
+        .collect();
+    let two_by_two = p.kernel == [2, 2] && p.stride == [2, 2] && p.padding == [0, 0];
+    y.par_chunks_mut(ohw)
+        .zip(arg.par_chunks_mut(ohw))
+        .zip(x.as_slice().par_chunks(h * w))
+        .with_min_len(4)
+        .for_each(|((yp, ap), xp)| {
+            if two_by_two {
+                max_pool_plane_2x2(xp, w, ow, yp, ap);
+            } else {
+                max_pool_plane(xp, w, &hwin, &wwin, yp, ap);
+            }
+        });
+}
+
+/// Keeps `(v, i)` if `v` beats the current best: a larger value, or the first NaN. Written
+/// without branches (the outcome is data-dependent and would mispredict half the time).
+#[inline(always)]
+fn pick(best: &mut f32, idx: &mut usize, v: f32, i: usize) {
+    let take = (v > *best) | (v.is_nan() & !best.is_nan());
+    *best = if take { v } else { *best };
+    *idx = if take { i } else { *idx };
+}
+
+/// Max pooling of one plane (`w` wide) with precomputed clipped windows per output row/column.
 fn max_pool_plane(
     xp: &[f32],
-    h: usize,
     w: usize,
-    p: PoolParams,
-    ow: usize,
+    hwin: &[(usize, usize)],
+    wwin: &[(usize, usize)],
     yp: &mut [f32],
     ap: &mut [u32],
 ) {
-    for (r, (yrow, arow)) in yp
+    let ow = wwin.len();
+    for ((yrow, arow), &(h0, h1)) in yp
         .chunks_exact_mut(ow)
         .zip(ap.chunks_exact_mut(ow))
-        .enumerate()
+        .zip(hwin)
     {
-        let (h0, h1) = window(r, p.stride[0], p.padding[0], p.kernel[0], h);
-        for (j, (yv, av)) in yrow.iter_mut().zip(arow.iter_mut()).enumerate() {
-            let (w0, w1) = window(j, p.stride[1], p.padding[1], p.kernel[1], w);
+        for ((yv, av), &(w0, w1)) in yrow.iter_mut().zip(arow.iter_mut()).zip(wwin) {
             let mut best = f32::NEG_INFINITY;
             let mut best_i = h0 * w + w0;
             for ih in h0..h1 {
-                let row = &xp[ih * w + w0..ih * w + w1];
-                for (jj, &v) in row.iter().enumerate() {
-                    if v > best || (v.is_nan() && !best.is_nan()) {
-                        best = v;
-                        best_i = ih * w + w0 + jj;
-                    }
+                let base = ih * w;
+                for (iw, &v) in xp[base + w0..base + w1].iter().enumerate() {
+                    pick(&mut best, &mut best_i, v, base + w0 + iw);
                 }
             }
             *yv = best;
             // The plane size fits u32 (checked by `pool_output_shape`).
             *av = best_i as u32;
+        }
+    }
+}
+
+/// The common 2x2, stride 2, unpadded case: each output reads two pairs of adjacent inputs.
+fn max_pool_plane_2x2(xp: &[f32], w: usize, ow: usize, yp: &mut [f32], ap: &mut [u32]) {
+    for (r, (yrow, arow)) in yp
+        .chunks_exact_mut(ow)
+        .zip(ap.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let (i0, i1) = (2 * r * w, (2 * r + 1) * w);
+        let top = xp[i0..i0 + w].chunks_exact(2);
+        let bottom = xp[i1..i1 + w].chunks_exact(2);
+        for (j, ((yv, av), (t, b))) in yrow
+            .iter_mut()
+            .zip(arow.iter_mut())
+            .zip(top.zip(bottom))
+            .enumerate()
+        {
+            // Same order as the general case: the first element is taken unconditionally.
+            let (mut best, mut idx) = (t[0], i0 + 2 * j);
+            pick(&mut best, &mut idx, t[1], i0 + 2 * j + 1);
+            pick(&mut best, &mut idx, b[0], i1 + 2 * j);
+            pick(&mut best, &mut idx, b[1], i1 + 2 * j + 1);
+            *yv = best;
+            *av = idx as u32;
         }
     }
 }
@@ -273,22 +350,53 @@ fn max_pool_plane(
 /// ```
 pub fn max_pool2d_backward(dy: &Tensor4, argmax: &[u32], x_shape: [usize; 4]) -> Result<Tensor4> {
     let plane = check_max_pool_backward("max_pool2d_backward", dy, argmax, x_shape)?;
+    let mut dx = vec![0.0f32; x_shape.iter().product()];
+    max_pool_scatter(dy, argmax, plane, &mut dx);
+    Tensor4::from_vec(x_shape, dx)
+}
+
+/// [`max_pool2d_backward`] writing into `dx`, reusing its allocation (resized to `x_shape`;
+/// old values are ignored).
+///
+/// ```
+/// use fracture_tensor::{max_pool2d_backward_into, Tensor4};
+/// let dy = Tensor4::from_vec([1, 1, 1, 1], vec![7.0])?;
+/// let mut dx = Tensor4::from_vec([1, 1, 1, 2], vec![9.0, 9.0])?;
+/// max_pool2d_backward_into(&dy, &[2], [1, 1, 2, 2], &mut dx)?;
+/// assert_eq!(dx.as_slice(), &[0.0, 0.0, 7.0, 0.0]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn max_pool2d_backward_into(
+    dy: &Tensor4,
+    argmax: &[u32],
+    x_shape: [usize; 4],
+    dx: &mut Tensor4,
+) -> Result<()> {
+    let plane = check_max_pool_backward("max_pool2d_backward_into", dy, argmax, x_shape)?;
+    let mut buf = dx.take_buffer(x_shape.iter().product());
+    max_pool_scatter(dy, argmax, plane, &mut buf);
+    *dx = Tensor4::from_vec(x_shape, buf)?;
+    Ok(())
+}
+
+/// Zeroes each `plane`-sized slice of `dx` and adds `dy` at the argmax positions.
+fn max_pool_scatter(dy: &Tensor4, argmax: &[u32], plane: usize, dx: &mut [f32]) {
     let ohw = dy.shape()[2] * dy.shape()[3];
-    let mut dx = Tensor4::zeros(x_shape);
     if plane == 0 || ohw == 0 {
-        return Ok(dx);
+        dx.fill(0.0);
+        return;
     }
-    dx.as_slice_mut()
-        .par_chunks_mut(plane)
+    dx.par_chunks_mut(plane)
         .zip(dy.as_slice().par_chunks(ohw))
         .zip(argmax.par_chunks(ohw))
+        .with_min_len(4)
         .for_each(|((dxp, dyp), ap)| {
+            dxp.fill(0.0);
             for (&g, &i) in dyp.iter().zip(ap) {
                 // In range: checked by `check_max_pool_backward`.
                 dxp[i as usize] += g;
             }
         });
-    Ok(dx)
 }
 
 /// Global average pooling forward: `[N, C, H, W] -> [N, C, 1, 1]`, the mean of each plane.

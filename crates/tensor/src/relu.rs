@@ -66,7 +66,29 @@ pub fn relu_forward_inplace(x: &mut Tensor4) {
 pub fn relu_backward(y: &Tensor4, dy: &Tensor4) -> Result<Tensor4> {
     check_same_shape("relu_backward", y, dy)?;
     let mut dx = dy.clone();
-    dx.as_slice_mut()
+    mask_by_positive(y, &mut dx);
+    Ok(dx)
+}
+
+/// ReLU backward in place: `dy` becomes `dx` (zeroed where `y <= 0`), saving an allocation.
+///
+/// ```
+/// use fracture_tensor::{relu_backward_inplace, Tensor4};
+/// let y = Tensor4::from_vec([1, 1, 1, 2], vec![0.0, 2.0])?;
+/// let mut g = Tensor4::from_vec([1, 1, 1, 2], vec![5.0, 5.0])?;
+/// relu_backward_inplace(&y, &mut g)?;
+/// assert_eq!(g.as_slice(), &[0.0, 5.0]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn relu_backward_inplace(y: &Tensor4, dy: &mut Tensor4) -> Result<()> {
+    check_same_shape("relu_backward_inplace", y, dy)?;
+    mask_by_positive(y, dy);
+    Ok(())
+}
+
+/// `d = d` where `y > 0`, else 0, in parallel chunks.
+fn mask_by_positive(y: &Tensor4, d: &mut Tensor4) {
+    d.as_slice_mut()
         .par_chunks_mut(CHUNK)
         .zip(y.as_slice().par_chunks(CHUNK))
         .for_each(|(d, yc)| {
@@ -74,5 +96,4 @@ pub fn relu_backward(y: &Tensor4, dy: &Tensor4) -> Result<Tensor4> {
                 *d = if v > 0.0 { *d } else { 0.0 };
             }
         });
-    Ok(dx)
 }

@@ -145,6 +145,18 @@ fn pool_case(t: &Case) -> Result<(), TestCaseError> {
             let dxf = fracture_tensor::max_pool2d_backward(&dy, &af, t.x).unwrap();
             let dxs = naive::max_pool2d_backward(&dy, &as_, t.x).unwrap();
             prop_assert_eq!(dxf.as_slice(), dxs.as_slice());
+
+            // The `_into` variants, over buffers holding garbage of another size.
+            let mut y_into = Tensor4::from_vec([1, 1, 1, 3], vec![f32::NAN; 3]).unwrap();
+            let mut a_into = vec![u32::MAX; 5];
+            fracture_tensor::max_pool2d_forward_into(&x, p, &mut y_into, &mut a_into).unwrap();
+            prop_assert_eq!(y_into.shape(), out);
+            prop_assert_eq!(y_into.as_slice(), ys.as_slice());
+            prop_assert_eq!(&a_into, &as_);
+            let mut dx_into = Tensor4::from_vec([1, 1, 1, 2], vec![f32::NAN; 2]).unwrap();
+            fracture_tensor::max_pool2d_backward_into(&dy, &a_into, t.x, &mut dx_into).unwrap();
+            prop_assert_eq!(dx_into.shape(), t.x);
+            prop_assert_eq!(dx_into.as_slice(), dxs.as_slice());
         }
     }
     Ok(())
@@ -168,6 +180,9 @@ fn elementwise_case(t: &Case) -> Result<(), TestCaseError> {
     let dxf = fracture_tensor::relu_backward(&yf, &dy).unwrap();
     let dxs = naive::relu_backward(&yf, &dy).unwrap();
     prop_assert_eq!(dxf.as_slice(), dxs.as_slice());
+    let mut dx_in_place = dy.clone();
+    fracture_tensor::relu_backward_inplace(&yf, &mut dx_in_place).unwrap();
+    prop_assert_eq!(dx_in_place.as_slice(), dxs.as_slice());
     Ok(())
 }
 
@@ -182,6 +197,34 @@ proptest! {
     #[test]
     fn max_pool2d_fast_equals_naive(t in case()) {
         pool_case(&t)?;
+    }
+
+    /// Ties, NaN and -inf: the fast kernels pick the same element as the naive ones (the
+    /// first maximum in window order, the first NaN), in the special-cased 2x2 stride-2 path
+    /// and the general one.
+    #[test]
+    fn max_pool2d_ties_and_nan_agree(
+        t in case(),
+        picks in proptest::collection::vec(0usize..5, 3 * 9 * 17 * 17),
+        two_by_two in any::<bool>(),
+    ) {
+        const VALUES: [f32; 5] = [f32::NEG_INFINITY, -1.0, 0.0, 1.0, f32::NAN];
+        let len: usize = t.x.iter().product();
+        let data = picks[..len].iter().map(|&i| VALUES[i]).collect();
+        let x = Tensor4::from_vec(t.x, data).unwrap();
+        let p = if two_by_two {
+            PoolParams::square(2, 2, 0)
+        } else {
+            PoolParams { kernel: t.k, stride: t.stride, padding: [t.padding[0].min(t.k[0] / 2), t.padding[1].min(t.k[1] / 2)] }
+        };
+        if let Ok((ys, as_)) = naive::max_pool2d_forward(&x, p) {
+            let (yf, af) = fracture_tensor::max_pool2d_forward(&x, p).unwrap();
+            prop_assert_eq!(&af, &as_);
+            let same = yf.as_slice().iter().zip(ys.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits());
+            prop_assert!(same, "values differ: {:?} vs {:?}", yf.as_slice(), ys.as_slice());
+        } else {
+            prop_assert!(fracture_tensor::max_pool2d_forward(&x, p).is_err());
+        }
     }
 
     #[test]
