@@ -170,7 +170,33 @@ fn channel_planes(
     (0..n).map(move |i| &data[(i * c_total + c) * hw..(i * c_total + c + 1) * hw])
 }
 
-/// Batch mean and biased variance of every channel (two-pass, f64).
+/// Lanes of independent f64 accumulators: a fixed summation order (deterministic) that the
+/// compiler can vectorise, instead of one latency-bound chain.
+const LANES: usize = 8;
+
+/// `(sum a_i, sum a_i * b_i)` in f64, lane by lane.
+#[inline]
+fn lane_sums2(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            s1[i] += x[i] as f64;
+            s2[i] += x[i] as f64 * y[i] as f64;
+        }
+    }
+    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for (&x, &y) in ta.iter().zip(tb) {
+        r1 += x as f64;
+        r2 += x as f64 * y as f64;
+    }
+    (r1, r2)
+}
+
+/// Batch mean and biased variance of every channel, in one pass over the data: f64 sums of
+/// `x - k` and `(x - k)^2` with the shift `k` = the channel's first value, which keeps the
+/// `E[d^2] - E[d]^2` subtraction well conditioned (the shifted data algorithm).
 fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
     let [n, c_total, h, w] = x.shape();
     let hw = h * w;
@@ -179,24 +205,37 @@ fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
     (0..c_total)
         .into_par_iter()
         .map(|c| {
-            let mut sum = 0.0f64;
-            for plane in channel_planes(data, n, c_total, hw, c) {
-                sum += plane.iter().map(|&v| v as f64).sum::<f64>();
-            }
-            let mean = sum / m;
-            let mut sq = 0.0f64;
-            for plane in channel_planes(data, n, c_total, hw, c) {
-                sq += plane
-                    .iter()
-                    .map(|&v| {
-                        let d = v as f64 - mean;
-                        d * d
-                    })
-                    .sum::<f64>();
-            }
-            (mean, sq / m)
+            let k = data[c * hw];
+            let (s1, s2) = channel_planes(data, n, c_total, hw, c)
+                .map(|p| shifted_sums(p, k))
+                .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+            let d_mean = s1 / m;
+            (k as f64 + d_mean, (s2 / m - d_mean * d_mean).max(0.0))
         })
         .collect()
+}
+
+/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane.
+#[inline]
+fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
+    let k = k as f64;
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] as f64 - k;
+            s1[i] += d;
+            s2[i] += d * d;
+        }
+    }
+    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for &v in tail {
+        let d = v as f64 - k;
+        r1 += d;
+        r2 += d * d;
+    }
+    (r1, r2)
 }
 
 impl Layer for BatchNorm2d {
@@ -316,16 +355,10 @@ impl Layer for BatchNorm2d {
         let sums: Vec<(f64, f64)> = (0..c_total)
             .into_par_iter()
             .map(|c| {
-                let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                for (dp, hp) in channel_planes(dys, n, c_total, hw, c)
+                channel_planes(dys, n, c_total, hw, c)
                     .zip(channel_planes(xh, n, c_total, hw, c))
-                {
-                    for (&d, &hv) in dp.iter().zip(hp) {
-                        s1 += d as f64;
-                        s2 += d as f64 * hv as f64;
-                    }
-                }
-                (s1, s2)
+                    .map(|(dp, hp)| lane_sums2(dp, hp))
+                    .fold((0.0, 0.0), |acc, s| (acc.0 + s.0, acc.1 + s.1))
             })
             .collect();
         for (g, s) in self.weight.grad.as_slice_mut().iter_mut().zip(&sums) {

@@ -1,25 +1,35 @@
 //! Rectified linear unit.
 
-use fracture_tensor::{relu_backward, relu_forward, Tensor4};
+use fracture_tensor::{relu_forward_inplace, Tensor4};
+use rayon::prelude::*;
 
 use crate::error::{LayersError, Result};
 use crate::layer::{Layer, Mode, Param};
 
+/// Elements per parallel task (a multiple of 64, so mask words never straddle tasks).
+const CHUNK: usize = 1 << 14;
+
 /// `y = max(x, 0)` elementwise, any shape.
 ///
-/// PyTorch equivalent: `nn.ReLU()`. No parameters. The gradient at exactly 0 is 0, as PyTorch.
+/// PyTorch equivalent: `nn.ReLU()`. No parameters. The gradient is `dy` where `x > 0` and 0
+/// elsewhere (also at exactly 0 and for NaN), as PyTorch. For backward it keeps one bit per
+/// element rather than a copy of the activation.
 ///
 /// ```
 /// use fracture_layers::{Layer, Mode, Relu};
 /// use fracture_tensor::Tensor4;
 /// let mut relu = Relu::new();
-/// let y = relu.forward(&Tensor4::from_vec([1, 2, 1, 1], vec![-1.0, 2.0]).unwrap(), Mode::Eval).unwrap();
-/// assert_eq!(y.as_slice(), &[0.0, 2.0]);
+/// let x = Tensor4::from_vec([1, 3, 1, 1], vec![-1.0, 2.0, 0.0]).unwrap();
+/// let y = relu.forward(&x, Mode::Train).unwrap();
+/// assert_eq!(y.as_slice(), &[0.0, 2.0, 0.0]);
+/// let dx = relu.backward(&Tensor4::from_vec([1, 3, 1, 1], vec![5.0; 3]).unwrap()).unwrap();
+/// assert_eq!(dx.as_slice(), &[0.0, 5.0, 0.0]);
 /// ```
 #[derive(Debug, Default)]
 pub struct Relu {
-    /// The output of the last caching forward pass.
-    cache: Option<Tensor4>,
+    /// Input shape and the bit mask `x > 0` (bit `i % 64` of word `i / 64`) of the last caching
+    /// forward pass.
+    cache: Option<([usize; 4], Vec<u64>)>,
 }
 
 impl Relu {
@@ -35,17 +45,59 @@ impl Layer for Relu {
     }
 
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
-        let y = relu_forward(x);
-        self.cache = if mode.caches() { Some(y.clone()) } else { None };
+        if !mode.caches() {
+            self.cache = None;
+            let mut y = x.clone();
+            relu_forward_inplace(&mut y);
+            return Ok(y);
+        }
+        // One pass: read x, write y and the mask (no copy-then-clamp).
+        let mut y = Tensor4::zeros(x.shape());
+        let mut mask = vec![0u64; x.len().div_ceil(64)];
+        y.as_slice_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(x.as_slice().par_chunks(CHUNK))
+            .zip(mask.par_chunks_mut(CHUNK / 64))
+            .for_each(|((ys, xs), ms)| {
+                for ((yw, xw), m) in ys.chunks_mut(64).zip(xs.chunks(64)).zip(ms.iter_mut()) {
+                    // Branch-free: signs are unpredictable. NaN passes through, as relu_forward.
+                    let mut bits = 0u64;
+                    for (i, (o, &v)) in yw.iter_mut().zip(xw).enumerate() {
+                        bits |= ((v > 0.0) as u64) << i;
+                        *o = if v < 0.0 { 0.0 } else { v };
+                    }
+                    *m = bits;
+                }
+            });
+        self.cache = Some((x.shape(), mask));
         Ok(y)
     }
 
     fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4> {
-        let y = self
+        let (shape, mask) = self
             .cache
             .take()
             .ok_or(LayersError::NoForwardCache { layer: "ReLU" })?;
-        Ok(relu_backward(&y, dy)?)
+        if dy.shape() != shape {
+            return Err(LayersError::shape(
+                "ReLU",
+                format!("upstream gradient of the input's shape {shape:?}"),
+                &dy.shape(),
+            ));
+        }
+        let mut dx = Tensor4::zeros(shape);
+        dx.as_slice_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(dy.as_slice().par_chunks(CHUNK))
+            .zip(mask.par_chunks(CHUNK / 64))
+            .for_each(|((ds, gs), ms)| {
+                for ((dw, gw), &bits) in ds.chunks_mut(64).zip(gs.chunks(64)).zip(ms) {
+                    for (i, (o, &g)) in dw.iter_mut().zip(gw).enumerate() {
+                        *o = if bits >> i & 1 == 0 { 0.0 } else { g };
+                    }
+                }
+            });
+        Ok(dx)
     }
 
     fn visit_params<'a>(&'a mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a mut Param)) {}

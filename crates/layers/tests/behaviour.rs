@@ -615,3 +615,104 @@ fn sgd_variants_follow_pytorch_rules() {
     .is_err());
     assert!(opt.step(&mut fc, -1.0).is_err());
 }
+
+/// The bit-mask ReLU agrees with `fracture_tensor`'s relu kernels, on sizes that are not
+/// multiples of 64 and that span several parallel chunks, with zeros and NaNs in the input.
+#[test]
+fn relu_layer_matches_the_tensor_kernels() {
+    for len in [1usize, 63, 64, 65, 1000, 16_384 * 2 + 77] {
+        let mut x = rand_tensor([1, len, 1, 1], len as u64);
+        x.as_slice_mut()[0] = 0.0;
+        if len > 10 {
+            x.as_slice_mut()[7] = f32::NAN;
+            x.as_slice_mut()[9] = -0.0;
+        }
+        let dy = rand_tensor([1, len, 1, 1], 1 + len as u64);
+        let mut relu = Relu::new();
+        let y = relu.forward(&x, Mode::Train).unwrap();
+        let want_y = fracture_tensor::relu_forward(&x);
+        let bits = |t: &Tensor4| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&want_y), "forward, len {len}");
+        assert_eq!(
+            bits(&relu.forward(&x, Mode::Eval).unwrap()),
+            bits(&want_y),
+            "eval, len {len}"
+        );
+        relu.forward(&x, Mode::Train).unwrap();
+        let dx = relu.backward(&dy).unwrap();
+        let want_dx = fracture_tensor::relu_backward(&want_y, &dy).unwrap();
+        for (i, (a, b)) in dx.as_slice().iter().zip(want_dx.as_slice()).enumerate() {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()),
+                "backward len {len} at {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// One-pass batch statistics stay accurate for a large mean with a tiny spread, and a constant
+/// channel gives variance 0 (output beta, no NaN).
+#[test]
+fn batch_norm_statistics_are_well_conditioned() {
+    let mut x = rand_tensor([4, 2, 6, 6], 40);
+    for (i, v) in x.as_slice_mut().iter_mut().enumerate() {
+        let channel = (i / 36) % 2;
+        *v = if channel == 0 {
+            1000.0 + 0.01 * *v
+        } else {
+            3.0
+        };
+    }
+    let mut bn = BatchNorm2dConfig {
+        momentum: 1.0,
+        ..BatchNorm2dConfig::new(2)
+    }
+    .init()
+    .unwrap();
+    bn.bias_mut().value.as_slice_mut()[1] = 0.5;
+    let y = bn.forward(&x, Mode::Train).unwrap();
+    // Reference: two-pass f64 over the f32 inputs of channel 0.
+    let ch0: Vec<f64> = x
+        .as_slice()
+        .chunks(36)
+        .step_by(2)
+        .flatten()
+        .map(|&v| v as f64)
+        .collect();
+    let mean = ch0.iter().sum::<f64>() / ch0.len() as f64;
+    let var = ch0.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / ch0.len() as f64;
+    let unbiased = var * ch0.len() as f64 / (ch0.len() - 1) as f64;
+    let rv = bn.running_var().value.as_slice();
+    assert!(
+        (rv[0] as f64 / unbiased - 1.0).abs() < 1e-3,
+        "running var {} vs {unbiased}",
+        rv[0]
+    );
+    assert!((bn.running_mean().value.as_slice()[0] as f64 - mean).abs() < 1e-4);
+    assert_eq!(rv[1], 0.0);
+    let out1: Vec<f32> = y
+        .as_slice()
+        .chunks(36)
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .copied()
+        .collect();
+    assert!(out1.iter().all(|&v| v == 0.5), "constant channel -> beta");
+    let out0: Vec<f64> = y
+        .as_slice()
+        .chunks(36)
+        .step_by(2)
+        .flatten()
+        .map(|&v| v as f64)
+        .collect();
+    let m0 = out0.iter().sum::<f64>() / out0.len() as f64;
+    let v0 = out0.iter().map(|v| (v - m0).powi(2)).sum::<f64>() / out0.len() as f64;
+    // var / (var + eps) with eps = 1e-5; the mean is exact up to the f32 rounding of the mean of
+    // values near 1000 (ULP 6e-5 against a spread of 6e-3).
+    let want_v = var / (var + 1e-5);
+    assert!(
+        m0.abs() < 1e-2 && (v0 / want_v - 1.0).abs() < 1e-2,
+        "normalised mean {m0}, var {v0} vs {want_v}"
+    );
+}
