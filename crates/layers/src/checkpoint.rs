@@ -212,6 +212,15 @@ fn check_caller_metadata(metadata: &Metadata) -> Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
+/// A reader sees the old file or the new one, never a partial write.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("run.json");
+/// fracture_layers::checkpoint::write_atomic(&path, b"{}").unwrap();
+/// fracture_layers::checkpoint::write_atomic(&path, b"{\"epoch\": 2}").unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"{\"epoch\": 2}");
+/// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| LayersError::Io {
         path: path.to_path_buf(),

@@ -100,8 +100,11 @@ impl Sequential {
         &self.layers
     }
 
-    /// The named layers, mutably (names cannot be changed through this).
-    pub fn layers_mut(&mut self) -> impl ExactSizeIterator<Item = (&str, &mut Box<dyn Layer>)> {
+    /// The named layers, mutably, in order (`.rev()` walks them backwards, as backward does);
+    /// names cannot be changed through this.
+    pub fn layers_mut(
+        &mut self,
+    ) -> impl DoubleEndedIterator<Item = (&str, &mut Box<dyn Layer>)> + ExactSizeIterator {
         self.layers.iter_mut().map(|(n, l)| (n.as_str(), l))
     }
 

@@ -159,13 +159,7 @@ fn layer_by_layer_access_gives_intermediate_activations_and_gradients() {
     let mut g = Tensor4::from_vec([1, 2, 1, 1], vec![0.0, 1.0]).unwrap();
     let names: Vec<String> = net.layers().iter().map(|(n, _)| n.clone()).collect();
     let target = names.iter().position(|n| n == "relu").unwrap();
-    for (i, (_, layer)) in net
-        .layers_mut()
-        .enumerate()
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-    {
+    for (i, (_, layer)) in net.layers_mut().enumerate().rev() {
         if i == target {
             break;
         }
