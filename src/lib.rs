@@ -27,7 +27,9 @@
 pub mod classifier;
 pub mod curves;
 pub mod error;
+pub mod gradcam;
 pub mod model;
+pub mod overlay;
 pub mod trainer;
 
 pub use fracture_data as data;
@@ -37,6 +39,7 @@ pub use fracture_tensor as tensor;
 
 pub use classifier::{Classifier, ClassifierMeta, Provenance, META_KEY};
 pub use error::{Error, Result};
+pub use gradcam::{grad_cam, CamMap, GradCam, Heatmap};
 pub use model::{BlockKind, ModelConfig};
 pub use trainer::{
     evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes,

@@ -468,14 +468,19 @@ impl Trainer {
                 lr = schedule.lr_at(step);
                 let x = Tensor4::from_vec(batch.shape(), batch.images)?;
                 let logits = net.forward(&x, Mode::Train)?;
+                let diverged = |loss: f32| Error::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    loss,
+                };
+                if let Some(&bad) = logits.as_slice().iter().find(|v| !v.is_finite()) {
+                    bar.abandon();
+                    return Err(diverged(bad));
+                }
                 let (loss, dlogits) = loss_fn.forward_backward(&logits, &batch.labels)?;
                 if !loss.is_finite() {
                     bar.abandon();
-                    return Err(Error::NonFiniteLoss {
-                        epoch: epoch + 1,
-                        batch: b + 1,
-                        loss,
-                    });
+                    return Err(diverged(loss));
                 }
                 net.zero_grad();
                 net.backward_params_only(&dlogits)?;

@@ -225,6 +225,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(w) = a.widths.clone() {
         model.widths = w;
     }
+    model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;
     let config = TrainConfig {
         epochs: a.epochs.unwrap_or(if on_phantoms { 12 } else { 30 }),

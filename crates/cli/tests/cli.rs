@@ -1,0 +1,326 @@
+//! End-to-end tests of the `fracture` binary on tiny phantoms: every command works, `--json`
+//! output has the documented keys, `predict` answers for the good files of a folder holding a
+//! corrupt one, and every error path exits non-zero with one line on stderr and no panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn fracture(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fracture"))
+        .args(args)
+        .output()
+        .expect("the fracture binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A phantom dataset and a model trained on it for one epoch, shared by the tests.
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    let f = FIX.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let run = dir.path().join("run");
+        let out = fracture(&[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--per-class",
+            "20",
+            "--size",
+            "32",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = fracture(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--widths",
+            "8,16",
+            "--arch",
+            "plain",
+            "--batch-size",
+            "8",
+            "--quiet",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("ROC-AUC"));
+        let model = run.join("model.safetensors");
+        (dir, data, model)
+    });
+    // Leak the pair of paths with the TempDir kept alive in the static.
+    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
+}
+
+/// Asserts a failed run: non-zero exit, no panic, and the error as exactly one line starting
+/// with `error:` (the last line on stderr; progress notes may precede it) containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "panic: {err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "not one error line: {err}");
+    assert_eq!(
+        err.trim_end().lines().last(),
+        Some(errors[0]),
+        "the error is not the last line: {err}"
+    );
+    assert!(errors[0].starts_with("error: "), "{err}");
+    assert!(errors[0].contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn eval_json_has_the_documented_keys() {
+    let (data, model) = fixture();
+    let out = fracture(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    for k in [
+        "n",
+        "roc_auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "kappa",
+        "threshold",
+    ] {
+        assert!(v.get(k).is_some(), "key {k} missing in {v}");
+    }
+    for k in ["tp", "fp", "tn", "fn"] {
+        assert!(v["confusion"][k].is_u64(), "confusion.{k} missing in {v}");
+    }
+    assert_eq!(
+        v["n"], 8,
+        "synth --per-class 20 gives 40 train, 8 val, 8 test images"
+    );
+    // The model's own threshold applies unless --threshold is given.
+    let out = fracture(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--threshold",
+        "0",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["threshold"], 0.0);
+    assert_eq!(v["sensitivity"], 1.0);
+}
+
+#[test]
+fn eval_text_report() {
+    let (data, model) = fixture();
+    let out = fracture(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "val",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("fractured") && s.contains("not_fractured") && s.contains("ROC-AUC"),
+        "{s}"
+    );
+}
+
+#[test]
+fn predict_answers_for_good_files_when_one_is_corrupt() {
+    let (data, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let good: Vec<PathBuf> = std::fs::read_dir(data.join("test/fractured"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(3)
+        .collect();
+    for (i, g) in good.iter().enumerate() {
+        std::fs::copy(g, dir.path().join(format!("img{i}.png"))).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let out = fracture(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "a failed file makes the exit status non-zero"
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let errors: Vec<_> = lines.iter().filter(|v| v.get("error").is_some()).collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["path"].as_str().unwrap().ends_with("broken.png"));
+    for v in lines.iter().filter(|v| v.get("error").is_none()) {
+        let p = v["p_fractured"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        assert!(["fractured", "not_fractured"].contains(&v["label"].as_str().unwrap()));
+        assert!(v["path"].is_string());
+    }
+    // Text mode: one line per good image, the error on stderr.
+    let out = fracture(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+    assert!(text(&out.stderr).contains("broken.png"));
+}
+
+#[test]
+fn info_describes_the_model() {
+    let (_, model) = fixture();
+    let out = fracture(&["info", "--model", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("parameters") && s.contains("32 x 32 px") && s.contains("threshold"),
+        "{s}"
+    );
+}
+
+#[test]
+fn help_on_every_command() {
+    for cmd in ["train", "eval", "predict", "synth", "info"] {
+        let out = fracture(&[cmd, "--help"]);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("Usage"), "{cmd}");
+    }
+}
+
+#[test]
+fn error_paths_exit_non_zero_with_one_line() {
+    let (data, model) = fixture();
+    let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not a safetensors file").unwrap();
+    let g = garbage.to_str().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    let no_data = dir.path().join("no-such-folder");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+
+    assert_one_line_error(
+        &fracture(&["info", "--model", missing.to_str().unwrap()]),
+        "nope.safetensors",
+    );
+    assert_one_line_error(&fracture(&["info", "--model", g]), "garbage.safetensors");
+    assert_one_line_error(
+        &fracture(&["eval", "--model", m, "--data", no_data.to_str().unwrap()]),
+        "no-such-folder",
+    );
+    assert_one_line_error(
+        &fracture(&["eval", "--model", m, "--data", d, "--split", "dev"]),
+        "unknown split",
+    );
+    assert_one_line_error(
+        &fracture(&["eval", "--model", g, "--data", d]),
+        "garbage.safetensors",
+    );
+    assert_one_line_error(
+        &fracture(&["predict", "--model", m, "--threshold", "2", d]),
+        "--threshold",
+    );
+    assert_one_line_error(
+        &fracture(&["predict", "--model", m, empty.to_str().unwrap()]),
+        "no image files",
+    );
+    assert_one_line_error(
+        &fracture(&[
+            "train",
+            "--data",
+            empty.to_str().unwrap(),
+            "--out",
+            dir.path().join("r").to_str().unwrap(),
+        ]),
+        "empty",
+    );
+    assert_one_line_error(
+        &fracture(&["train", "--optimizer", "rmsprop", "--epochs", "1"]),
+        "unknown optimizer",
+    );
+    assert_one_line_error(&fracture(&["train", "--resume"]), "--resume needs --out");
+    assert_one_line_error(
+        &fracture(&[
+            "train",
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            dir.path().join("s").to_str().unwrap(),
+        ]),
+        "image size 8",
+    );
+    assert_one_line_error(
+        &fracture(&[
+            "train",
+            "--resume",
+            "--out",
+            dir.path().join("fresh").to_str().unwrap(),
+            "--epochs",
+            "1",
+        ]),
+        "cannot resume",
+    );
+    assert_one_line_error(
+        &fracture(&[
+            "synth",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+            "--per-class",
+            "0",
+        ]),
+        "--per-class",
+    );
+    // A model file whose tensors do not fit the architecture its metadata describes.
+    let mut clf = fracture_nn::Classifier::load(model).unwrap();
+    clf.meta.model.widths = vec![8, 32];
+    let other = dir.path().join("other.safetensors");
+    clf.save(&other).unwrap();
+    assert_one_line_error(
+        &fracture(&["predict", "--model", other.to_str().unwrap(), d]),
+        "blocks.1.0.weight",
+    );
+}

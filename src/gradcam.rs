@@ -1,0 +1,721 @@
+//! Grad-CAM: where in an image the network finds its evidence for a class.
+//!
+//! For an image `x`, a target layer with output activation `A` (`K` channels of `h x w`) and the
+//! logit `y_c` of class `c` (fractured by default):
+//!
+//! ```text
+//! alpha_k  = 1/(h w) * sum_ij  d y_c / d A_k[i, j]          (one weight per channel)
+//! cam[i,j] = ReLU( sum_k alpha_k * A_k[i, j] )               (h x w)
+//! heatmap  = bilinear_upsample(cam, H x W) / max              (in [0, 1])
+//! ```
+//!
+//! (Selvaraju et al., *Grad-CAM*, ICCV 2017.) The gradient comes from the layers' own backward
+//! passes: the network runs forward in [`Mode::Eval`] up to the target and in
+//! [`Mode::EvalWithGrad`] after it, then a one-hot gradient on `y_c` is propagated back to the
+//! target's output. No autograd framework is involved.
+//!
+//! Two entry points:
+//! - [`grad_cam`]: any [`Sequential`] whose target activation is the output of one of its
+//!   top-level layers; returns the raw [`CamMap`]s.
+//! - [`GradCam`]: for a trained [`Classifier`]. The classifier's stages are nested
+//!   ([`Sequential`]s inside `blocks`), and a nested layer cannot be reached through a `dyn`
+//!   [`Layer`], so [`GradCam`] holds an *unfolded twin* of the network: the same layers, one per
+//!   top-level slot named by its state-dict path, with the classifier's weights copied in. On
+//!   construction it checks that the twin computes the same logits as
+//!   [`ModelConfig::build`]'s network, so it cannot silently drift from the model code.
+//!
+//! # Default target layer
+//! [`GradCam::default_target`]: for the plain (VGG-like) models, the ReLU output of the last
+//! stage **before** its max pool (`blocks.{last}.2`): the deepest, most class-specific features
+//! at twice the resolution of the pooled map (8 x 8 rather than 4 x 4 on a 64 px phantom); the
+//! pooled map only keeps the maximum of each 2 x 2 window, which halves the localisation
+//! precision and adds nothing the gradient does not already weigh. For residual models, the
+//! output of the last residual block (`blocks.{last}`), whose inside cannot be split without
+//! breaking the skip connection. `docs/GRADCAM.md` gives the measured hit rates of several
+//! targets on phantoms.
+//!
+//! ```
+//! use fracture_nn::{gradcam::GradCam, Classifier, ClassifierMeta, ModelConfig};
+//! let meta = ClassifierMeta::new(ModelConfig::phantom(32), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+//! let clf = Classifier::new(meta, 3)?;
+//! let mut cam = GradCam::new(&clf)?;
+//! assert_eq!(cam.target(), "blocks.3.2");
+//! let pixels: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) as f32 / 8.0).sin()).collect();
+//! let h = cam.heatmap(&pixels)?;
+//! assert_eq!((h.width, h.height, h.values.len()), (32, 32, 32 * 32));
+//! assert!(h.values.iter().all(|v| (0.0..=1.0).contains(v)));
+//! assert_eq!((h.cam.height, h.cam.width), (4, 4)); // 32 px / 2^3 before the last pool
+//! # Ok::<(), fracture_nn::Error>(())
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use fracture_data::phantom::FractureLine;
+use fracture_layers::{
+    softmax, BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgPool, Layer, LinearConfig,
+    MaxPool2dConfig, Mode, Relu, ResidualBlockConfig, Sequential,
+};
+use fracture_tensor::Tensor4;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::classifier::{Classifier, ClassifierMeta};
+use crate::error::{Error, Result};
+use crate::model::{BlockKind, ModelConfig};
+
+/// The raw class-activation map of one image, at the target layer's resolution.
+///
+/// ```
+/// use fracture_nn::gradcam::CamMap;
+/// let m = CamMap { height: 1, width: 2, values: vec![0.0, 3.0], weights: vec![0.5], logits: vec![1.0, -1.0], class: 0 };
+/// assert_eq!(m.max(), 3.0);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct CamMap {
+    /// Rows `h` of the target activation.
+    pub height: usize,
+    /// Columns `w` of the target activation.
+    pub width: usize,
+    /// `ReLU(sum_k alpha_k A_k[i, j])`, row-major, `h * w` values, not normalised.
+    pub values: Vec<f32>,
+    /// `alpha_k`: the spatial mean of `d y_c / d A_k`, one per channel of the target.
+    pub weights: Vec<f32>,
+    /// All class logits of the image (the forward pass that produced the map).
+    pub logits: Vec<f32>,
+    /// The class `c` whose logit was differentiated.
+    pub class: usize,
+}
+
+impl CamMap {
+    /// Largest value of the map (0 when the map is empty or all zero).
+    pub fn max(&self) -> f32 {
+        self.values.iter().copied().fold(0.0, f32::max)
+    }
+
+    /// Softmax probability of [`CamMap::class`] from [`CamMap::logits`].
+    ///
+    /// ```
+    /// use fracture_nn::gradcam::CamMap;
+    /// let m = CamMap { height: 1, width: 1, values: vec![0.0], weights: vec![], logits: vec![0.0, 0.0], class: 0 };
+    /// assert_eq!(m.probability(), 0.5);
+    /// ```
+    pub fn probability(&self) -> f64 {
+        let m = self
+            .logits
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = self.logits.iter().map(|&l| (l as f64 - m).exp()).sum();
+        self.logits
+            .get(self.class)
+            .map_or(f64::NAN, |&l| (l as f64 - m).exp() / z)
+    }
+}
+
+/// A Grad-CAM heatmap at the input image's resolution.
+///
+/// ```
+/// use fracture_nn::gradcam::{CamMap, Heatmap};
+/// let cam = CamMap { height: 2, width: 2, values: vec![0.0, 0.0, 0.0, 2.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0 };
+/// let h = Heatmap::from_cam(cam, 8, 8)?;
+/// assert_eq!(h.peak, Some([6, 6])); // the hot cell's centre, at (6, 6) in an 8 px image
+/// assert_eq!(h.value(6, 6), Some(1.0));
+/// assert_eq!(h.value(8, 0), None);
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Heatmap {
+    /// Image width `W` in pixels.
+    pub width: usize,
+    /// Image height `H` in pixels.
+    pub height: usize,
+    /// The upsampled map divided by its maximum: `W * H` values in `[0, 1]`, row-major. All
+    /// zero when the map is zero everywhere (no positive evidence for the class).
+    pub values: Vec<f32>,
+    /// Pixel `[x, y]` (column, row) of the maximum (the first in row-major order among equal
+    /// values), or `None` when the map is zero everywhere.
+    pub peak: Option<[usize; 2]>,
+    /// The map before upsampling, with the channel weights and logits.
+    pub cam: CamMap,
+}
+
+impl Heatmap {
+    /// Upsamples `cam` bilinearly to `width x height`, normalises it to `[0, 1]` and finds its
+    /// peak. Errors if the map holds a non-finite value or a size is zero.
+    pub fn from_cam(cam: CamMap, width: usize, height: usize) -> Result<Heatmap> {
+        if width == 0 || height == 0 || cam.width == 0 || cam.height == 0 {
+            return Err(Error::Config(format!(
+                "Grad-CAM: cannot upsample a {}x{} map to {width}x{height}",
+                cam.height, cam.width
+            )));
+        }
+        if cam.values.len() != cam.width * cam.height {
+            return Err(Error::Config(format!(
+                "Grad-CAM: a {}x{} map needs {} values, got {}",
+                cam.height,
+                cam.width,
+                cam.width * cam.height,
+                cam.values.len()
+            )));
+        }
+        if let Some(v) = cam.values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Config(format!(
+                "Grad-CAM: the map holds the non-finite value {v} (non-finite input pixels or weights?)"
+            )));
+        }
+        let mut values = upsample_bilinear(&cam.values, cam.height, cam.width, height, width)?;
+        let mut peak = None;
+        let mut best = 0.0f32;
+        for (i, &v) in values.iter().enumerate() {
+            if v > best {
+                best = v;
+                peak = Some([i % width, i / width]);
+            }
+        }
+        if peak.is_some() {
+            let inv = 1.0 / best;
+            for v in &mut values {
+                *v = (*v * inv).clamp(0.0, 1.0);
+            }
+        } else {
+            values.fill(0.0);
+        }
+        Ok(Heatmap {
+            width,
+            height,
+            values,
+            peak,
+            cam,
+        })
+    }
+
+    /// Value at column `x`, row `y`, or `None` outside the image.
+    pub fn value(&self, x: usize, y: usize) -> Option<f32> {
+        (x < self.width && y < self.height).then(|| self.values[y * self.width + x])
+    }
+
+    /// Centre of the peak pixel, `[x + 0.5, y + 0.5]`, in the continuous pixel coordinates of
+    /// [`FractureLine`] (pixel `(i, j)` covers `[i, i + 1) x [j, j + 1)`).
+    pub fn peak_point(&self) -> Option<[f32; 2]> {
+        self.peak.map(|[x, y]| [x as f32 + 0.5, y as f32 + 0.5])
+    }
+
+    /// Softmax probability of the class the map explains.
+    pub fn probability(&self) -> f64 {
+        self.cam.probability()
+    }
+}
+
+/// Bilinear upsampling of a row-major `h x w` map to `out_h x out_w`, sampling at pixel centres
+/// (`src = (dst + 0.5) * h / out_h - 0.5`, clamped to the edge).
+///
+/// PyTorch equivalent: `F.interpolate(m[None, None], size=(out_h, out_w), mode="bilinear",
+/// align_corners=False)`.
+///
+/// ```
+/// use fracture_nn::gradcam::upsample_bilinear;
+/// let up = upsample_bilinear(&[1.0, 2.0, 3.0, 4.0], 2, 2, 4, 4)?;
+/// assert_eq!(&up[..4], &[1.0, 1.25, 1.75, 2.0]);
+/// assert_eq!(&up[4..8], &[1.5, 1.75, 2.25, 2.5]);
+/// assert!(upsample_bilinear(&[1.0; 3], 2, 2, 4, 4).is_err());
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn upsample_bilinear(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Result<Vec<f32>> {
+    if src.len() != h * w || h == 0 || w == 0 {
+        return Err(Error::Config(format!(
+            "upsample_bilinear: a non-empty {h}x{w} map needs {} values, got {}",
+            h * w,
+            src.len()
+        )));
+    }
+    // For each output coordinate: the two source indices and the weight of the second.
+    fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f64 / n_out as f64;
+        (0..n_out)
+            .map(|o| {
+                let s = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (s.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, (s - i0 as f64) as f32)
+            })
+            .collect()
+    }
+    let ty = taps(h, out_h);
+    let tx = taps(w, out_w);
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for &(y0, y1, fy) in &ty {
+        for &(x0, x1, fx) in &tx {
+            let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+            let bottom = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    Ok(out)
+}
+
+/// Distance in pixels from `point` `[x, y]` to the segment `start`-`end` of a phantom's
+/// fracture line: how far a heatmap peak is from the fracture.
+///
+/// ```
+/// use fracture_nn::data::phantom::FractureLine;
+/// use fracture_nn::gradcam::distance_to_fracture;
+/// let line = FractureLine { center: [10.0, 10.0], start: [5.0, 10.0], end: [15.0, 10.0], displaced: false };
+/// assert_eq!(distance_to_fracture([10.0, 13.0], &line), 3.0);
+/// assert_eq!(distance_to_fracture([19.0, 13.0], &line), 5.0); // beyond the end: to the end point
+/// ```
+pub fn distance_to_fracture(point: [f32; 2], line: &FractureLine) -> f32 {
+    let (a, b) = (line.start, line.end);
+    let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((point[0] - a[0]) * dx + (point[1] - a[1]) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (px, py) = (a[0] + t * dx - point[0], a[1] + t * dy - point[1]);
+    (px * px + py * py).sqrt()
+}
+
+/// Grad-CAM of a batch `x` (NCHW) through `net`, taken at the output of its top-level layer
+/// named `target`, for the logit of `class`. Returns one [`CamMap`] per image.
+///
+/// Layers up to the target run in [`Mode::Eval`], the rest in [`Mode::EvalWithGrad`], so the
+/// logits are exactly those of inference; the gradient of `sum_n y_c(n)` is propagated back to
+/// the target's output with the layers' `backward` (in eval mode every image is independent, so
+/// image `n` gets `d y_c(n) / d A(n)`). The network is left as it was found: the gradients the
+/// backward pass accumulated are restored to their previous values and no cache is kept.
+///
+/// ```
+/// use fracture_nn::gradcam::grad_cam;
+/// use fracture_nn::layers::*;
+/// use fracture_nn::tensor::Tensor4;
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+/// let mut net = Sequential::new()
+///     .with("conv", Conv2dConfig::new(1, 4, 3).with_padding(1).init(&mut rng)?)?
+///     .with("relu", Relu::new())?
+///     .with("pool", GlobalAvgPool::new())?
+///     .with("fc", LinearConfig::new(4, 2).init(&mut rng)?)?;
+/// let x = Tensor4::from_vec([2, 1, 6, 6], (0..72).map(|v| (v as f32 * 0.37).sin()).collect())?;
+/// let maps = grad_cam(&mut net, "relu", &x, 0)?;
+/// assert_eq!(maps.len(), 2);
+/// assert_eq!((maps[0].height, maps[0].width, maps[0].weights.len()), (6, 6, 4));
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn grad_cam(
+    net: &mut Sequential,
+    target: &str,
+    x: &Tensor4,
+    class: usize,
+) -> Result<Vec<CamMap>> {
+    let Some(index) = net.layers().iter().position(|(n, _)| n == target) else {
+        let names: Vec<&str> = net.layers().iter().map(|(n, _)| n.as_str()).collect();
+        return Err(Error::Config(format!(
+            "Grad-CAM target layer {target:?} is not a top-level layer of the network; it has {names:?}"
+        )));
+    };
+    if index + 1 == net.len() {
+        return Err(Error::Config(format!(
+            "Grad-CAM target layer {target:?} is the last layer: its output is the logits, not a feature map"
+        )));
+    }
+    // Snapshot the gradients the backward pass will add to, to restore them afterwards.
+    let mut saved = Vec::new();
+    for (_, layer) in &net.layers()[index + 1..] {
+        layer.visit_params_ref("", &mut |_, p| saved.push(p.grad.clone()));
+    }
+    let result = grad_cam_inner(net, index, x, class);
+    let mut layers: Vec<_> = net.layers_mut().collect();
+    let mut saved = saved.into_iter();
+    for (_, layer) in layers.drain(index + 1..) {
+        layer.visit_params("", &mut |_, p| {
+            if let Some(g) = saved.next() {
+                p.grad = g;
+            }
+        });
+    }
+    net.clear_cache();
+    result
+}
+
+fn grad_cam_inner(
+    net: &mut Sequential,
+    index: usize,
+    x: &Tensor4,
+    class: usize,
+) -> Result<Vec<CamMap>> {
+    let mut layers: Vec<&mut Box<dyn Layer>> = net.layers_mut().map(|(_, l)| l).collect();
+    let mut h = x.clone();
+    let mut activation = None;
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let mode = if i <= index {
+            Mode::Eval
+        } else {
+            Mode::EvalWithGrad
+        };
+        h = layer.forward(&h, mode)?;
+        if i == index {
+            activation = Some(h.clone());
+        }
+    }
+    let a = activation.expect("index is within the network");
+    let logits = h;
+    let [n, k_classes, lh, lw] = logits.shape();
+    if lh * lw != 1 {
+        return Err(Error::Config(format!(
+            "Grad-CAM needs logits of shape [N, classes, 1, 1], the network gives {:?}",
+            logits.shape()
+        )));
+    }
+    if class >= k_classes {
+        return Err(Error::Config(format!(
+            "Grad-CAM class {class} does not exist: the network has {k_classes} outputs"
+        )));
+    }
+    let mut dlogits = Tensor4::zeros(logits.shape());
+    for i in 0..n {
+        dlogits.as_slice_mut()[i * k_classes + class] = 1.0;
+    }
+    let mut g = dlogits;
+    for layer in layers[index + 1..].iter_mut().rev() {
+        g = layer.backward(&g)?;
+    }
+    if g.shape() != a.shape() {
+        return Err(Error::Config(format!(
+            "Grad-CAM: the gradient at the target has shape {:?} but its activation {:?}",
+            g.shape(),
+            a.shape()
+        )));
+    }
+    let [_, k, hh, ww] = a.shape();
+    let plane = hh * ww;
+    let (a, g, logits) = (a.as_slice(), g.as_slice(), logits.as_slice());
+    let maps = (0..n)
+        .map(|i| {
+            let weights: Vec<f32> = (0..k)
+                .map(|c| {
+                    let off = (i * k + c) * plane;
+                    let s: f64 = g[off..off + plane].iter().map(|&v| v as f64).sum();
+                    (s / plane as f64) as f32
+                })
+                .collect();
+            let mut acc = vec![0f64; plane];
+            for (c, &alpha) in weights.iter().enumerate() {
+                let off = (i * k + c) * plane;
+                for (s, &v) in acc.iter_mut().zip(&a[off..off + plane]) {
+                    *s += alpha as f64 * v as f64;
+                }
+            }
+            CamMap {
+                height: hh,
+                width: ww,
+                values: acc.into_iter().map(|v| v.max(0.0) as f32).collect(),
+                weights,
+                logits: logits[i * k_classes..(i + 1) * k_classes].to_vec(),
+                class,
+            }
+        })
+        .collect();
+    Ok(maps)
+}
+
+/// Grad-CAM for a trained [`Classifier`], on an unfolded twin of its network (see the
+/// [module docs](self)).
+///
+/// ```
+/// use fracture_nn::{gradcam::GradCam, Classifier, ClassifierMeta, ModelConfig};
+/// let meta = ClassifierMeta::new(ModelConfig { image_size: 32, ..ModelConfig::default() }, fracture_nn::data::Normalization::IDENTITY);
+/// let clf = Classifier::new(meta, 0)?;
+/// let cam = GradCam::with_target(&clf, "blocks.2")?;
+/// assert_eq!(GradCam::default_target(&clf.meta.model), "blocks.3");
+/// assert!(cam.targets().contains(&"stem.2".to_string()));
+/// assert!(GradCam::with_target(&clf, "nope").is_err());
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub struct GradCam {
+    net: Sequential,
+    meta: ClassifierMeta,
+    target: String,
+    slot: String,
+    class: usize,
+}
+
+impl std::fmt::Debug for GradCam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradCam")
+            .field("target", &self.target)
+            .field("class", &self.class)
+            .field("net", &self.net)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Separator of state-dict path components inside the twin's slot names (`.` is not allowed
+/// in a [`Sequential`] name).
+const SEP: char = '/';
+
+impl GradCam {
+    /// Grad-CAM of the positive (fractured) class at [`GradCam::default_target`].
+    pub fn new(clf: &Classifier) -> Result<Self> {
+        Self::with_target(clf, &Self::default_target(&clf.meta.model))
+    }
+
+    /// The default target layer of an architecture: `blocks.{last}.2` (ReLU of the last plain
+    /// stage, before its max pool) or `blocks.{last}` (last residual block).
+    pub fn default_target(model: &ModelConfig) -> String {
+        match model.block {
+            BlockKind::Plain => format!("blocks.{}.2", model.widths.len().saturating_sub(1)),
+            BlockKind::Residual => format!(
+                "blocks.{}",
+                (model.widths.len() * model.blocks_per_stage).saturating_sub(1)
+            ),
+        }
+    }
+
+    /// Grad-CAM of the positive class at the output of `target`, a state-dict path: a layer
+    /// (`blocks.3.2`, `stem.2`, `blocks.5`) or a group of layers, meaning the output of its
+    /// last layer (`blocks.3` of a plain model is `blocks.3.3`, its max pool).
+    pub fn with_target(clf: &Classifier, target: &str) -> Result<Self> {
+        let net = unfold(&clf.meta.model)?;
+        let mut cam = GradCam {
+            net,
+            meta: clf.meta.clone(),
+            target: target.to_string(),
+            slot: String::new(),
+            class: clf.meta.positive_class,
+        };
+        cam.slot = cam.resolve(target)?;
+        check_twin(&clf.meta.model, &mut cam.net)?;
+        copy_state(&clf.net, &mut cam.net)?;
+        Ok(cam)
+    }
+
+    /// Explains `class` instead of the positive class.
+    pub fn with_class(mut self, class: usize) -> Result<Self> {
+        if class >= self.meta.model.num_classes {
+            return Err(Error::Config(format!(
+                "Grad-CAM class {class} does not exist: the model has {} classes",
+                self.meta.model.num_classes
+            )));
+        }
+        self.class = class;
+        Ok(self)
+    }
+
+    fn resolve(&self, target: &str) -> Result<String> {
+        let exact = target.replace('.', &SEP.to_string());
+        let group = format!("{exact}{SEP}");
+        let slots: Vec<&str> = self.net.layers().iter().map(|(n, _)| n.as_str()).collect();
+        let found = slots
+            .iter()
+            .rev()
+            .find(|s| **s == exact || s.starts_with(&group));
+        match found {
+            Some(s) if *s != slots[slots.len() - 1] => Ok(s.to_string()),
+            _ => Err(Error::Config(format!(
+                "Grad-CAM target layer {target:?} is not a feature layer of this model; choose one of {:?}",
+                self.targets()
+            ))),
+        }
+    }
+
+    /// Every layer whose output can be the target, as state-dict paths, in network order.
+    pub fn targets(&self) -> Vec<String> {
+        let n = self.net.len();
+        self.net.layers()[..n.saturating_sub(1)]
+            .iter()
+            .map(|(s, _)| s.replace(SEP, "."))
+            .collect()
+    }
+
+    /// The target layer as given.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The class whose logit is explained.
+    pub fn class(&self) -> usize {
+        self.class
+    }
+
+    /// The classifier's metadata (input size, preprocessing, normalisation).
+    pub fn meta(&self) -> &ClassifierMeta {
+        &self.meta
+    }
+
+    /// Heatmaps of a standardised NCHW batch at its own resolution.
+    pub fn heatmaps(&mut self, x: &Tensor4) -> Result<Vec<Heatmap>> {
+        let [_, _, h, w] = x.shape();
+        grad_cam(&mut self.net, &self.slot, x, self.class)?
+            .into_iter()
+            .map(|cam| Heatmap::from_cam(cam, w, h))
+            .collect()
+    }
+
+    /// Heatmap of one standardised image (`in_channels * S * S` pixels, CHW, `S` the model's
+    /// input size).
+    pub fn heatmap(&mut self, pixels: &[f32]) -> Result<Heatmap> {
+        let s = self.meta.model.image_size;
+        let x = Tensor4::from_vec([1, self.meta.model.in_channels, s, s], pixels.to_vec())?;
+        Ok(self.heatmaps(&x)?.remove(0))
+    }
+
+    /// Decodes and preprocesses an image file exactly as prediction does, and returns the
+    /// resized 8-bit image the network saw (`S * S` bytes, for overlays) with its heatmap.
+    pub fn heatmap_file(&mut self, path: &Path) -> Result<(Vec<u8>, Heatmap)> {
+        let gray = fracture_data::load_resized(path, &self.meta.preprocess)?;
+        let x = fracture_data::standardise(&gray, &self.meta.normalization);
+        let heat = self.heatmap(&x)?;
+        Ok((gray, heat))
+    }
+
+    /// Heatmaps of `n` standardised images laid out as
+    /// [`Classifier::predict_batch`] takes them.
+    pub fn heatmap_batch(&mut self, pixels: &[f32], n: usize) -> Result<Vec<Heatmap>> {
+        let s = self.meta.model.image_size;
+        let x = Tensor4::from_vec([n, self.meta.model.in_channels, s, s], pixels.to_vec())?;
+        self.heatmaps(&x)
+    }
+}
+
+/// The layers of [`ModelConfig::build`], one per top-level slot named by its state-dict path
+/// (components joined by [`SEP`]). Weights are placeholders until [`copy_state`].
+fn unfold(model: &ModelConfig) -> Result<Sequential> {
+    model.validate()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut net = Sequential::new();
+    let slot = |parts: &[&str]| parts.join(&SEP.to_string());
+    let last = *model.widths.last().expect("validated non-empty");
+    match model.block {
+        BlockKind::Plain => {
+            let mut c = model.in_channels;
+            for (i, &w) in model.widths.iter().enumerate() {
+                let i = i.to_string();
+                let conv = Conv2dConfig::new(c, w, 3)
+                    .with_padding(1)
+                    .with_bias(false)
+                    .init(&mut rng)?;
+                net.push(slot(&["blocks", &i, "0"]), conv)?;
+                net.push(
+                    slot(&["blocks", &i, "1"]),
+                    BatchNorm2dConfig::new(w).init()?,
+                )?;
+                net.push(slot(&["blocks", &i, "2"]), Relu::new())?;
+                net.push(slot(&["blocks", &i, "3"]), MaxPool2dConfig::new(2).init()?)?;
+                c = w;
+            }
+        }
+        BlockKind::Residual => {
+            let w0 = model.widths[0];
+            let stem = Conv2dConfig::new(model.in_channels, w0, 3)
+                .with_stride(2)
+                .with_padding(1)
+                .with_bias(false)
+                .init(&mut rng)?;
+            net.push(slot(&["stem", "0"]), stem)?;
+            net.push(slot(&["stem", "1"]), BatchNorm2dConfig::new(w0).init()?)?;
+            net.push(slot(&["stem", "2"]), Relu::new())?;
+            let (mut c, mut k) = (w0, 0);
+            for (i, &w) in model.widths.iter().enumerate() {
+                for j in 0..model.blocks_per_stage {
+                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                    let block = ResidualBlockConfig::new(c, w, stride).init(&mut rng)?;
+                    net.push(slot(&["blocks", &k.to_string()]), block)?;
+                    c = w;
+                    k += 1;
+                }
+            }
+        }
+    }
+    net.push("pool", GlobalAvgPool::new())?;
+    net.push("drop", DropoutConfig::new(model.dropout).init(&mut rng)?)?;
+    net.push(
+        "fc",
+        LinearConfig::new(last, model.num_classes).init(&mut rng)?,
+    )?;
+    Ok(net)
+}
+
+/// Copies every parameter and buffer of `from` (a network of [`ModelConfig::build`]) into the
+/// unfolded `to`, matching state-dict names; errors if a name or shape does not match.
+fn copy_state(from: &Sequential, to: &mut Sequential) -> Result<()> {
+    let mismatch = |reason: String| Error::Config(format!("Grad-CAM twin: {reason}"));
+    let params: HashMap<String, &fracture_layers::Param> =
+        from.named_params().into_iter().collect();
+    let buffers: HashMap<String, &fracture_layers::Buffer> =
+        from.named_buffers().into_iter().collect();
+    let mut seen = HashSet::new();
+    let mut problems = Vec::new();
+    to.visit_params("", &mut |name, p| {
+        let name = name.replace(SEP, ".");
+        match params.get(&name) {
+            Some(src) if src.value.shape() == p.value.shape() => p.value = src.value.clone(),
+            Some(src) => problems.push(format!(
+                "{name} has shape {:?} in the model but {:?} in the twin",
+                src.value.shape(),
+                p.value.shape()
+            )),
+            None => problems.push(format!("the model has no parameter {name}")),
+        }
+        seen.insert(name);
+    });
+    to.visit_buffers("", &mut |name, b| {
+        let name = name.replace(SEP, ".");
+        match buffers.get(&name) {
+            Some(src) if src.value.shape() == b.value.shape() => b.value = src.value.clone(),
+            Some(src) => problems.push(format!(
+                "{name} has shape {:?} in the model but {:?} in the twin",
+                src.value.shape(),
+                b.value.shape()
+            )),
+            None => problems.push(format!("the model has no buffer {name}")),
+        }
+        seen.insert(name);
+    });
+    for name in params.keys().chain(buffers.keys()) {
+        if !seen.contains(name) {
+            problems.push(format!("the twin has no tensor {name}"));
+        }
+    }
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => Err(mismatch(format!(
+            "{p} ({} mismatch(es)); the architecture code changed without Grad-CAM's unfolding",
+            problems.len()
+        ))),
+    }
+}
+
+/// Checks that the unfolded twin computes exactly what [`ModelConfig::build`]'s network
+/// computes, with the same (random) weights, on a fixed probe image.
+fn check_twin(model: &ModelConfig, twin: &mut Sequential) -> Result<()> {
+    let mut reference = model.build(1)?;
+    copy_state(&reference, twin)?;
+    let s = model.image_size;
+    let c = model.in_channels;
+    let probe: Vec<f32> = (0..c * s * s)
+        .map(|i| ((i as f32 * 0.7311).sin() + (i as f32 * 0.0917).cos()) * 0.8)
+        .collect();
+    let x = Tensor4::from_vec([1, c, s, s], probe)?;
+    let want = softmax(&reference.forward(&x, Mode::Eval)?)?;
+    let got = softmax(&twin.forward(&x, Mode::Eval)?)?;
+    let diff = want
+        .as_slice()
+        .iter()
+        .zip(got.as_slice())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if diff.is_nan() || diff > 1e-5 {
+        return Err(Error::Config(format!(
+            "Grad-CAM twin: the unfolded network's probabilities differ from the model's by {diff} on a probe image; the architecture code changed without Grad-CAM's unfolding"
+        )));
+    }
+    Ok(())
+}
