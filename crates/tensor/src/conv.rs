@@ -117,7 +117,9 @@ pub(crate) fn output_shape(
     };
     let oh = dim(h, p.padding[0], kh, p.stride[0], "height")?;
     let ow = dim(wd, p.padding[1], kw, p.stride[1], "width")?;
-    Ok([n, o, oh, ow])
+    let out = [n, o, oh, ow];
+    crate::tensor::check_alloc(op, out)?;
+    Ok(out)
 }
 
 /// Checks the inputs of a forward convolution and returns the output shape.

@@ -117,7 +117,9 @@ pub(crate) fn pool_output_shape(
         ));
     }
     let dim = |size: usize, pad: usize, k: usize, s: usize, axis: &str| -> Result<usize> {
-        let padded = size + 2 * pad;
+        let padded = size
+            .checked_add(pad.saturating_mul(2))
+            .ok_or_else(|| empty(format!("padding {pad} overflows")))?;
         if padded < k {
             return Err(empty(format!(
                 "kernel {axis} {k} is larger than the padded input {axis} {size} + 2*{pad} = {padded}"
@@ -127,7 +129,9 @@ pub(crate) fn pool_output_shape(
     };
     let oh = dim(h, p.padding[0], p.kernel[0], p.stride[0], "height")?;
     let ow = dim(w, p.padding[1], p.kernel[1], p.stride[1], "width")?;
-    Ok([n, c, oh, ow])
+    let out = [n, c, oh, ow];
+    crate::tensor::check_alloc(op, out)?;
+    Ok(out)
 }
 
 /// Checks the inputs of a max-pool backward; returns `x_shape`'s (n, c) plane size.

@@ -243,3 +243,20 @@ impl Tensor4 {
         }
     }
 }
+
+/// Refuses an output whose element count overflows or could never be allocated.
+pub(crate) fn check_alloc(op: &'static str, out: [usize; 4]) -> Result<()> {
+    let bytes = out
+        .iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= isize::MAX as usize);
+    if bytes.is_none() {
+        return Err(TensorError::InvalidParameter {
+            op,
+            name: "output shape",
+            value: format!("{out:?}"),
+            reason: "the output would not fit in memory (check stride and padding)".into(),
+        });
+    }
+    Ok(())
+}

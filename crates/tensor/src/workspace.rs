@@ -2,9 +2,11 @@
 
 use std::sync::Mutex;
 
-/// Reusable scratch memory for [`conv2d_forward`](crate::conv2d_forward) and [`conv2d_backward`](crate::conv2d_backward) (im2col columns,
-/// per-task partial weight gradients). Keep one per layer (or per thread of control) and pass it
-/// on every call, so the hot path does not allocate once the buffers have grown to size.
+/// Reusable scratch memory for [`conv2d_forward`](crate::conv2d_forward) and
+/// [`conv2d_backward`](crate::conv2d_backward) (im2col columns, per-chunk partial weight and
+/// bias gradients). Keep one per layer (or per thread of control) and pass it on every call, so
+/// the hot path does not allocate once the buffers have grown to size. Buffers only grow; drop
+/// the workspace to free them.
 ///
 /// ```
 /// use fracture_tensor::{conv2d_forward, ConvParams, ConvWorkspace, Tensor4};

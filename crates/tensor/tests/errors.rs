@@ -231,3 +231,33 @@ fn sgemm_refuses_bad_slices_and_aliasing() {
     // Overflowing strides.
     assert!(sgemm(2, 2, 2, 1.0, &a, isize::MAX, 1, &a, 2, 1, 0.0, &mut c, 2, 1).is_err());
 }
+
+#[test]
+fn absurd_parameters_are_errors_not_panics() {
+    let x = Tensor4::zeros([1, 1, 4, 4]);
+    let w = Tensor4::zeros([1, 1, 3, 3]);
+    let mut ws = ConvWorkspace::default();
+    for pad in [usize::MAX, usize::MAX / 2, usize::MAX / 8, 1 << 40] {
+        let p = ConvParams {
+            stride: [1, 1],
+            padding: [pad, pad],
+        };
+        assert!(
+            conv2d_forward(&x, &w, None, p, &mut ws).is_err(),
+            "pad {pad}"
+        );
+        assert!(naive::conv2d_forward(&x, &w, None, p).is_err(), "pad {pad}");
+        let pool = PoolParams {
+            kernel: [usize::MAX, usize::MAX],
+            stride: [1, 1],
+            padding: [pad.min(usize::MAX / 2), pad.min(usize::MAX / 2)],
+        };
+        assert!(max_pool2d_forward(&x, pool).is_err(), "pool pad {pad}");
+    }
+    let huge_stride = ConvParams {
+        stride: [usize::MAX, usize::MAX],
+        padding: [0, 0],
+    };
+    let y = conv2d_forward(&x, &w, None, huge_stride, &mut ws).unwrap();
+    assert_eq!(y.shape(), [1, 1, 1, 1]);
+}
