@@ -48,7 +48,7 @@ struct TrainArgs {
     /// Output directory (default runs/<unix time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Epochs (default 12 on phantoms, 30 on a folder).
+    /// Epochs (default 20 on phantoms, 30 on a folder).
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per batch.
@@ -228,7 +228,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;
     let config = TrainConfig {
-        epochs: a.epochs.unwrap_or(if on_phantoms { 12 } else { 30 }),
+        epochs: a.epochs.unwrap_or(if on_phantoms { 20 } else { 30 }),
         batch_size: a.batch_size,
         optimizer,
         lr: a.lr.unwrap_or(if optimizer == OptimizerKind::Sgd {
