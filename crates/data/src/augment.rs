@@ -137,6 +137,12 @@ impl Default for Noise {
 /// let mut again = vec![0.0f32; 16 * 16];
 /// aug.apply(&src, 16, &mut sample_rng(1, 0, 3), &mut again).unwrap();
 /// assert_eq!(out, again);
+///
+/// // No augmentation only scales to [0, 1]; configurations are validated.
+/// let mut out = [0.0f32; 4];
+/// Augment::none().apply(&[0, 51, 102, 255], 2, &mut sample_rng(0, 0, 0), &mut out).unwrap();
+/// assert_eq!(out, [0.0, 0.2, 0.4, 1.0]);
+/// assert!(Augment { hflip: 1.5, ..Augment::default() }.validate().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Augment {
@@ -189,13 +195,6 @@ struct Affine {
 
 impl Augment {
     /// No augmentation at all (every probability 0).
-    ///
-    /// ```
-    /// use fracture_data::{sample_rng, Augment};
-    /// let mut out = [0.0f32; 4];
-    /// Augment::none().apply(&[0, 51, 102, 255], 2, &mut sample_rng(0, 0, 0), &mut out).unwrap();
-    /// assert_eq!(out, [0.0, 0.2, 0.4, 1.0]);
-    /// ```
     pub fn none() -> Augment {
         Augment {
             hflip: 0.0,
@@ -228,12 +227,6 @@ impl Augment {
     }
 
     /// Checks probabilities and ranges.
-    ///
-    /// ```
-    /// use fracture_data::Augment;
-    /// assert!(Augment::default().validate().is_ok());
-    /// assert!(Augment { hflip: 1.5, ..Augment::default() }.validate().is_err());
-    /// ```
     pub fn validate(&self) -> Result<()> {
         let probs = [
             ("hflip", self.hflip),

@@ -17,6 +17,7 @@ pub type Result<T> = std::result::Result<T, DataError>;
 ///     .unwrap_err();
 /// assert!(matches!(err, DataError::UnknownFormat { .. }));
 /// assert!(err.to_string().contains("notes.txt"));
+/// assert_eq!(err.path().unwrap().to_str(), Some("notes.txt"));
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -134,12 +135,6 @@ pub enum DataError {
 
 impl DataError {
     /// The path this error is about, if it is about one.
-    ///
-    /// ```
-    /// use fracture_data::DataError;
-    /// let e = DataError::EmptyClassFolder { path: "data/train/fractured".into() };
-    /// assert_eq!(e.path().unwrap().to_str(), Some("data/train/fractured"));
-    /// ```
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             DataError::Io { path, .. }

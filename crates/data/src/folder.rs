@@ -117,8 +117,11 @@ impl LoadOptions {
 /// Why a file was skipped.
 ///
 /// ```
-/// use fracture_data::BadFileKind;
+/// use fracture_data::{BadFileKind, DataError};
 /// assert_eq!(BadFileKind::Corrupt.to_string(), "corrupt");
+/// let e = DataError::UnknownFormat { path: "a.txt".into() };
+/// assert_eq!(BadFileKind::of(&e), Some(BadFileKind::UnknownFormat));
+/// assert_eq!(BadFileKind::of(&DataError::Config("x".into())), None);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BadFileKind {
@@ -145,13 +148,6 @@ impl fmt::Display for BadFileKind {
 
 impl BadFileKind {
     /// The kind of a per-file error, or `None` for errors that are not about one file's content.
-    ///
-    /// ```
-    /// use fracture_data::{BadFileKind, DataError};
-    /// let e = DataError::UnknownFormat { path: "a.txt".into() };
-    /// assert_eq!(BadFileKind::of(&e), Some(BadFileKind::UnknownFormat));
-    /// assert_eq!(BadFileKind::of(&DataError::Config("x".into())), None);
-    /// ```
     pub fn of(error: &DataError) -> Option<BadFileKind> {
         match error {
             DataError::Io { .. } => Some(BadFileKind::Unreadable),
@@ -402,6 +398,11 @@ impl DatasetSplit {
 /// assert_eq!(data.classes(), ["fractured", "not_fractured"]);
 /// assert_eq!(data.train().unwrap().labels(), &[0, 1]);
 /// assert!(data.test().is_err()); // absent split
+///
+/// // In-memory splits assemble into a folder too (this is what phantoms do).
+/// let train = data.train().unwrap().clone();
+/// let mem = ImageFolder::from_splits("mem".into(), vec![train], Default::default()).unwrap();
+/// assert!(mem.has_split(Split::Train) && !mem.has_split(Split::Val));
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageFolder {
@@ -454,7 +455,7 @@ impl ImageFolder {
             });
         }
         let (reference, ref_scan) = (&scans[0].0, &scans[0].1);
-        for (split, scan) in &scans[1..] {
+        for (_, scan) in &scans[1..] {
             if scan.classes != ref_scan.classes {
                 return Err(DataError::ClassMismatch {
                     path: scan.dir.clone(),
@@ -463,7 +464,6 @@ impl ImageFolder {
                     reference: reference.dir_name().to_string(),
                 });
             }
-            debug_assert_ne!(split, reference);
         }
         let classes = ref_scan.classes.clone();
         let mut splits: [Option<DatasetSplit>; 3] = [None, None, None];
@@ -483,14 +483,6 @@ impl ImageFolder {
 
     /// Assembles a folder from in-memory splits (at most one per [`Split`]), checking that they
     /// share classes and image size. `root` only names the dataset in errors.
-    ///
-    /// ```
-    /// use fracture_data::{DatasetSplit, ImageFolder, LoadSummary, Split};
-    /// let classes = vec!["a".to_string(), "b".to_string()];
-    /// let train = DatasetSplit::new(Split::Train, classes, 1, vec![7], vec![1], vec!["x".into()]).unwrap();
-    /// let folder = ImageFolder::from_splits("mem".into(), vec![train], LoadSummary::default()).unwrap();
-    /// assert!(folder.has_split(Split::Train) && !folder.has_split(Split::Val));
-    /// ```
     pub fn from_splits(
         root: PathBuf,
         splits: Vec<DatasetSplit>,

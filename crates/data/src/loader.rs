@@ -7,6 +7,10 @@
 //! ([`LoaderConfig::eval`]) keeps the dataset order and applies no augmentation, so its batches
 //! are exactly what [`crate::preprocess_file`] gives for the same images. The same seed gives the
 //! same batches whatever the number of rayon threads.
+//!
+//! The prefetch thread assembles batches on rayon's global pool (size it with
+//! `rayon::ThreadPoolBuilder::build_global` to limit the threads), sharing it with the training
+//! step that runs at the same time.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -125,15 +129,26 @@ struct Shared {
 /// Draws batches from a split in memory.
 ///
 /// ```
-/// use fracture_data::{phantom::PhantomConfig, BatchLoader, LoaderConfig, Normalization};
-/// let mut data = PhantomConfig { size: 32, train: 10, val: 0, test: 0, ..Default::default() }.folder().unwrap();
+/// use fracture_data::{phantom::PhantomConfig, BatchLoader, LoaderConfig, Split};
+/// let mut data = PhantomConfig { size: 32, train: 10, val: 6, test: 0, ..Default::default() }.folder().unwrap();
 /// let norm = data.normalization().unwrap();
-/// let train = data.take_split(fracture_data::Split::Train).unwrap();
+/// let train = data.take_split(Split::Train).unwrap();
 /// let loader = BatchLoader::new(train, norm, LoaderConfig { batch_size: 4, ..Default::default() }).unwrap();
 /// let batches: Vec<_> = loader.epoch(0).collect();
 /// assert_eq!(batches.len(), 3); // 4 + 4 + 2
 /// assert_eq!(batches[0].shape(), [4, 1, 32, 32]);
 /// assert_eq!(loader.epoch(0).next().unwrap(), batches[0]); // seeded: the same again
+///
+/// // Each epoch visits a new permutation.
+/// let (a, mut b) = (loader.epoch_order(0), loader.epoch_order(1));
+/// assert_ne!(a, b);
+/// b.sort();
+/// assert_eq!(b, (0..10).collect::<Vec<_>>());
+///
+/// // Evaluation: fixed order, no augmentation.
+/// let val = BatchLoader::eval(data.take_split(Split::Val).unwrap(), norm, 4).unwrap();
+/// let seen: Vec<usize> = val.epoch(0).flat_map(|b| b.indices).collect();
+/// assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
 /// ```
 #[derive(Clone)]
 pub struct BatchLoader {
@@ -189,15 +204,6 @@ impl BatchLoader {
     }
 
     /// An evaluation loader: [`LoaderConfig::eval`] with this batch size.
-    ///
-    /// ```
-    /// use fracture_data::{phantom::PhantomConfig, BatchLoader, Normalization, Split};
-    /// let mut data = PhantomConfig { size: 16, train: 0, val: 6, test: 0, ..Default::default() }.folder().unwrap();
-    /// let val = data.take_split(Split::Val).unwrap();
-    /// let loader = BatchLoader::eval(val, Normalization::IDENTITY, 4).unwrap();
-    /// let seen: Vec<usize> = loader.epoch(0).flat_map(|b| b.indices).collect();
-    /// assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
-    /// ```
     pub fn eval(
         data: impl Into<Arc<DatasetSplit>>,
         normalization: Normalization,
@@ -234,18 +240,6 @@ impl BatchLoader {
 
     /// The dataset indices visited in `epoch`, in order (a permutation, a balanced draw, or
     /// `0..len` in evaluation mode).
-    ///
-    /// ```
-    /// use fracture_data::{phantom::PhantomConfig, BatchLoader, LoaderConfig, Normalization, Split};
-    /// let mut data = PhantomConfig { size: 16, train: 20, val: 0, test: 0, ..Default::default() }.folder().unwrap();
-    /// let train = data.take_split(Split::Train).unwrap();
-    /// let loader = BatchLoader::new(train, Normalization::IDENTITY, LoaderConfig::default()).unwrap();
-    /// let (a, b) = (loader.epoch_order(0), loader.epoch_order(1));
-    /// assert_ne!(a, b);
-    /// let mut sorted = a.clone();
-    /// sorted.sort();
-    /// assert_eq!(sorted, (0..20).collect::<Vec<_>>());
-    /// ```
     pub fn epoch_order(&self, epoch: usize) -> Vec<usize> {
         epoch_order(&self.shared, epoch)
     }

@@ -18,6 +18,16 @@ use crate::folder::{DatasetSplit, Split};
 /// assert_eq!(norm.apply(255), 2.0);
 /// let json = serde_json::to_string(&norm).unwrap();
 /// assert_eq!(serde_json::from_str::<Normalization>(&json).unwrap(), norm);
+///
+/// // Exact statistics of 8-bit pixels, then standardisation.
+/// let stats = Normalization::from_images(&[0u8, 255, 0, 255]).unwrap();
+/// assert!((stats.mean - 0.5).abs() < 1e-6 && (stats.std - 0.5).abs() < 1e-6);
+/// let mut out = [0.0; 2];
+/// stats.apply_u8(&[0, 255], &mut out);
+/// assert_eq!(out, [-1.0, 1.0]);
+/// let mut unit = [0.5f32];
+/// stats.apply_unit_in_place(&mut unit);
+/// assert_eq!(unit, [0.0]);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
@@ -62,12 +72,6 @@ impl Normalization {
     }
 
     /// Statistics of any set of 8-bit pixels (exact, through a 256-bin histogram).
-    ///
-    /// ```
-    /// use fracture_data::Normalization;
-    /// let norm = Normalization::from_images(&[0u8, 255, 0, 255]).unwrap();
-    /// assert!((norm.mean - 0.5).abs() < 1e-6 && (norm.std - 0.5).abs() < 1e-6);
-    /// ```
     pub fn from_images(pixels: &[u8]) -> Result<Normalization> {
         let mut hist = [0u64; 256];
         for &p in pixels {
@@ -106,13 +110,6 @@ impl Normalization {
     }
 
     /// Standardises 8-bit pixels into `out` (same length).
-    ///
-    /// ```
-    /// use fracture_data::Normalization;
-    /// let mut out = [0.0; 2];
-    /// Normalization::IDENTITY.apply_u8(&[0, 255], &mut out);
-    /// assert_eq!(out, [0.0, 1.0]);
-    /// ```
     pub fn apply_u8(&self, pixels: &[u8], out: &mut [f32]) {
         debug_assert_eq!(pixels.len(), out.len());
         let inv = 1.0 / self.std;
@@ -122,13 +119,6 @@ impl Normalization {
     }
 
     /// Standardises `[0, 1]` values in place.
-    ///
-    /// ```
-    /// use fracture_data::Normalization;
-    /// let mut x = [0.5f32];
-    /// Normalization { mean: 0.5, std: 2.0 }.apply_unit_in_place(&mut x);
-    /// assert_eq!(x, [0.0]);
-    /// ```
     pub fn apply_unit_in_place(&self, values: &mut [f32]) {
         let inv = 1.0 / self.std;
         for v in values {
