@@ -64,11 +64,59 @@ use crate::classifier::{Classifier, ClassifierMeta};
 use crate::error::{Error, Result};
 use crate::model::{BlockKind, ModelConfig};
 
+/// Which score of class `c` Grad-CAM differentiates.
+///
+/// ```
+/// use fracture_nn::gradcam::Score;
+/// assert_eq!(Score::LogOdds.gradient(&[2.0, 0.0], 0), vec![1.0, -1.0]);
+/// assert_eq!(Score::Logit.gradient(&[2.0, 0.0], 0), vec![1.0, 0.0]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Score {
+    /// The raw output `y_c` of the class (its pre-softmax logit), as in the Grad-CAM paper.
+    Logit,
+    /// The log-odds of the class, `log(p_c / (1 - p_c))`: with two classes `y_c - y_other`, the
+    /// only quantity the predicted probability depends on. Features that raise both logits alike
+    /// (the bone being there at all) cancel out, so the map shows what tells the classes apart.
+    LogOdds,
+}
+
+impl Score {
+    /// `d score / d logits` for one image's `logits` and class `c`: the one-hot `e_c` for
+    /// [`Score::Logit`]; `e_c - q` for [`Score::LogOdds`], with `q` the softmax of the other
+    /// classes' logits (0 at `c`). Empty if `c` is out of range.
+    pub fn gradient(self, logits: &[f32], c: usize) -> Vec<f32> {
+        let mut g = vec![0.0f32; logits.len()];
+        if c >= logits.len() {
+            return Vec::new();
+        }
+        if self == Score::LogOdds {
+            let m = logits
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != c)
+                .map(|(_, &l)| l as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits
+                .iter()
+                .enumerate()
+                .map(|(j, &l)| if j == c { 0.0 } else { (l as f64 - m).exp() })
+                .collect();
+            let z: f64 = e.iter().sum();
+            for (gj, ej) in g.iter_mut().zip(&e) {
+                *gj = -(ej / z) as f32;
+            }
+        }
+        g[c] = 1.0;
+        g
+    }
+}
+
 /// The raw class-activation map of one image, at the target layer's resolution.
 ///
 /// ```
-/// use fracture_nn::gradcam::CamMap;
-/// let m = CamMap { height: 1, width: 2, values: vec![0.0, 3.0], weights: vec![0.5], logits: vec![1.0, -1.0], class: 0 };
+/// use fracture_nn::gradcam::{CamMap, Score};
+/// let m = CamMap { height: 1, width: 2, values: vec![0.0, 3.0], weights: vec![0.5], logits: vec![1.0, -1.0], class: 0, score: Score::Logit };
 /// assert_eq!(m.max(), 3.0);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -83,8 +131,10 @@ pub struct CamMap {
     pub weights: Vec<f32>,
     /// All class logits of the image (the forward pass that produced the map).
     pub logits: Vec<f32>,
-    /// The class `c` whose logit was differentiated.
+    /// The class `c` whose score was differentiated.
     pub class: usize,
+    /// The score that was differentiated.
+    pub score: Score,
 }
 
 impl CamMap {
@@ -96,8 +146,8 @@ impl CamMap {
     /// Softmax probability of [`CamMap::class`] from [`CamMap::logits`].
     ///
     /// ```
-    /// use fracture_nn::gradcam::CamMap;
-    /// let m = CamMap { height: 1, width: 1, values: vec![0.0], weights: vec![], logits: vec![0.0, 0.0], class: 0 };
+    /// use fracture_nn::gradcam::{CamMap, Score};
+    /// let m = CamMap { height: 1, width: 1, values: vec![0.0], weights: vec![], logits: vec![0.0, 0.0], class: 0, score: Score::LogOdds };
     /// assert_eq!(m.probability(), 0.5);
     /// ```
     pub fn probability(&self) -> f64 {
@@ -116,8 +166,8 @@ impl CamMap {
 /// A Grad-CAM heatmap at the input image's resolution.
 ///
 /// ```
-/// use fracture_nn::gradcam::{CamMap, Heatmap};
-/// let cam = CamMap { height: 2, width: 2, values: vec![0.0, 0.0, 0.0, 2.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0 };
+/// use fracture_nn::gradcam::{CamMap, Heatmap, Score};
+/// let cam = CamMap { height: 2, width: 2, values: vec![0.0, 0.0, 0.0, 2.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0, score: Score::Logit };
 /// let h = Heatmap::from_cam(cam, 8, 8)?;
 /// assert_eq!(h.peak, Some([6, 6])); // the hot cell's centre, at (6, 6) in an 8 px image
 /// assert_eq!(h.value(6, 6), Some(1.0));
@@ -284,16 +334,16 @@ pub fn distance_to_fracture(point: [f32; 2], line: &FractureLine) -> f32 {
 }
 
 /// Grad-CAM of a batch `x` (NCHW) through `net`, taken at the output of its top-level layer
-/// named `target`, for the logit of `class`. Returns one [`CamMap`] per image.
+/// named `target`, for the `score` of `class`. Returns one [`CamMap`] per image.
 ///
 /// Layers up to the target run in [`Mode::Eval`], the rest in [`Mode::EvalWithGrad`], so the
-/// logits are exactly those of inference; the gradient of `sum_n y_c(n)` is propagated back to
-/// the target's output with the layers' `backward` (in eval mode every image is independent, so
-/// image `n` gets `d y_c(n) / d A(n)`). The network is left as it was found: the gradients the
+/// logits are exactly those of inference; the gradient `d s(n) / d logits(n)` of each image's
+/// score ([`Score::gradient`]) is propagated back to the target's output with the layers'
+/// `backward` (in eval mode every image is independent, so image `n` gets `d s(n) / d A(n)`). The network is left as it was found: the gradients the
 /// backward pass accumulated are restored to their previous values and no cache is kept.
 ///
 /// ```
-/// use fracture_nn::gradcam::grad_cam;
+/// use fracture_nn::gradcam::{grad_cam, Score};
 /// use fracture_nn::layers::*;
 /// use fracture_nn::tensor::Tensor4;
 /// use rand::SeedableRng;
@@ -304,7 +354,7 @@ pub fn distance_to_fracture(point: [f32; 2], line: &FractureLine) -> f32 {
 ///     .with("pool", GlobalAvgPool::new())?
 ///     .with("fc", LinearConfig::new(4, 2).init(&mut rng)?)?;
 /// let x = Tensor4::from_vec([2, 1, 6, 6], (0..72).map(|v| (v as f32 * 0.37).sin()).collect())?;
-/// let maps = grad_cam(&mut net, "relu", &x, 0)?;
+/// let maps = grad_cam(&mut net, "relu", &x, 0, Score::Logit)?;
 /// assert_eq!(maps.len(), 2);
 /// assert_eq!((maps[0].height, maps[0].width, maps[0].weights.len()), (6, 6, 4));
 /// # Ok::<(), fracture_nn::Error>(())
@@ -314,6 +364,7 @@ pub fn grad_cam(
     target: &str,
     x: &Tensor4,
     class: usize,
+    score: Score,
 ) -> Result<Vec<CamMap>> {
     let Some(index) = net.layers().iter().position(|(n, _)| n == target) else {
         let names: Vec<&str> = net.layers().iter().map(|(n, _)| n.as_str()).collect();
@@ -331,7 +382,7 @@ pub fn grad_cam(
     for (_, layer) in &net.layers()[index + 1..] {
         layer.visit_params_ref("", &mut |_, p| saved.push(p.grad.clone()));
     }
-    let result = grad_cam_inner(net, index, x, class);
+    let result = grad_cam_inner(net, index, x, class, score);
     let mut layers: Vec<_> = net.layers_mut().collect();
     let mut saved = saved.into_iter();
     for (_, layer) in layers.drain(index + 1..) {
@@ -350,6 +401,7 @@ fn grad_cam_inner(
     index: usize,
     x: &Tensor4,
     class: usize,
+    score: Score,
 ) -> Result<Vec<CamMap>> {
     let mut layers: Vec<&mut Box<dyn Layer>> = net.layers_mut().map(|(_, l)| l).collect();
     let mut h = x.clone();
@@ -379,9 +431,18 @@ fn grad_cam_inner(
             "Grad-CAM class {class} does not exist: the network has {k_classes} outputs"
         )));
     }
+    if score == Score::LogOdds && k_classes < 2 {
+        return Err(Error::Config(
+            "Grad-CAM log-odds need at least two classes; the network has one output".into(),
+        ));
+    }
     let mut dlogits = Tensor4::zeros(logits.shape());
-    for i in 0..n {
-        dlogits.as_slice_mut()[i * k_classes + class] = 1.0;
+    for (d, l) in dlogits
+        .as_slice_mut()
+        .chunks_mut(k_classes)
+        .zip(logits.as_slice().chunks(k_classes))
+    {
+        d.copy_from_slice(&score.gradient(l, class));
     }
     let mut g = dlogits;
     for layer in layers[index + 1..].iter_mut().rev() {
@@ -420,6 +481,7 @@ fn grad_cam_inner(
                 weights,
                 logits: logits[i * k_classes..(i + 1) * k_classes].to_vec(),
                 class,
+                score,
             }
         })
         .collect();
@@ -445,6 +507,7 @@ pub struct GradCam {
     target: String,
     slot: String,
     class: usize,
+    score: Score,
 }
 
 impl std::fmt::Debug for GradCam {
@@ -452,6 +515,7 @@ impl std::fmt::Debug for GradCam {
         f.debug_struct("GradCam")
             .field("target", &self.target)
             .field("class", &self.class)
+            .field("score", &self.score)
             .field("net", &self.net)
             .finish_non_exhaustive()
     }
@@ -490,6 +554,7 @@ impl GradCam {
             target: target.to_string(),
             slot: String::new(),
             class: clf.meta.positive_class,
+            score: Score::LogOdds,
         };
         cam.slot = cam.resolve(target)?;
         check_twin(&clf.meta.model, &mut cam.net)?;
@@ -507,6 +572,17 @@ impl GradCam {
         }
         self.class = class;
         Ok(self)
+    }
+
+    /// Differentiates `score` instead of the default [`Score::LogOdds`].
+    pub fn with_score(mut self, score: Score) -> Self {
+        self.score = score;
+        self
+    }
+
+    /// The score that is differentiated.
+    pub fn score(&self) -> Score {
+        self.score
     }
 
     fn resolve(&self, target: &str) -> Result<String> {
@@ -553,7 +629,7 @@ impl GradCam {
     /// Heatmaps of a standardised NCHW batch at its own resolution.
     pub fn heatmaps(&mut self, x: &Tensor4) -> Result<Vec<Heatmap>> {
         let [_, _, h, w] = x.shape();
-        grad_cam(&mut self.net, &self.slot, x, self.class)?
+        grad_cam(&mut self.net, &self.slot, x, self.class, self.score)?
             .into_iter()
             .map(|cam| Heatmap::from_cam(cam, w, h))
             .collect()

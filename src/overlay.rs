@@ -9,9 +9,9 @@
 //! neighbour), so that a 64 px phantom stays legible.
 //!
 //! ```
-//! use fracture_nn::gradcam::{CamMap, Heatmap};
+//! use fracture_nn::gradcam::{CamMap, Heatmap, Score};
 //! use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
-//! let cam = CamMap { height: 2, width: 2, values: vec![0.0, 1.0, 0.0, 0.0], weights: vec![1.0], logits: vec![1.0, 0.0], class: 0 };
+//! let cam = CamMap { height: 2, width: 2, values: vec![0.0, 1.0, 0.0, 0.0], weights: vec![1.0], logits: vec![1.0, 0.0], class: 0, score: Score::LogOdds };
 //! let heat = Heatmap::from_cam(cam, 16, 16)?;
 //! let gray = vec![128u8; 16 * 16];
 //! let img = render_overlay(&gray, &heat, Some(Probability { p: 0.8, threshold: 0.5 }), &OverlayConfig::default())?;
@@ -104,8 +104,8 @@ pub struct Probability {
 /// `out = (1 - alpha) * gray + alpha * colormap(heat)`, at the heatmap's resolution.
 ///
 /// ```
-/// use fracture_nn::gradcam::{CamMap, Heatmap};
-/// let cam = CamMap { height: 1, width: 1, values: vec![1.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0 };
+/// use fracture_nn::gradcam::{CamMap, Heatmap, Score};
+/// let cam = CamMap { height: 1, width: 1, values: vec![1.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0, score: Score::LogOdds };
 /// let heat = Heatmap::from_cam(cam, 2, 2)?;
 /// let img = fracture_nn::overlay::blend(&[0, 0, 0, 0], &heat, 1.0)?;
 /// assert_eq!(img.get_pixel(1, 1).0, fracture_nn::overlay::colormap(1.0));
@@ -216,9 +216,9 @@ pub fn render_overlay(
 /// parent folder if needed.
 ///
 /// ```
-/// use fracture_nn::gradcam::{CamMap, Heatmap};
+/// use fracture_nn::gradcam::{CamMap, Heatmap, Score};
 /// use fracture_nn::overlay::{save_overlay, OverlayConfig};
-/// let cam = CamMap { height: 1, width: 1, values: vec![1.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0 };
+/// let cam = CamMap { height: 1, width: 1, values: vec![1.0], weights: vec![1.0], logits: vec![0.0, 0.0], class: 0, score: Score::LogOdds };
 /// let heat = Heatmap::from_cam(cam, 8, 8)?;
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("out/x.png");

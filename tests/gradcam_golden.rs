@@ -2,7 +2,7 @@
 //! by hand, from activations and gradients captured by running the layers one by one, and from
 //! finite-difference estimates of `d logit / dA`.
 
-use fracture_nn::gradcam::{grad_cam, CamMap, Heatmap};
+use fracture_nn::gradcam::{grad_cam, CamMap, Heatmap, Score};
 use fracture_nn::layers::{
     BatchNorm2dConfig, Conv2dConfig, GlobalAvgPool, Layer, LayersError, LinearConfig,
     MaxPool2dConfig, Mode, Relu, Sequential,
@@ -71,13 +71,22 @@ fn input(n: usize, seed: u64) -> Tensor4 {
     Tensor4::from_vec([n, 1, 8, 8], v).unwrap()
 }
 
+/// The differentiated score of a two-class logit row, written out for this test.
+fn score_of(logits: &[f32], class: usize, score: Score) -> f64 {
+    match score {
+        Score::Logit => logits[class] as f64,
+        Score::LogOdds => logits[class] as f64 - logits[1 - class] as f64,
+    }
+}
+
 /// Forward layer by layer (eval behaviour, caches kept), returning the target's output, the
-/// logits, and `d logit_class / dA` from the layers' backward passes run one by one.
+/// logits, and `d score / dA` from the layers' backward passes run one by one.
 fn by_hand(
     net: &mut Sequential,
     target: &str,
     x: &Tensor4,
     class: usize,
+    score: Score,
 ) -> (Tensor4, Tensor4, Tensor4) {
     let mut layers: Vec<(&str, &mut Box<dyn Layer>)> = net.layers_mut().collect();
     let idx = layers.iter().position(|(n, _)| *n == target).unwrap();
@@ -94,6 +103,9 @@ fn by_hand(
     let mut g = Tensor4::zeros(logits.shape());
     for i in 0..n {
         g.as_slice_mut()[i * k + class] = 1.0;
+        if score == Score::LogOdds {
+            g.as_slice_mut()[i * k + 1 - class] = -1.0;
+        }
     }
     for (_, layer) in layers[idx + 1..].iter_mut().rev() {
         g = layer.backward(&g).unwrap();
@@ -149,32 +161,43 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 
 #[test]
 fn grad_cam_equals_the_map_from_captured_activations_and_gradients() {
-    for target in ["relu1", "pool1", "relu2"] {
-        for class in [0, 1] {
-            let mut net = tiny_net(11);
-            let x = input(3, 5);
-            let maps = grad_cam(&mut net, target, &x, class).unwrap();
-            let (a, logits, g) = by_hand(&mut net, target, &x, class);
-            let g: Vec<f64> = g.as_slice().iter().map(|&v| v as f64).collect();
-            assert_eq!(maps.len(), 3);
-            for (n, m) in maps.iter().enumerate() {
-                let [_, k, h, w] = a.shape();
-                assert_eq!(
-                    (m.height, m.width, m.weights.len(), m.class),
-                    (h, w, k, class)
-                );
-                let (cam, alphas) = cam_by_hand(&a, &g, n);
-                assert_close(&m.weights, &alphas, 1e-6, &format!("{target} alpha"));
-                assert_close(&m.values, &cam, 1e-5, &format!("{target} cam"));
-                assert_eq!(m.logits, logits.as_slice()[n * 2..n * 2 + 2].to_vec());
-            }
-            // Not a vacuous comparison: some map has positive evidence.
-            assert!(
-                maps.iter().any(|m| m.max() > 0.0),
-                "{target}: all maps zero"
+    let mut positive_maps = 0;
+    for (target, class, score) in [
+        ("relu1", 0, Score::Logit),
+        ("pool1", 1, Score::Logit),
+        ("relu2", 0, Score::Logit),
+        ("relu1", 1, Score::LogOdds),
+        ("pool1", 0, Score::LogOdds),
+        ("relu2", 1, Score::LogOdds),
+    ] {
+        let mut net = tiny_net(11);
+        let x = input(3, 5);
+        let maps = grad_cam(&mut net, target, &x, class, score).unwrap();
+        let (a, logits, g) = by_hand(&mut net, target, &x, class, score);
+        let g: Vec<f64> = g.as_slice().iter().map(|&v| v as f64).collect();
+        assert_eq!(maps.len(), 3);
+        for (n, m) in maps.iter().enumerate() {
+            let [_, k, h, w] = a.shape();
+            assert_eq!(
+                (m.height, m.width, m.weights.len(), m.class, m.score),
+                (h, w, k, class, score)
             );
+            let (cam, alphas) = cam_by_hand(&a, &g, n);
+            assert_close(&m.weights, &alphas, 1e-6, &format!("{target} alpha"));
+            assert_close(&m.values, &cam, 1e-5, &format!("{target} cam"));
+            assert_eq!(m.logits, logits.as_slice()[n * 2..n * 2 + 2].to_vec());
+            // Not a vacuous comparison: the gradient reaches the target.
+            assert!(
+                m.weights.iter().any(|&v| v != 0.0),
+                "{target}: zero weights"
+            );
+            positive_maps += usize::from(m.max() > 0.0);
         }
     }
+    assert!(
+        positive_maps >= 9,
+        "only {positive_maps} of 18 maps are non-zero"
+    );
 }
 
 #[test]
@@ -182,26 +205,36 @@ fn grad_cam_equals_the_map_from_finite_difference_gradients() {
     // Behind relu2 the rest (gap, fc) is linear: a finite-difference gradient is exact up to
     // rounding at every position, so the whole map can be built from it.
     let target = "relu2";
-    let mut net = tiny_net(3);
-    let x = input(2, 9);
-    let maps = grad_cam(&mut net, target, &x, 0).unwrap();
-    let (a, _, _) = by_hand(&mut net, target, &x, 0);
-    let eps = 1e-2f32;
-    let mut g = vec![0f64; a.len()];
-    for (i, gi) in g.iter_mut().enumerate() {
-        let n = i / (a.len() / 2);
-        let mut plus = a.clone();
-        plus.as_slice_mut()[i] += eps;
-        let mut minus = a.clone();
-        minus.as_slice_mut()[i] -= eps;
-        let lp = suffix_logits(&mut net, target, &plus).as_slice()[n * 2] as f64;
-        let lm = suffix_logits(&mut net, target, &minus).as_slice()[n * 2] as f64;
-        *gi = (lp - lm) / (2.0 * eps as f64);
-    }
-    for (n, m) in maps.iter().enumerate() {
-        let (cam, alphas) = cam_by_hand(&a, &g, n);
-        assert_close(&m.weights, &alphas, 2e-3, "alpha (finite differences)");
-        assert_close(&m.values, &cam, 2e-3, "cam (finite differences)");
+    for score in [Score::Logit, Score::LogOdds] {
+        let mut net = tiny_net(3);
+        let x = input(2, 9);
+        let maps = grad_cam(&mut net, target, &x, 0, score).unwrap();
+        let (a, _, _) = by_hand(&mut net, target, &x, 0, score);
+        let eps = 1e-2f32;
+        let mut g = vec![0f64; a.len()];
+        for (i, gi) in g.iter_mut().enumerate() {
+            let n = i / (a.len() / 2);
+            let mut plus = a.clone();
+            plus.as_slice_mut()[i] += eps;
+            let mut minus = a.clone();
+            minus.as_slice_mut()[i] -= eps;
+            let lp = score_of(
+                &suffix_logits(&mut net, target, &plus).as_slice()[n * 2..n * 2 + 2],
+                0,
+                score,
+            );
+            let lm = score_of(
+                &suffix_logits(&mut net, target, &minus).as_slice()[n * 2..n * 2 + 2],
+                0,
+                score,
+            );
+            *gi = (lp - lm) / (2.0 * eps as f64);
+        }
+        for (n, m) in maps.iter().enumerate() {
+            let (cam, alphas) = cam_by_hand(&a, &g, n);
+            assert_close(&m.weights, &alphas, 2e-3, "alpha (finite differences)");
+            assert_close(&m.values, &cam, 2e-3, "cam (finite differences)");
+        }
     }
 }
 
@@ -213,7 +246,7 @@ fn gradient_at_an_early_target_matches_finite_differences_at_sampled_positions()
     let target = "relu1";
     let mut net = tiny_net(7);
     let x = input(1, 2);
-    let (a, _, g) = by_hand(&mut net, target, &x, 0);
+    let (a, _, g) = by_hand(&mut net, target, &x, 0, Score::LogOdds);
     let [_, k, h, w] = a.shape();
     let av = a.as_slice();
     let eps = 1e-3f32;
@@ -236,13 +269,21 @@ fn gradient_at_an_early_target_matches_finite_differences_at_sampled_positions()
                 if margin < 10.0 * eps {
                     continue;
                 }
-                let fd = |i: usize| {
+                let mut fd = |i: usize| {
                     let mut plus = a.clone();
                     plus.as_slice_mut()[i] += eps;
                     let mut minus = a.clone();
                     minus.as_slice_mut()[i] -= eps;
-                    let lp = suffix_logits(&mut net, target, &plus).as_slice()[0] as f64;
-                    let lm = suffix_logits(&mut net, target, &minus).as_slice()[0] as f64;
+                    let lp = score_of(
+                        suffix_logits(&mut net, target, &plus).as_slice(),
+                        0,
+                        Score::LogOdds,
+                    );
+                    let lm = score_of(
+                        suffix_logits(&mut net, target, &minus).as_slice(),
+                        0,
+                        Score::LogOdds,
+                    );
                     (lp - lm) / (2.0 * eps as f64)
                 };
                 for &i in &window {
@@ -280,7 +321,7 @@ fn grad_cam_leaves_the_network_as_it_found_it() {
         .iter()
         .map(|(_, p)| p.grad.clone())
         .collect();
-    grad_cam(&mut net, "relu2", &x, 0).unwrap();
+    grad_cam(&mut net, "relu2", &x, 0, Score::Logit).unwrap();
     let after: Vec<Tensor4> = net
         .named_params()
         .iter()
@@ -300,16 +341,22 @@ fn grad_cam_leaves_the_network_as_it_found_it() {
 fn grad_cam_rejects_bad_targets_classes_and_inputs() {
     let mut net = tiny_net(1);
     let x = input(1, 4);
-    let err = grad_cam(&mut net, "conv9", &x, 0).unwrap_err().to_string();
+    let err = grad_cam(&mut net, "conv9", &x, 0, Score::Logit)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("conv9") && err.contains("relu2"), "{err}");
-    let err = grad_cam(&mut net, "fc", &x, 0).unwrap_err().to_string();
+    let err = grad_cam(&mut net, "fc", &x, 0, Score::Logit)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("last layer"), "{err}");
-    let err = grad_cam(&mut net, "relu2", &x, 2).unwrap_err().to_string();
+    let err = grad_cam(&mut net, "relu2", &x, 2, Score::LogOdds)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("class 2"), "{err}");
     let bad = Tensor4::zeros([1, 2, 8, 8]);
-    assert!(grad_cam(&mut net, "relu2", &bad, 0).is_err());
+    assert!(grad_cam(&mut net, "relu2", &bad, 0, Score::Logit).is_err());
     // The network still works after the failures.
-    assert!(grad_cam(&mut net, "relu2", &x, 0).is_ok());
+    assert!(grad_cam(&mut net, "relu2", &x, 0, Score::Logit).is_ok());
 }
 
 #[test]
@@ -344,6 +391,7 @@ fn heatmap_is_normalised_with_its_peak_and_handles_empty_and_bad_maps() {
         weights: vec![1.0],
         logits: vec![0.5, -0.5],
         class: 0,
+        score: Score::Logit,
     };
     let h = Heatmap::from_cam(cam(vec![0.0, 1.0, 0.0, 0.0, 0.0, 4.0]), 12, 8).unwrap();
     assert_eq!(h.values.len(), 96);
