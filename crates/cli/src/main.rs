@@ -355,9 +355,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
     if a.json {
-        let mut v = serde_json::to_value(&report)?;
+        let kappa = report.cohen_kappa;
+        let mut v = serde_json::to_value(report)?;
         let obj = v.as_object_mut().expect("a report is an object");
-        obj.insert("kappa".into(), serde_json::json!(report.cohen_kappa));
+        obj.insert("kappa".into(), serde_json::json!(kappa));
         obj.insert("split".into(), serde_json::json!(split.dir_name()));
         obj.insert(
             "model".into(),
