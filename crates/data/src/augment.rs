@@ -392,31 +392,44 @@ fn fires<R: Rng + ?Sized>(rng: &mut R, p: f32) -> bool {
 }
 
 /// Samples `src` through `affine` with bilinear interpolation; outside pixels are black.
+///
+/// The source is copied once into a buffer with a one-pixel black border, so that every sample
+/// that touches the image reads four in-bounds pixels without branches, and floors are integer
+/// truncations of non-negative values (no libm call).
 fn warp_bilinear(src: &[u8], size: usize, affine: &Affine, out: &mut [f32]) {
+    let stride = size + 2;
+    let mut padded = vec![0u8; stride * stride];
+    for (y, row) in src.chunks_exact(size).enumerate() {
+        let start = (y + 1) * stride + 1;
+        padded[start..start + size].copy_from_slice(row);
+    }
     let c = size as f32 / 2.0;
+    let limit = size as f32;
     let [[m00, m01], [m10, m11]] = affine.m;
-    let max = size as isize - 1;
-    let px = |x: isize, y: isize| -> f32 {
-        if x < 0 || y < 0 || x > max || y > max {
-            0.0
-        } else {
-            src[y as usize * size + x as usize] as f32
-        }
-    };
+    let scale = 1.0 / 255.0;
     for (oy, row) in out.chunks_exact_mut(size).enumerate() {
         let dy = oy as f32 + 0.5 - c;
-        for (ox, o) in row.iter_mut().enumerate() {
-            let dx = ox as f32 + 0.5 - c;
-            // Source position in pixel-index coordinates (centre of pixel i is i).
-            let x = m00 * dx + m01 * dy + affine.t[0] + c - 0.5;
-            let y = m10 * dx + m11 * dy + affine.t[1] + c - 0.5;
-            let x0 = x.floor();
-            let y0 = y.floor();
-            let (fx, fy) = (x - x0, y - y0);
-            let (xi, yi) = (x0 as isize, y0 as isize);
-            let top = px(xi, yi) * (1.0 - fx) + px(xi + 1, yi) * fx;
-            let bottom = px(xi, yi + 1) * (1.0 - fx) + px(xi + 1, yi + 1) * fx;
-            *o = ((top * (1.0 - fy) + bottom * fy) / 255.0).clamp(0.0, 1.0);
+        let dx0 = 0.5 - c;
+        // Source position (pixel-index coordinates, centre of pixel i at i) of column 0, shifted
+        // by +1 into the padded buffer's coordinates.
+        let mut x = m00 * dx0 + m01 * dy + affine.t[0] + c + 0.5;
+        let mut y = m10 * dx0 + m11 * dy + affine.t[1] + c + 0.5;
+        for o in row.iter_mut() {
+            // In padded coordinates the image spans (0, limit + 1); outside is all black.
+            *o = if x > 0.0 && y > 0.0 && x < limit + 1.0 && y < limit + 1.0 {
+                let (xi, yi) = (x as i32 as usize, y as i32 as usize);
+                let (fx, fy) = (x - xi as f32, y - yi as f32);
+                let i = yi * stride + xi;
+                let (p00, p01) = (padded[i] as f32, padded[i + 1] as f32);
+                let (p10, p11) = (padded[i + stride] as f32, padded[i + stride + 1] as f32);
+                let top = p00 + (p01 - p00) * fx;
+                let bottom = p10 + (p11 - p10) * fx;
+                ((top + (bottom - top) * fy) * scale).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            x += m00;
+            y += m10;
         }
     }
 }
@@ -454,8 +467,12 @@ mod tests {
         let mut out = vec![0.0; 9];
         aug.apply(&src, 3, &mut sample_rng(0, 0, 0), &mut out)
             .unwrap();
-        assert_eq!(out[0], src[6] as f32 / 255.0);
-        assert_eq!(out[8], src[2] as f32 / 255.0);
+        for y in 0..3 {
+            for x in 0..3 {
+                let expected = src[(2 - y) * 3 + x] as f32 / 255.0;
+                assert!((out[y * 3 + x] - expected).abs() < 1e-6, "({x},{y})");
+            }
+        }
     }
 
     #[test]
