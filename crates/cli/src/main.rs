@@ -5,15 +5,20 @@
 //!
 //! Research software, not a medical device.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use fracture_nn::curves::plot_roc_curve;
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
-use fracture_nn::metrics::{bootstrap_ci, BinaryReport, ClassificationReport};
-use fracture_nn::{evaluate_split, Classifier, ModelConfig, OptimizerKind, TrainConfig, Trainer};
+use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
+use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+use fracture_nn::{
+    evaluate_split, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig, Trainer,
+};
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
 ///
@@ -115,6 +120,9 @@ struct EvalArgs {
     /// Skip unreadable images (listed on stderr) instead of failing.
     #[arg(long)]
     skip_bad: bool,
+    /// Also draw the ROC curve (operating point in red) into this PNG file.
+    #[arg(long)]
+    roc_png: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -131,12 +139,19 @@ struct PredictArgs {
     /// Threshold on P(fractured) (default: the model's operating threshold).
     #[arg(long)]
     threshold: Option<f64>,
-    /// One JSON object per line: {"path", "p_fractured", "label"} or {"path", "error"}.
+    /// One JSON object per line: {"path", "p_fractured", "label"} or {"path", "error"}; with
+    /// --heatmap also "heatmap" (the PNG written) and "peak" ([x, y] or null).
     #[arg(long)]
     json: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Write a Grad-CAM overlay PNG per image into DIR (named after the image:
+    /// <stem>.gradcam.png): the radiograph as the model sees it, the same with the heatmap of
+    /// the fractured log-odds blended in and its peak marked, and a bar showing P(fractured)
+    /// against the threshold. The peak is printed as [x, y] pixels of the model's input.
+    #[arg(long, value_name = "DIR")]
+    heatmap: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +369,11 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
+    if let Some(png) = &a.roc_png {
+        let roc = roc_curve(&labels, &ev.scores)?;
+        let point = (1.0 - report.specificity, report.sensitivity);
+        plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
+    }
     if a.json {
         let kappa = report.cohen_kappa;
         let mut v = serde_json::to_value(report)?;
@@ -456,19 +476,43 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
     if files.is_empty() {
         bail!("no image files found in the given folder(s)");
     }
+    let mut cam = match &a.heatmap {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the heatmap folder {}", dir.display()))?;
+            Some((GradCam::new(&clf)?, dir, HashSet::new()))
+        }
+        None => None,
+    };
     let mut failed = 0usize;
     for (path, early_error) in files {
-        let result = match early_error {
-            Some(e) => Err(e),
-            None => clf.predict_file(&path).map_err(|e| e.to_string()),
+        let result = match (early_error, &mut cam) {
+            (Some(e), _) => Err(e),
+            (None, None) => clf
+                .predict_file(&path)
+                .map(|p| (p, None))
+                .map_err(|e| e.to_string()),
+            (None, Some((cam, dir, used))) => {
+                predict_with_heatmap(&mut clf, cam, &path, dir, used, threshold)
+                    .map_err(|e| e.to_string())
+            }
         };
         match result {
-            Ok(p) => {
+            Ok((p, heat)) => {
                 let label = clf.label(p, Some(threshold)).to_string();
                 if a.json {
+                    let mut v = serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label});
+                    if let Some((png, peak)) = &heat {
+                        v["heatmap"] = serde_json::json!(png.display().to_string());
+                        v["peak"] = serde_json::json!(peak);
+                    }
+                    println!("{v}");
+                } else if let Some((png, peak)) = &heat {
+                    let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
                     println!(
-                        "{}",
-                        serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label})
+                        "{}\tP(fractured) = {p:.4}\t{label}\theatmap {} (peak {peak})",
+                        path.display(),
+                        png.display()
                     );
                 } else {
                     println!("{}\tP(fractured) = {p:.4}\t{label}", path.display());
@@ -492,6 +536,44 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// P(fractured) and, with --heatmap, the overlay PNG written and the heatmap's peak.
+type Explained = (f64, Option<(PathBuf, Option<[usize; 2]>)>);
+
+/// An image's P(fractured) (exactly as `predict_file` computes it) and its Grad-CAM overlay,
+/// written to `dir` under a name derived from the file name and not yet `used` in this run.
+fn predict_with_heatmap(
+    clf: &mut Classifier,
+    cam: &mut GradCam,
+    path: &Path,
+    dir: &Path,
+    used: &mut HashSet<PathBuf>,
+    threshold: f64,
+) -> Result<Explained> {
+    let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
+    let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
+    let p = clf.predict_batch(&x, 1)?[0];
+    let heat = cam.heatmap(&x)?;
+    let stem = path
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    let mut png = dir.join(format!("{stem}.gradcam.png"));
+    let mut k = 1;
+    while used.contains(&png) || png == path {
+        k += 1;
+        png = dir.join(format!("{stem}-{k}.gradcam.png"));
+    }
+    used.insert(png.clone());
+    let probability = Probability { p, threshold };
+    save_overlay(
+        &png,
+        &gray,
+        &heat,
+        Some(probability),
+        &OverlayConfig::default(),
+    )?;
+    Ok((p, Some((png, heat.peak))))
 }
 
 fn synth(a: SynthArgs) -> Result<ExitCode> {

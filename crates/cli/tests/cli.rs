@@ -137,6 +137,8 @@ fn eval_json_has_the_documented_keys() {
 #[test]
 fn eval_text_report() {
     let (data, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("roc.png");
     let out = fracture(&[
         "eval",
         "--model",
@@ -145,8 +147,12 @@ fn eval_text_report() {
         data.to_str().unwrap(),
         "--split",
         "val",
+        "--roc-png",
+        png.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let roc = image::open(&png).expect("the ROC curve is a readable PNG");
+    assert_eq!((roc.width(), roc.height()), (480, 480));
     let s = text(&out.stdout);
     assert!(
         s.contains("fractured") && s.contains("not_fractured") && s.contains("ROC-AUC"),
