@@ -792,7 +792,7 @@ impl SplitScores {
 /// let split = DatasetSplit::new(Split::Val, vec!["fractured".into(), "not_fractured".into()], 32,
 ///     vec![128; 2 * 32 * 32], vec![0, 1], vec!["a.png".into(), "b.png".into()])?;
 /// let mut net = ModelConfig::phantom(32).build(0)?;
-/// let ev = evaluate_split(&mut net, &split, Normalization { mean: 0.5, std: 0.2 }, 8)?;
+/// let ev = evaluate_split(&mut net, split, Normalization { mean: 0.5, std: 0.2 }, 8)?;
 /// assert_eq!(ev.scores.len(), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
