@@ -12,7 +12,7 @@
 //! `[i, i + 1) x [j, j + 1)`, so `[x, y]` falls in pixel `(x.floor(), y.floor())`.
 //!
 //! Everything is seeded: image `i` of split `s` depends only on `(seed, s, i)` and `size`, not on
-//! the thread count. At 64 px the fracture gap is about 3-5 px wide across a bone 5-12 px wide:
+//! the thread count. At 64 px the fracture gap is about 3-5 px wide across a bone 6-13 px wide:
 //! plainly visible, but a model has to find a dark break *within* bright bone, not a single
 //! pixel.
 
@@ -455,11 +455,11 @@ fn render_with(size: usize, rng: &mut ChaCha8Rng, fractured: bool) -> Phantom {
     // Bones.
     let two = rng.gen_bool(0.5);
     let r1 = if two {
-        uniform(rng, 0.06, 0.08)
+        uniform(rng, 0.07, 0.09)
     } else {
-        uniform(rng, 0.07, 0.095)
+        uniform(rng, 0.08, 0.105)
     } * s;
-    let r2 = r1 * uniform(rng, 0.6, 0.85);
+    let r2 = r1 * uniform(rng, 0.65, 0.85);
     let sep = if two {
         r1 + r2 + uniform(rng, 0.04, 0.09) * s
     } else {

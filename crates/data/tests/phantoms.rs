@@ -72,7 +72,7 @@ fn recorded_fracture_lines_lie_on_a_dark_break_in_bone() {
     assert_eq!(count, 100);
     let mean_contrast = contrast / count as f32;
     eprintln!("line darker than both sides in {darker_both}/100, than one side in {darker_one}/100, mean contrast {mean_contrast:.1}");
-    // Measured with this seed: 100/100 on both counts, mean contrast 60.7 grey levels.
+    // Measured with this seed: 100/100 on both counts, mean contrast 63.4 grey levels.
     // Displaced fragments can leave one side off the bone, hence the looser "both sides" rate.
     assert!(
         darker_one >= 98,
