@@ -415,3 +415,20 @@ fn heatmap_is_normalised_with_its_peak_and_handles_empty_and_bad_maps() {
     assert!(Heatmap::from_cam(cam(vec![0.0; 5]), 6, 4).is_err());
     assert!(Heatmap::from_cam(cam(vec![0.0; 6]), 0, 4).is_err());
 }
+
+#[test]
+fn several_targets_in_one_pass_equal_one_pass_per_target() {
+    let mut net = tiny_net(13);
+    let x = input(2, 6);
+    let targets = ["relu2", "relu1", "pool1"];
+    let together =
+        fracture_nn::gradcam::grad_cam_layers(&mut net, &targets, &x, 0, Score::LogOdds).unwrap();
+    assert_eq!(together.len(), 2);
+    for (j, target) in targets.iter().enumerate() {
+        let alone = grad_cam(&mut net, target, &x, 0, Score::LogOdds).unwrap();
+        for n in 0..2 {
+            assert_eq!(together[n][j], alone[n], "{target}, image {n}");
+        }
+    }
+    assert!(fracture_nn::gradcam::grad_cam_layers(&mut net, &[], &x, 0, Score::Logit).is_err());
+}
