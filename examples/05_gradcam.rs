@@ -205,10 +205,32 @@ fn main() -> anyhow::Result<()> {
     );
 
     if let Some(dir) = &args.overlays {
-        // The first fractured phantoms and one intact one, with the default target.
+        // The first four fractured phantoms, the first intact one, and the first two fractured
+        // ones whose peak misses the line, with the default targets.
         let mut cam = GradCam::new(&clf)?;
-        let intact = (0..set.data.len()).find(|&i| set.data.labels()[i] != FRACTURED);
-        for &i in fractured.iter().take(4).chain(intact.iter()) {
+        let mut heats = Vec::new();
+        for (chunk, idx) in pixels.chunks(50 * size * size).zip(fractured.chunks(50)) {
+            heats.extend(
+                cam.heatmap_batch(chunk, idx.len())?
+                    .into_iter()
+                    .zip(idx.iter().copied()),
+            );
+        }
+        let misses = heats.iter().filter(|(h, i)| {
+            let line = set.fractures[*i].expect("fractured phantoms have a line");
+            h.peak_point()
+                .map_or(true, |p| distance_to_fracture(p, &line) > tolerance)
+        });
+        let mut chosen: Vec<(&str, usize)> = fractured
+            .iter()
+            .take(4)
+            .map(|&i| ("fractured", i))
+            .collect();
+        if let Some(i) = (0..set.data.len()).find(|&i| set.data.labels()[i] != FRACTURED) {
+            chosen.push(("intact", i));
+        }
+        chosen.extend(misses.take(2).map(|(_, i)| ("miss", *i)));
+        for (kind, i) in chosen {
             let gray = set.data.image(i);
             let heat = cam.heatmap(&standardise(gray, &clf.meta.normalization))?;
             let name = set.data.paths()[i]
@@ -216,11 +238,6 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|s| s.to_str())
                 .unwrap_or("phantom")
                 .to_string();
-            let kind = if set.data.labels()[i] == FRACTURED {
-                "fractured"
-            } else {
-                "intact"
-            };
             let path = dir.join(format!("gradcam-{kind}-{name}.png"));
             let p = Probability {
                 p: heat.probability(),
