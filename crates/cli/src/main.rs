@@ -50,7 +50,7 @@ struct TrainArgs {
     /// not_fractured/. Without it, trains on synthetic phantoms generated in memory.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output directory (default runs/<unix time>).
+    /// Output directory (default `runs/<unix time>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Epochs (default 20 on phantoms, 30 on a folder).
@@ -147,7 +147,7 @@ struct PredictArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Write a Grad-CAM overlay PNG per image into DIR (named after the image:
-    /// <stem>.gradcam.png): the radiograph as the model sees it, the same with the heatmap of
+    /// `<stem>.gradcam.png`): the radiograph as the model sees it, the same with the heatmap of
     /// the fractured log-odds blended in and its peak marked, and a bar showing P(fractured)
     /// against the threshold. The peak is printed as [x, y] pixels of the model's input.
     #[arg(long, value_name = "DIR")]
