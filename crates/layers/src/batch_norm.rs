@@ -292,8 +292,9 @@ impl Layer for BatchNorm2d {
         };
         let gamma = self.weight.value.as_slice();
         let beta = self.bias.value.as_slice();
-        let mut y = Tensor4::zeros(x.shape());
-        let mut x_hat = mode.caches().then(|| Tensor4::zeros(x.shape()));
+        // Both are fully written below (every plane of hw values).
+        let mut y = Tensor4::for_overwrite(x.shape());
+        let mut x_hat = mode.caches().then(|| Tensor4::for_overwrite(x.shape()));
         if hw > 0 {
             let xs = x.as_slice();
             if let Some(x_hat) = &mut x_hat {
@@ -368,7 +369,7 @@ impl Layer for BatchNorm2d {
             *g += s.0 as f32;
         }
         let gamma = self.weight.value.as_slice();
-        let mut dx = Tensor4::zeros(shape);
+        let mut dx = Tensor4::for_overwrite(shape);
         if hw > 0 {
             let inv_std = &cache.inv_std;
             let batch = cache.batch_stats;

@@ -1,6 +1,6 @@
 //! Max pooling over spatial windows.
 
-use fracture_tensor::{max_pool2d_backward, max_pool2d_forward, PoolParams, Tensor4};
+use fracture_tensor::{max_pool2d_backward, max_pool2d_forward_into, PoolParams, Tensor4};
 
 use crate::error::{LayersError, Result};
 use crate::layer::{Layer, Mode, Param};
@@ -67,6 +67,7 @@ impl MaxPool2dConfig {
         Ok(MaxPool2d {
             config: *self,
             cache: None,
+            spare_argmax: Vec::new(),
         })
     }
     fn params(&self) -> PoolParams {
@@ -94,6 +95,8 @@ impl MaxPool2dConfig {
 pub struct MaxPool2d {
     config: MaxPool2dConfig,
     cache: Option<(Vec<u32>, [usize; 4])>,
+    /// The argmax allocation of the last backward, reused by the next forward.
+    spare_argmax: Vec<u32>,
 }
 
 impl MaxPool2d {
@@ -109,10 +112,14 @@ impl Layer for MaxPool2d {
     }
 
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
-        let (y, argmax) = max_pool2d_forward(x, self.config.params())?;
+        // The argmax allocation of the last backward is reused (its old values are ignored).
+        let mut argmax = std::mem::take(&mut self.spare_argmax);
+        let mut y = Tensor4::zeros([0, 0, 0, 0]);
+        max_pool2d_forward_into(x, self.config.params(), &mut y, &mut argmax)?;
         self.cache = if mode.caches() {
             Some((argmax, x.shape()))
         } else {
+            self.spare_argmax = argmax;
             None
         };
         Ok(y)
@@ -123,7 +130,9 @@ impl Layer for MaxPool2d {
             .cache
             .take()
             .ok_or(LayersError::NoForwardCache { layer: "MaxPool2d" })?;
-        Ok(max_pool2d_backward(dy, &argmax, shape)?)
+        let dx = max_pool2d_backward(dy, &argmax, shape)?;
+        self.spare_argmax = argmax;
+        Ok(dx)
     }
 
     fn visit_params<'a>(&'a mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a mut Param)) {}

@@ -30,6 +30,8 @@ pub struct Relu {
     /// Input shape and the bit mask `x > 0` (bit `i % 64` of word `i / 64`) of the last caching
     /// forward pass.
     cache: Option<([usize; 4], Vec<u64>)>,
+    /// The mask allocation of the last backward, reused by the next forward.
+    spare_mask: Vec<u64>,
 }
 
 impl Relu {
@@ -52,8 +54,10 @@ impl Layer for Relu {
             return Ok(y);
         }
         // One pass: read x, write y and the mask (no copy-then-clamp).
-        let mut y = Tensor4::zeros(x.shape());
-        let mut mask = vec![0u64; x.len().div_ceil(64)];
+        // Every element of y and of the mask is written below: recycled buffers are fine.
+        let mut y = Tensor4::for_overwrite(x.shape());
+        let mut mask = std::mem::take(&mut self.spare_mask);
+        mask.resize(x.len().div_ceil(64), 0);
         y.as_slice_mut()
             .par_chunks_mut(CHUNK)
             .zip(x.as_slice().par_chunks(CHUNK))
@@ -85,7 +89,7 @@ impl Layer for Relu {
                 &dy.shape(),
             ));
         }
-        let mut dx = Tensor4::zeros(shape);
+        let mut dx = Tensor4::for_overwrite(shape);
         dx.as_slice_mut()
             .par_chunks_mut(CHUNK)
             .zip(dy.as_slice().par_chunks(CHUNK))

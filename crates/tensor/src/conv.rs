@@ -211,7 +211,8 @@ pub fn conv2d_forward(
     ws: &mut ConvWorkspace,
 ) -> Result<Tensor4> {
     let out = check_forward("conv2d_forward", x, w, b, p)?;
-    let mut y = vec![0.0f32; out.iter().product()];
+    // Every element is written by the GEMM (beta = 0), as `conv2d_forward_into` relies on.
+    let mut y = crate::recycle::take(out.iter().product());
     conv_gemm::forward(x, w, b, p, out, ws, &mut y)?;
     Tensor4::from_vec(out, y)
 }
@@ -272,7 +273,8 @@ pub fn conv2d_backward(
 ) -> Result<Conv2dGrads> {
     let out = check_backward("conv2d_backward", x, w, dy, p)?;
     let mut dx = if need_dx {
-        vec![0.0f32; x.len()]
+        // Fully written, as `conv2d_backward_into` relies on.
+        crate::recycle::take(x.len())
     } else {
         Vec::new()
     };

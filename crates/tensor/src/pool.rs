@@ -208,7 +208,8 @@ pub(crate) fn check_gap_backward(
 /// ```
 pub fn max_pool2d_forward(x: &Tensor4, p: PoolParams) -> Result<(Tensor4, Vec<u32>)> {
     let out = pool_output_shape("max_pool2d_forward", x.shape(), p)?;
-    let mut y = vec![0.0f32; out.iter().product()];
+    // Every element is written, as `max_pool2d_forward_into` relies on.
+    let mut y = crate::recycle::take(out.iter().product());
     let mut arg = vec![0u32; y.len()];
     max_pool_kernel(x, p, out, &mut y, &mut arg);
     Ok((Tensor4::from_vec(out, y)?, arg))
@@ -354,7 +355,8 @@ fn max_pool_plane_2x2(xp: &[f32], w: usize, ow: usize, yp: &mut [f32], ap: &mut 
 /// ```
 pub fn max_pool2d_backward(dy: &Tensor4, argmax: &[u32], x_shape: [usize; 4]) -> Result<Tensor4> {
     let plane = check_max_pool_backward("max_pool2d_backward", dy, argmax, x_shape)?;
-    let mut dx = vec![0.0f32; x_shape.iter().product()];
+    // Cleared by the scatter, as `max_pool2d_backward_into` relies on.
+    let mut dx = crate::recycle::take(x_shape.iter().product());
     max_pool_scatter(dy, argmax, plane, &mut dx);
     Tensor4::from_vec(x_shape, dx)
 }

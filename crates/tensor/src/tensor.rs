@@ -6,6 +6,7 @@
 use ndarray::Array4;
 
 use crate::error::{Result, TensorError};
+use crate::recycle;
 
 /// A 4-D f32 tensor in NCHW order on an [`ndarray::Array4<f32>`], kept in standard
 /// (row-major, C-contiguous) layout so that [`as_slice`](Tensor4::as_slice) always works.
@@ -19,9 +20,37 @@ use crate::error::{Result, TensorError};
 /// assert_eq!(t.as_slice()[7], 7.0);
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Large buffers (from 256 KiB) are recycled: a dropped tensor hands its buffer to a
+/// process-wide pool that the next tensor of the same size takes it from, which saves the page
+/// faults of fresh allocations (see [`crate::pooled_bytes`], [`crate::set_pool_limit_bytes`]).
+#[derive(Debug, PartialEq)]
 pub struct Tensor4 {
     data: Array4<f32>,
+}
+
+impl Clone for Tensor4 {
+    fn clone(&self) -> Self {
+        match self.data.as_slice() {
+            Some(src) => {
+                let mut v = recycle::take(src.len());
+                v.copy_from_slice(src);
+                Self::wrap(self.shape(), v)
+            }
+            None => Self {
+                data: self.data.clone(),
+            },
+        }
+    }
+}
+
+impl Drop for Tensor4 {
+    fn drop(&mut self) {
+        if self.data.len() * 4 >= recycle::MIN_POOLED_BYTES {
+            let a = std::mem::replace(&mut self.data, Array4::zeros([0, 0, 0, 0]));
+            recycle::give(a.into_raw_vec_and_offset().0);
+        }
+    }
 }
 
 fn count(shape: [usize; 4]) -> Option<usize> {
@@ -37,8 +66,40 @@ impl Tensor4 {
     /// assert!(t.as_slice().iter().all(|&v| v == 0.0));
     /// ```
     pub fn zeros(shape: [usize; 4]) -> Self {
-        Self {
-            data: Array4::zeros(shape),
+        match count(shape) {
+            Some(n) => Self::wrap(shape, recycle::zeroed(n)),
+            None => Self {
+                data: Array4::zeros(shape),
+            },
+        }
+    }
+
+    /// A tensor of the given shape whose values are **unspecified** (left over from a recycled
+    /// buffer, always initialised memory): for kernels that overwrite every element, where
+    /// [`Tensor4::zeros`] would write the buffer twice. Never read an element before writing it.
+    ///
+    /// ```
+    /// let mut t = fracture_tensor::Tensor4::for_overwrite([1, 2, 3, 4]);
+    /// t.as_slice_mut().fill(1.5);
+    /// assert_eq!(t.as_slice()[23], 1.5);
+    /// ```
+    pub fn for_overwrite(shape: [usize; 4]) -> Self {
+        match count(shape) {
+            Some(n) => Self::wrap(shape, recycle::take(n)),
+            None => Self {
+                data: Array4::zeros(shape),
+            },
+        }
+    }
+
+    /// `data.len()` must be the product of `shape` (callers guarantee it).
+    fn wrap(shape: [usize; 4], data: Vec<f32>) -> Self {
+        match Array4::from_shape_vec(shape, data) {
+            Ok(data) => Self { data },
+            // Unreachable for callers that pass a matching length.
+            Err(_) => Self {
+                data: Array4::zeros(shape),
+            },
         }
     }
 
@@ -195,8 +256,11 @@ impl Tensor4 {
     /// let t = fracture_tensor::Tensor4::zeros([1, 1, 1, 2]);
     /// assert_eq!(t.into_vec(), vec![0.0, 0.0]);
     /// ```
-    pub fn into_vec(self) -> Vec<f32> {
-        Self::from_array(self.data).data.into_raw_vec_and_offset().0
+    pub fn into_vec(mut self) -> Vec<f32> {
+        let a = std::mem::replace(&mut self.data, Array4::zeros([0, 0, 0, 0]));
+        let mut t = Self::from_array(a);
+        let a = std::mem::replace(&mut t.data, Array4::zeros([0, 0, 0, 0]));
+        a.into_raw_vec_and_offset().0
     }
 
     /// Same elements, new shape (the element count must match).
@@ -231,8 +295,9 @@ impl Tensor4 {
             v.resize(len, 0.0);
             v
         } else {
-            // A fresh zeroed allocation is cheaper than growing (no copy of old values).
-            vec![0.0; len]
+            // A recycled (or fresh) buffer is cheaper than growing (no copy of old values).
+            recycle::give(v);
+            recycle::take(len)
         }
     }
 
