@@ -27,17 +27,19 @@
 //!   [`ModelConfig::build`]'s network, so it cannot silently drift from the model code.
 //!
 //! # Default target layers and score
-//! [`GradCam::default_targets`]: the maps of the **last three stages**, fused: for plain
-//! (VGG-like) models the ReLU output of each stage before its max pool (`blocks.{i}.2`, twice
-//! the resolution of the pooled map), for residual models the last block of each stage. Why,
-//! measured on phantoms (`docs/GRADCAM.md`, example `05_gradcam`): the last stage alone
-//! localises poorly on a 64 px input. Its 3x3 conv runs on an 8x8 map where one tap spans 8 px,
-//! and the units that respond to a fracture often sit one cell beside it (the global average
-//! pool after them does not care where they are): its peaks land a median 4.5-5 px from the
-//! line. The earlier stages are sharper but also fire on other edges (a bone leaving the
-//! image), and any one of them can fail on a given model. Their mean keeps what the layers
-//! agree on: 83-97 % of peaks on the fracture line for three default-trained phantom models
-//! (median 1.2-1.5 px), against 64-77 % for the last stage alone.
+//! [`GradCam::default_targets`]: the maps of the **last three stages**, fused (never the first
+//! stage, nor a stage whose map is narrower than 8 cells): for plain (VGG-like) models the
+//! ReLU output of each stage before its max pool (`blocks.{i}.2`, twice the resolution of the
+//! pooled map), for residual models the last block of each stage. Why, measured on phantoms
+//! (`docs/GRADCAM.md`, example `05_gradcam`): the last stage alone localises poorly on a 64 px
+//! input. Its 3x3 conv runs on an 8x8 map where one tap spans 8 px, and the units that respond
+//! to a fracture often sit one cell beside it (the global average pool after them does not
+//! care where they are): its peaks land a median 4.5-5 px from the line. The earlier stages are
+//! sharper but also fire on other edges (a bone leaving the image), and any one of them can
+//! fail on a given model. Their mean keeps what the layers agree on: 83-97 % of peaks on the
+//! fracture line for three default-trained plain phantom models (median 1.2-1.5 px), against
+//! 64-77 % for the last stage alone; 84-92 % for two residual ones, whose 4 x 4 last map alone
+//! gets 11-12 %.
 //!
 //! The default [`Score::LogOdds`] is the logit of P(fractured), `y_fractured - y_intact` for
 //! two classes: the quantity the probability depends on, in which features that raise both
@@ -50,14 +52,15 @@
 //! let meta = ClassifierMeta::new(ModelConfig::phantom(32), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
 //! let clf = Classifier::new(meta, 3)?;
 //! let mut cam = GradCam::new(&clf)?;
-//! assert_eq!(cam.targets(), ["blocks.3.2", "blocks.2.2", "blocks.1.2"]);
+//! // At 32 px the last stage's map would be 4 x 4: the default skips it (and the first stage).
+//! assert_eq!(cam.targets(), ["blocks.2.2", "blocks.1.2"]);
 //! let pixels: Vec<f32> = (0..32 * 32).map(|i| ((i % 32) as f32 / 8.0).sin()).collect();
 //! let h = cam.heatmap(&pixels)?;
 //! assert_eq!((h.width, h.height, h.values.len()), (32, 32, 32 * 32));
 //! assert!(h.values.iter().all(|v| (0.0..=1.0).contains(v)));
-//! // 32 px: stage i convolves at 32 / 2^i before its pool.
+//! // Stage i convolves at 32 / 2^i px before its pool.
 //! let sides: Vec<usize> = h.cams.iter().map(|c| c.height).collect();
-//! assert_eq!(sides, [4, 8, 16]);
+//! assert_eq!(sides, [8, 16]);
 //! # Ok::<(), fracture_nn::Error>(())
 //! ```
 
@@ -592,8 +595,8 @@ fn grad_cam_inner(
 /// use fracture_nn::{gradcam::GradCam, Classifier, ClassifierMeta, ModelConfig};
 /// let meta = ClassifierMeta::new(ModelConfig { image_size: 32, ..ModelConfig::default() }, fracture_nn::data::Normalization::IDENTITY);
 /// let clf = Classifier::new(meta, 0)?;
-/// // Residual, one block per stage: the last block of each of the last three stages.
-/// assert_eq!(GradCam::default_targets(&clf.meta.model), ["blocks.3", "blocks.2", "blocks.1"]);
+/// // Residual at 32 px: stage maps 16, 8, 4, 2 px; the default keeps stage 1 (8 px) only.
+/// assert_eq!(GradCam::default_targets(&clf.meta.model), ["blocks.1"]);
 /// let cam = GradCam::with_target(&clf, "blocks.2")?;
 /// assert_eq!(cam.targets(), ["blocks.2"]);
 /// assert!(cam.layer_names().contains(&"stem.2".to_string()));
@@ -620,6 +623,9 @@ impl std::fmt::Debug for GradCam {
     }
 }
 
+/// Smallest map side (in cells) a default target may have: see [`GradCam::default_targets`].
+pub const MIN_TARGET_SIDE: usize = 8;
+
 /// Separator of state-dict path components inside the twin's slot names (`.` is not allowed
 /// in a [`Sequential`] name).
 const SEP: char = '/';
@@ -633,13 +639,57 @@ impl GradCam {
         Self::with_targets(clf, &targets)
     }
 
-    /// The default target layers of an architecture, deepest first: the ReLU outputs (before
-    /// the max pool) of the last three plain stages, `blocks.{i}.2`; or the last residual block
-    /// of each of the last three stages. Fewer when the model has fewer stages.
+    /// The default target layers of an architecture, deepest first: the last three stages,
+    /// leaving out the first stage (its features are edges of any kind) and stages whose map is
+    /// narrower than [`MIN_TARGET_SIDE`] (too coarse to place a peak within a few pixels); the
+    /// last stage if that leaves none. A plain stage's target is its ReLU output before the max
+    /// pool, `blocks.{i}.2`; a residual stage's is its last block.
+    ///
+    /// ```
+    /// use fracture_nn::{gradcam::GradCam, BlockKind, ModelConfig};
+    /// // 64 px plain: stage maps 64, 32, 16, 8 px.
+    /// assert_eq!(GradCam::default_targets(&ModelConfig::phantom(64)), ["blocks.3.2", "blocks.2.2", "blocks.1.2"]);
+    /// // 64 px residual: 32, 16, 8, 4 px after the stride-2 stem; the 4 x 4 map is left out.
+    /// let res = ModelConfig { image_size: 64, ..ModelConfig::default() };
+    /// assert_eq!(GradCam::default_targets(&res), ["blocks.2", "blocks.1"]);
+    /// // 16 px plain: 16, 8, 4, 2 px; only stage 1 qualifies.
+    /// assert_eq!(GradCam::default_targets(&ModelConfig::phantom(16)), ["blocks.1.2"]);
+    /// // 16 px residual: 8, 4, 2, 1 px; none does, so the last stage.
+    /// let tiny = ModelConfig { image_size: 16, ..ModelConfig::default() };
+    /// assert_eq!(GradCam::default_targets(&tiny), ["blocks.3"]);
+    /// // 224 px residual: 112, 56, 28, 14 px.
+    /// assert_eq!(GradCam::default_targets(&ModelConfig::default()), ["blocks.3", "blocks.2", "blocks.1"]);
+    /// ```
     pub fn default_targets(model: &ModelConfig) -> Vec<String> {
         let stages = model.widths.len();
-        (stages.saturating_sub(3)..stages)
+        // Side of each stage's target map: plain stages convolve at full size and pool after
+        // the target; residual ones follow a stride-2 stem and halve from stage 1 on.
+        let half_up = |s: usize| s.saturating_sub(1) / 2 + 1;
+        let mut sides = Vec::with_capacity(stages);
+        let mut side = match model.block {
+            BlockKind::Plain => model.image_size,
+            BlockKind::Residual => half_up(model.image_size),
+        };
+        for i in 0..stages {
+            if i > 0 {
+                side = match model.block {
+                    BlockKind::Plain => side / 2,
+                    BlockKind::Residual => half_up(side),
+                };
+            }
+            sides.push(side);
+        }
+        // The first stage responds to edges of any kind; it joins only a one-stage model.
+        let mut chosen: Vec<usize> = (1..stages)
             .rev()
+            .filter(|&i| sides[i] >= MIN_TARGET_SIDE)
+            .take(3)
+            .collect();
+        if chosen.is_empty() {
+            chosen.push(stages.saturating_sub(1));
+        }
+        chosen
+            .into_iter()
             .map(|i| match model.block {
                 BlockKind::Plain => format!("blocks.{i}.2"),
                 BlockKind::Residual => format!("blocks.{}", (i + 1) * model.blocks_per_stage - 1),
