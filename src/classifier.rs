@@ -14,12 +14,13 @@
 use std::path::Path;
 
 use fracture_data::{Normalization, PreprocessConfig};
-use fracture_layers::{checkpoint, softmax, Layer, Mode, Sequential};
+use fracture_layers::{checkpoint, Sequential};
 use fracture_tensor::Tensor4;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
+use crate::tta::{predict_probs, Tta};
 
 /// Metadata key of the classifier description inside a model file.
 pub const META_KEY: &str = "fracture_nn";
@@ -88,6 +89,10 @@ pub struct ClassifierMeta {
     pub threshold_rule: String,
     /// Where the model came from.
     pub provenance: Provenance,
+    /// Test-time augmentation that prediction and evaluation apply (chosen on validation by
+    /// the trainer; files written before it existed read as [`Tta::Off`]).
+    #[serde(default)]
+    pub tta: Tta,
 }
 
 impl ClassifierMeta {
@@ -108,6 +113,7 @@ impl ClassifierMeta {
             threshold: 0.5,
             threshold_rule: "default 0.5".into(),
             provenance: Provenance::default(),
+            tta: Tta::Off,
         }
     }
 }
@@ -192,10 +198,10 @@ impl Classifier {
         self.predict_tensor(&x)
     }
 
-    /// P(positive class) for an NCHW batch already in a tensor.
+    /// P(positive class) for an NCHW batch already in a tensor, under the model's
+    /// test-time augmentation ([`ClassifierMeta::tta`]).
     pub fn predict_tensor(&mut self, x: &Tensor4) -> Result<Vec<f64>> {
-        let logits = self.net.forward(x, Mode::Eval)?;
-        let probs = softmax(&logits)?;
+        let probs = predict_probs(&mut self.net, x, self.meta.tta)?;
         let [n, k, _, _] = probs.shape();
         let pos = self.meta.positive_class;
         Ok((0..n)

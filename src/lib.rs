@@ -40,11 +40,13 @@
 
 pub mod classifier;
 pub mod curves;
+pub mod ema;
 pub mod error;
 pub mod gradcam;
 pub mod model;
 pub mod overlay;
 pub mod trainer;
+pub mod tta;
 
 pub use fracture_data as data;
 pub use fracture_layers as layers;
@@ -59,3 +61,4 @@ pub use trainer::{
     evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes,
     TrainConfig, TrainOutcome, Trainer,
 };
+pub use tta::Tta;

@@ -9,7 +9,10 @@
 //! - `last.safetensors` and `last.optim.safetensors`: the state after the last finished epoch
 //!   (weights, batch-norm statistics, dropout counters, optimizer moments, history), written
 //!   atomically every epoch; [`Trainer::fit`] with `resume` continues from them and reaches the
-//!   same weights as an uninterrupted run.
+//!   same weights as an uninterrupted run. With a weight EMA ([`TrainConfig::ema_decay`]),
+//!   `last.ema.safetensors` holds the running average as well.
+//! - At the end, the validation split is scored with and without test-time flip averaging
+//!   ([`TrainConfig::tta`]); the better one goes into the model file with its threshold.
 //! - `metrics.csv`: one row per epoch; `curves.png`: loss and validation ROC-AUC per epoch;
 //!   `report.json`: validation and test metrics, thresholds and the configuration.
 //!
@@ -37,8 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::{meta_entries, Classifier, ClassifierMeta, Provenance};
 use crate::curves::{plot_training_curves, EpochPoint};
+use crate::ema::WeightEma;
 use crate::error::{io_err, Error, Result};
 use crate::model::ModelConfig;
+use crate::tta::{predict_probs, Tta};
 
 /// Which optimizer the trainer uses.
 ///
@@ -159,6 +164,15 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show a progress bar and one summary line per epoch on stderr.
     pub verbose: bool,
+    /// Test-time augmentation of the saved model: `None` scores validation with and without
+    /// flip averaging at the end of the run and keeps the one with the higher ROC-AUC (ties keep
+    /// [`Tta::Off`]); `Some` imposes one. The operating threshold is chosen under it.
+    #[serde(default)]
+    pub tta: Option<Tta>,
+    /// Decay of an exponential moving average of the weights ([`WeightEma`]); when set, the
+    /// averaged weights are the ones validated, chosen and saved. `None`: off.
+    #[serde(default)]
+    pub ema_decay: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -181,6 +195,8 @@ impl Default for TrainConfig {
             target_sensitivity: 0.90,
             seed: 0,
             verbose: false,
+            tta: None,
+            ema_decay: None,
         }
     }
 }
@@ -194,6 +210,11 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("batch size must be at least 1");
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad("the weight EMA decay must lie in [0, 1)");
+            }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("the learning rate must be positive and finite");
@@ -249,6 +270,9 @@ struct RunState {
     normalization: Normalization,
     data: String,
     train_seconds: f64,
+    /// Optimizer steps averaged into the weight EMA (0 without one).
+    #[serde(default)]
+    ema_updates: u64,
 }
 
 const STATE_KEY: &str = "fracture_nn_run";
@@ -295,6 +319,10 @@ pub struct RunReport {
     pub val: BinaryReport,
     /// Test metrics at the operating threshold chosen on validation.
     pub test: Option<BinaryReport>,
+    /// The test-time augmentation saved in the model.
+    pub tta: Tta,
+    /// Validation ROC-AUC under each test-time augmentation tried.
+    pub tta_val_auc: Vec<(Tta, Option<f64>)>,
     /// Per-epoch figures.
     pub history: Vec<EpochRecord>,
 }
@@ -347,6 +375,10 @@ impl Trainer {
 
     fn last_path(&self) -> PathBuf {
         self.out_dir.join("last.safetensors")
+    }
+
+    fn last_ema_path(&self) -> PathBuf {
+        self.out_dir.join("last.ema.safetensors")
     }
 
     fn last_optim_path(&self) -> PathBuf {
@@ -418,10 +450,31 @@ impl Trainer {
             normalization,
             data: data.to_string(),
             train_seconds: 0.0,
+            ema_updates: 0,
         };
         if resume {
             state = self.load_last(&mut net, opt.as_mut(), &state)?;
         }
+        let mut ema = match cfg.ema_decay {
+            None => None,
+            Some(d) if resume => {
+                let mut averaged = model.build(cfg.seed)?;
+                let path = self.last_ema_path();
+                let meta =
+                    checkpoint::load_model(&path, &mut averaged).map_err(|e| Error::Resume {
+                        path: path.clone(),
+                        reason: format!("the weight average cannot be read: {e}"),
+                    })?;
+                if meta.get("epochs_done") != Some(&state.epochs_done.to_string()) {
+                    return Err(Error::Resume {
+                        path,
+                        reason: "the weight average comes from another epoch than last.safetensors (the run was killed while writing them); restart the run".into(),
+                    });
+                }
+                Some(WeightEma::resume(&averaged, d, state.ema_updates)?)
+            }
+            Some(d) => Some(WeightEma::new(&net, d)?),
+        };
 
         let loader = BatchLoader::new(
             Arc::new(train),
@@ -488,6 +541,9 @@ impl Trainer {
                     clip_grad_norm(&mut net, c)?;
                 }
                 opt.step(&mut net, lr)?;
+                if let Some(e) = ema.as_mut() {
+                    e.update(&net)?;
+                }
                 loss_sum += loss as f64 * batch.n as f64;
                 correct += count_correct(&logits, &batch.labels);
                 seen += batch.n;
@@ -502,7 +558,18 @@ impl Trainer {
             }
             let train_secs = t0.elapsed().as_secs_f64();
             bar.finish_and_clear();
-            let ev = evaluate_split(&mut net, Arc::clone(&val), normalization, cfg.batch_size)?;
+            // With a weight EMA, the averages are validated and saved; the live weights return
+            // to the network before the last checkpoint is written.
+            if let Some(e) = ema.as_mut() {
+                e.swap(&mut net)?;
+            }
+            let ev = evaluate_split(
+                &mut net,
+                Arc::clone(&val),
+                normalization,
+                cfg.batch_size,
+                Tta::Off,
+            )?;
             let val_auc = ev.auc();
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -545,6 +612,15 @@ impl Trainer {
                 meta.provenance = self.provenance(&state);
                 checkpoint::save_model(self.model_path(), &net, &meta_entries(&meta))?;
             }
+            if let Some(e) = ema.as_mut() {
+                let epoch_meta: checkpoint::Metadata =
+                    [("epochs_done".to_string(), state.epochs_done.to_string())]
+                        .into_iter()
+                        .collect();
+                checkpoint::save_model(self.last_ema_path(), &net, &epoch_meta)?;
+                e.swap(&mut net)?;
+                state.ema_updates = e.updates();
+            }
             self.save_last(&net, opt.as_ref(), &state)?;
             self.write_history_files(&state.history)?;
             session_epochs += 1;
@@ -579,7 +655,28 @@ impl Trainer {
         let mut clf = Classifier::load(&self.model_path())?;
         let bs = self.config.batch_size;
         let n_val = val.len();
-        let ev = evaluate_split(&mut clf.net, val, state.normalization, bs)?;
+        let candidates = match self.config.tta {
+            Some(t) => vec![t],
+            None => vec![Tta::Off, Tta::HFlip],
+        };
+        let mut tta_val_auc = Vec::new();
+        let mut chosen: Option<(Tta, SplitScores)> = None;
+        for t in candidates {
+            let ev = evaluate_split(&mut clf.net, Arc::clone(&val), state.normalization, bs, t)?;
+            let auc = ev.auc();
+            tta_val_auc.push((t, auc));
+            let better = match &chosen {
+                None => true,
+                Some((_, best)) => {
+                    auc.unwrap_or(f64::NEG_INFINITY) > best.auc().unwrap_or(f64::NEG_INFINITY)
+                }
+            };
+            if better {
+                chosen = Some((t, ev));
+            }
+        }
+        let (tta, ev) = chosen.expect("at least one candidate");
+        clf.meta.tta = tta;
         let labels = ev.positives();
         let op = threshold_for_sensitivity(&labels, &ev.scores, self.config.target_sensitivity)?;
         let youden = youden_threshold(&labels, &ev.scores).ok();
@@ -594,7 +691,7 @@ impl Trainer {
         let val_report = BinaryReport::new(&labels, &ev.scores, op.threshold)?;
         let test_report = match test {
             Some(t) if !t.is_empty() => {
-                let te = evaluate_split(&mut clf.net, t, state.normalization, bs)?;
+                let te = evaluate_split(&mut clf.net, t, state.normalization, bs, tta)?;
                 Some(BinaryReport::new(
                     &te.positives(),
                     &te.scores,
@@ -616,6 +713,8 @@ impl Trainer {
             youden,
             val: val_report,
             test: test_report,
+            tta,
+            tta_val_auc,
             history: state.history.clone(),
         };
         let json = serde_json::to_string_pretty(&report).expect("report serialises");
@@ -784,16 +883,23 @@ impl SplitScores {
     }
 }
 
-/// Runs `net` in eval mode over `split` (no augmentation) and returns P(fractured) per image.
+/// Runs `net` in eval mode over `split` (no augmentation) and returns P(fractured) per image,
+/// each averaged over the views of `tta`.
+///
+/// The loss is the mean unweighted cross-entropy of the (averaged) probabilities.
 ///
 /// ```
-/// use fracture_nn::{evaluate_split, ModelConfig};
+/// use fracture_nn::{evaluate_split, ModelConfig, Tta};
 /// use fracture_nn::data::{DatasetSplit, Normalization, Split};
 /// let split = DatasetSplit::new(Split::Val, vec!["fractured".into(), "not_fractured".into()], 32,
 ///     vec![128; 2 * 32 * 32], vec![0, 1], vec!["a.png".into(), "b.png".into()])?;
 /// let mut net = ModelConfig::phantom(32).build(0)?;
-/// let ev = evaluate_split(&mut net, split, Normalization { mean: 0.5, std: 0.2 }, 8)?;
+/// let norm = Normalization { mean: 0.5, std: 0.2 };
+/// let ev = evaluate_split(&mut net, split.clone(), norm, 8, Tta::Off)?;
 /// assert_eq!(ev.scores.len(), 2);
+/// // A uniform image is its own mirror image: flip averaging changes nothing.
+/// let tta = evaluate_split(&mut net, split, norm, 8, Tta::HFlip)?;
+/// assert!((ev.scores[0] - tta.scores[0]).abs() < 1e-6);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn evaluate_split(
@@ -801,6 +907,7 @@ pub fn evaluate_split(
     split: impl Into<Arc<DatasetSplit>>,
     normalization: Normalization,
     batch_size: usize,
+    tta: Tta,
 ) -> Result<SplitScores> {
     let split = split.into();
     let loader = BatchLoader::eval(Arc::clone(&split), normalization, batch_size)?;
@@ -810,10 +917,24 @@ pub fn evaluate_split(
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     for batch in loader.epoch(0) {
         let x = Tensor4::from_vec(batch.shape(), batch.images)?;
-        let logits = net.forward(&x, Mode::Eval)?;
-        loss_sum += plain.forward(&logits, &batch.labels)? as f64 * batch.n as f64;
-        correct += count_correct(&logits, &batch.labels);
-        let probs = fracture_layers::softmax(&logits)?;
+        let probs = match tta {
+            Tta::Off => {
+                let logits = net.forward(&x, Mode::Eval)?;
+                loss_sum += plain.forward(&logits, &batch.labels)? as f64 * batch.n as f64;
+                correct += count_correct(&logits, &batch.labels);
+                fracture_layers::softmax(&logits)?
+            }
+            Tta::HFlip => {
+                let probs = predict_probs(net, &x, tta)?;
+                let k = probs.shape()[1];
+                for (i, &label) in batch.labels.iter().enumerate() {
+                    let p = probs.as_slice()[i * k + label] as f64;
+                    loss_sum -= p.max(1e-12).ln();
+                }
+                correct += count_correct(&probs, &batch.labels);
+                probs
+            }
+        };
         let k = probs.shape()[1];
         scores.extend(
             (0..batch.n).map(|i| probs.as_slice()[i * k + fracture_metrics::FRACTURED] as f64),

@@ -9,7 +9,7 @@ use fracture_nn::data::{ImageFolder, Split};
 use fracture_nn::layers::{checkpoint, Layer};
 use fracture_nn::metrics::BinaryReport;
 use fracture_nn::{
-    evaluate_split, Classifier, Error, ModelConfig, OptimizerKind, TrainConfig, Trainer,
+    evaluate_split, Classifier, Error, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
 };
 
 const SIZE: usize = 32;
@@ -100,11 +100,11 @@ fn train_save_load_eval_gives_the_same_figures() {
     assert_eq!(clf.meta.threshold, out.report.operating_point.threshold);
     let mut data = phantoms();
     let val = data.take_split(Split::Val).unwrap();
-    let ev = evaluate_split(&mut clf.net, val, clf.meta.normalization, 7).unwrap();
+    let ev = evaluate_split(&mut clf.net, val, clf.meta.normalization, 7, clf.meta.tta).unwrap();
     let again = BinaryReport::new(&ev.positives(), &ev.scores, clf.meta.threshold).unwrap();
     assert_eq!(again, out.report.val);
     let test = data.take_split(Split::Test).unwrap();
-    let ev = evaluate_split(&mut clf.net, test, clf.meta.normalization, 32).unwrap();
+    let ev = evaluate_split(&mut clf.net, test, clf.meta.normalization, 32, clf.meta.tta).unwrap();
     let again = BinaryReport::new(&ev.positives(), &ev.scores, clf.meta.threshold).unwrap();
     assert_eq!(Some(again), out.report.test);
 
@@ -113,6 +113,59 @@ fn train_save_load_eval_gives_the_same_figures() {
             .unwrap();
     assert_eq!(report["epochs_run"], 2);
     assert!(report["val"]["roc_auc"].is_number());
+
+    // Both test-time augmentations were scored on val and the saved one has the higher AUC.
+    let tried = &out.report.tta_val_auc;
+    assert_eq!(tried.len(), 2);
+    let best = tried
+        .iter()
+        .map(|(_, a)| a.unwrap())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let saved = tried.iter().find(|(t, _)| *t == clf.meta.tta).unwrap().1;
+    assert_eq!(saved, Some(best));
+    assert_eq!(out.report.tta, clf.meta.tta);
+    assert_eq!(out.report.val.roc_auc, Some(best));
+}
+
+#[test]
+fn weight_ema_run_resumes_to_the_same_average() {
+    let cfg = TrainConfig {
+        ema_decay: Some(0.9),
+        tta: Some(Tta::HFlip),
+        ..config(3)
+    };
+    let full = tempfile::tempdir().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let out = run(full.path(), cfg.clone(), None, false).unwrap();
+    assert_eq!(out.report.tta, Tta::HFlip);
+    assert_eq!(out.report.tta_val_auc.len(), 1);
+    run(split.path(), cfg.clone(), Some(1), false).unwrap();
+    run(split.path(), cfg, None, true).unwrap();
+    for f in [
+        "last.safetensors",
+        "last.ema.safetensors",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            tensors(&full.path().join(f)),
+            tensors(&split.path().join(f)),
+            "{f}"
+        );
+    }
+    // The saved model is the average, not the live weights.
+    assert_ne!(
+        tensors(&full.path().join("last.ema.safetensors")),
+        tensors(&full.path().join("last.safetensors"))
+    );
+    // Resuming without the average's file is refused with the path in the message.
+    std::fs::remove_file(split.path().join("last.ema.safetensors")).unwrap();
+    let cfg = TrainConfig {
+        ema_decay: Some(0.9),
+        tta: Some(Tta::HFlip),
+        ..config(4)
+    };
+    let err = run(split.path(), cfg, None, true).unwrap_err().to_string();
+    assert!(err.contains("last.ema.safetensors"), "{err}");
 }
 
 #[test]

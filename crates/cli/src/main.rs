@@ -17,7 +17,7 @@ use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, S
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
 use fracture_nn::{
-    evaluate_split, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig, Trainer,
+    evaluate_split, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -89,6 +89,13 @@ struct TrainArgs {
     /// Sample classes evenly instead of weighting the loss.
     #[arg(long)]
     balanced_sampling: bool,
+    /// Test-time augmentation saved in the model: auto (chosen on val), off or hflip.
+    #[arg(long, default_value = "auto")]
+    tta: String,
+    /// Validate and save an exponential moving average of the weights with this decay
+    /// (e.g. 0.998); off by default.
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f32>,
     /// Fail on the first unreadable image instead of skipping it with a warning.
     #[arg(long)]
     strict: bool,
@@ -123,6 +130,9 @@ struct EvalArgs {
     /// Also draw the ROC curve (operating point in red) into this PNG file.
     #[arg(long)]
     roc_png: Option<PathBuf>,
+    /// Test-time augmentation, off or hflip (default: the model's own, chosen on val).
+    #[arg(long)]
+    tta: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -255,6 +265,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         patience: a.patience,
         balanced_sampling: a.balanced_sampling,
         verbose: !a.quiet,
+        tta: match a.tta.as_str() {
+            "auto" => None,
+            t => Some(t.parse::<Tta>()?),
+        },
+        ema_decay: a.ema,
         ..TrainConfig::default()
     };
     let out = match a.out {
@@ -365,7 +380,11 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     if !threshold.is_finite() && a.threshold.is_some() {
         bail!("--threshold must be a finite number");
     }
-    let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32)?;
+    let tta = match &a.tta {
+        Some(t) => t.parse::<Tta>()?,
+        None => clf.meta.tta,
+    };
+    let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32, tta)?;
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
@@ -380,6 +399,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         let obj = v.as_object_mut().expect("a report is an object");
         obj.insert("kappa".into(), serde_json::json!(kappa));
         obj.insert("split".into(), serde_json::json!(split.dir_name()));
+        obj.insert("tta".into(), serde_json::json!(tta.to_string()));
         obj.insert(
             "model".into(),
             serde_json::json!(a.model.display().to_string()),
