@@ -879,11 +879,11 @@ fn unfold(model: &ModelConfig) -> Result<Sequential> {
             }
         }
     }
-    net.push("pool", GlobalAvgPool::new())?;
+    net.push_boxed("pool", model.head.layer())?;
     net.push("drop", DropoutConfig::new(model.dropout).init(&mut rng)?)?;
     net.push(
         "fc",
-        LinearConfig::new(last, model.num_classes).init(&mut rng)?,
+        LinearConfig::new(model.head.features(last), model.num_classes).init(&mut rng)?,
     )?;
     Ok(net)
 }

@@ -56,7 +56,7 @@ pub use fracture_tensor as tensor;
 pub use classifier::{Classifier, ClassifierMeta, Provenance, META_KEY};
 pub use error::{Error, Result};
 pub use gradcam::{grad_cam, CamMap, GradCam, Heatmap, Score};
-pub use model::{BlockKind, ModelConfig};
+pub use model::{BlockKind, Head, ModelConfig};
 pub use trainer::{
     evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes,
     TrainConfig, TrainOutcome, Trainer,

@@ -11,11 +11,12 @@
 //! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN, `stem.2` ReLU, then
 //!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `shortcut.*`), the first of
 //!   each stage after the first with stride 2;
-//! - then `pool` (global average), `drop` (dropout) and `fc` (linear to the classes).
+//! - then `pool` (global average, or global max and average side by side: [`Head`]), `drop`
+//!   (dropout) and `fc` (linear to the classes).
 
 use fracture_layers::{
-    BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgPool, LinearConfig, MaxPool2dConfig,
-    Relu, ResidualBlockConfig, Sequential,
+    BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgMaxPool, GlobalAvgPool, Layer,
+    LinearConfig, MaxPool2dConfig, Relu, ResidualBlockConfig, Sequential,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,58 @@ pub enum BlockKind {
     Plain,
     /// A stride-2 stem, then residual blocks (ResNet basic blocks), stride 2 between stages.
     Residual,
+}
+
+/// How the last feature map becomes one vector before the classifier.
+///
+/// ```
+/// use fracture_nn::Head;
+/// assert_eq!("avgmax".parse::<Head>()?, Head::AvgMax);
+/// assert_eq!(Head::default(), Head::Avg);
+/// assert_eq!(Head::AvgMax.features(128), 256);
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// Global average pooling (`nn.AdaptiveAvgPool2d(1)`): every cell counts equally.
+    #[default]
+    Avg,
+    /// Global max and average pooling concatenated (fastai's `AdaptiveConcatPool2d`): a strong
+    /// response in one cell of the map, such as a small fracture, is not diluted by the others.
+    AvgMax,
+}
+
+impl Head {
+    /// Length of the pooled vector for `channels` feature maps.
+    pub fn features(self, channels: usize) -> usize {
+        match self {
+            Head::Avg => channels,
+            Head::AvgMax => 2 * channels,
+        }
+    }
+
+    /// The pooling layer.
+    pub fn layer(self) -> Box<dyn Layer> {
+        match self {
+            Head::Avg => Box::new(GlobalAvgPool::new()),
+            Head::AvgMax => Box::new(GlobalAvgMaxPool::new()),
+        }
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "avg" => Ok(Head::Avg),
+            "avgmax" | "avg_max" | "concat" => Ok(Head::AvgMax),
+            other => Err(Error::Config(format!(
+                "unknown head {other:?} (expected avg or avgmax)"
+            ))),
+        }
+    }
 }
 
 /// The architecture of a classifier: stored as JSON in every checkpoint, so that a model file
@@ -65,6 +118,10 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// Number of classes (2: fractured, not_fractured).
     pub num_classes: usize,
+    /// Global pooling before the classifier (files written before it existed read as
+    /// [`Head::Avg`]).
+    #[serde(default)]
+    pub head: Head,
 }
 
 impl Default for ModelConfig {
@@ -78,6 +135,7 @@ impl Default for ModelConfig {
             block: BlockKind::Residual,
             dropout: 0.3,
             num_classes: 2,
+            head: Head::Avg,
         }
     }
 }
@@ -198,11 +256,11 @@ impl ModelConfig {
             }
         }
         net.push("blocks", blocks)?;
-        net.push("pool", GlobalAvgPool::new())?;
+        net.push_boxed("pool", self.head.layer())?;
         net.push("drop", DropoutConfig::new(self.dropout).init(&mut rng)?)?;
         net.push(
             "fc",
-            LinearConfig::new(last, self.num_classes).init(&mut rng)?,
+            LinearConfig::new(self.head.features(last), self.num_classes).init(&mut rng)?,
         )?;
         Ok(net)
     }

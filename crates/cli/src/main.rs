@@ -83,6 +83,9 @@ struct TrainArgs {
     /// Channel widths of the stages, comma-separated (e.g. 32,64,128,256).
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
+    /// Global pooling before the classifier: avg, or avgmax (max and average side by side).
+    #[arg(long)]
+    head: Option<String>,
     /// Stop when val ROC-AUC has not improved for this many epochs.
     #[arg(long)]
     patience: Option<usize>,
@@ -249,6 +252,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     if let Some(w) = a.widths.clone() {
         model.widths = w;
+    }
+    if let Some(h) = &a.head {
+        model.head = h.parse()?;
     }
     model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;

@@ -29,8 +29,15 @@ impl Golden {
             eprintln!("skipped: ../shared not found");
             return None;
         };
-        let path = dir.join("golden").join(format!("{name}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Some(Golden::from_path(
+            &dir.join("golden").join(format!("{name}.safetensors")),
+        ))
+    }
+
+    /// Reads a golden safetensors file that must exist (e.g. one committed beside the tests).
+    #[allow(dead_code)] // not every test binary reads committed golden files
+    pub fn from_path(path: &std::path::Path) -> Golden {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden file parses");
         let mut tensors = HashMap::new();
         for (n, v) in st.tensors() {
@@ -44,7 +51,7 @@ impl Golden {
         }
         let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let meta = m.metadata().clone().unwrap_or_default();
-        Some(Golden { tensors, meta })
+        Golden { tensors, meta }
     }
 
     pub fn vec(&self, name: &str) -> &[f32] {
