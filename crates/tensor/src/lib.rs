@@ -50,6 +50,7 @@ mod conv;
 mod conv_gemm;
 mod error;
 mod gemm;
+mod gemm_avx512;
 mod im2col;
 pub mod naive;
 mod pool;
@@ -64,7 +65,7 @@ pub use conv::{
     conv2d_output_shape, Conv2dGrads, ConvParams,
 };
 pub use error::{Result, TensorError};
-pub use gemm::sgemm;
+pub use gemm::{sgemm, sgemm_backend, sgemm_with, GemmBackend};
 pub use pool::{
     global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward,
     max_pool2d_backward_into, max_pool2d_forward, max_pool2d_forward_into, max_pool2d_output_shape,
