@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 /// assert_eq!(Tta::default(), Tta::Off);
 /// assert_eq!(Tta::HFlip.to_string(), "hflip");
 /// assert!("sideways".parse::<Tta>().is_err());
+/// // Model files and reports spell it as the command line does.
+/// assert_eq!(serde_json::to_string(&Tta::HFlip).unwrap(), "\"hflip\"");
+/// assert_eq!(serde_json::from_str::<Tta>("\"h_flip\"").unwrap(), Tta::HFlip); // early files
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +37,7 @@ pub enum Tta {
     #[default]
     Off,
     /// The mean of the softmax probabilities of the image and its left-right mirror image.
+    #[serde(rename = "hflip", alias = "h_flip")]
     HFlip,
 }
 
