@@ -40,6 +40,7 @@
 //! ```
 
 pub mod batch_norm;
+pub mod bn_relu_pool;
 pub mod checkpoint;
 pub mod conv2d;
 pub mod dropout;
@@ -58,6 +59,7 @@ pub mod residual;
 pub mod sequential;
 
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
+pub use bn_relu_pool::{BnReluPool, BnReluPoolConfig};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::{Dropout, DropoutConfig};
 pub use error::{LayersError, Result};

@@ -1,0 +1,901 @@
+//! Fused batch norm, ReLU and optional 2x2 max pooling: [`BnReluPool`] computes
+//! `BatchNorm2d -> ReLU -> [MaxPool2d(2)]` of this crate in fewer passes over memory.
+//!
+//! The unfused chain makes a full pass over the activation per step and stores every
+//! intermediate (the normalised tensor, the ReLU output and its mask, the pooled output and its
+//! argmax); its backward makes as many passes again. The fused layer makes:
+//!
+//! - **forward (training)**: one read pass for the per-channel batch mean and variance (as
+//!   [`crate::BatchNorm2d`]: shifted f64 sums, one channel per rayon task in a fixed order), then
+//!   one pass that reads `x` and writes only the final output (pooled when `pool`), plus what
+//!   backward needs: a copy of `x` (see below) and, with pooling, per output the position of the
+//!   window's maximum (one byte, with a code of its own when the ReLU blocked it) and the
+//!   normalised value `x_hat` at that position (a quarter-size f32 plane).
+//! - **forward ([`Mode::Eval`])**: the same single pass with the running statistics and no cache.
+//! - **backward**: per-channel `sum(dy_hat)` and `sum(dy_hat * x_hat)`, where `dy_hat` is the
+//!   gradient reaching the batch norm's output (non-zero only at the active window maxima, so
+//!   with pooling this reads only the quarter-size `dy`, codes and `x_hat` planes), then one pass
+//!   `dx = gamma / sigma * (dy_hat - mean(dy_hat) - x_hat * mean(dy_hat * x_hat))` that
+//!   recomputes `x_hat` from the cached `x`.
+//!
+//! # Why a copy of the input
+//! [`Layer::forward`] borrows its input, and the convolution before this layer drops its output
+//! once the forward returns, so the training backward (which needs `x_hat` at every position)
+//! must keep its own copy. It is written in the fused pass while the plane is in cache (one
+//! streaming write, cheaper than the normalised tensor the unfused batch norm stores plus the
+//! ReLU output). [`BnReluPool::forward_owned`] takes the input by value and keeps it without a
+//! copy. In [`Mode::EvalWithGrad`] with pooling the input is not needed at all.
+//!
+//! # Equivalence
+//! The arithmetic is that of the unfused layers, operation for operation: `t = (x - mean) *
+//! inv_std`, `y = t * gamma + beta`, ReLU `if y < 0 { 0 } else { y }`, and the window maximum
+//! picked as the tensor crate's 2x2 max pool does (row-major order, the first maximum wins, NaN
+//! wins over numbers), so outputs agree bit for bit with the unfused chain in every mode (and
+//! [`Mode::Eval`] with [`Mode::EvalWithGrad`]). Gradients agree to f32 rounding (the sums run in
+//! f64 in a different order). Odd heights and widths are floored as PyTorch's `MaxPool2d(2)`:
+//! the last row or column gets only the batch-norm terms of the gradient.
+//!
+//! Every result is independent of the number of threads.
+
+use fracture_tensor::Tensor4;
+use rayon::prelude::*;
+
+use crate::batch_norm::BatchNorm2d;
+use crate::error::{LayersError, Result};
+use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+
+/// [`Layer::kind`] of a [`BnReluPool`] with pooling.
+pub const KIND_POOL: &str = "BnReluPool(BatchNorm2d->ReLU->MaxPool2d(2))";
+/// [`Layer::kind`] of a [`BnReluPool`] without pooling.
+pub const KIND_NO_POOL: &str = "BnReluPool(BatchNorm2d->ReLU)";
+
+/// Window code of an output whose maximum is not a positive ReLU output: no gradient passes.
+const INACTIVE: u8 = 4;
+
+/// Lanes of independent f64 accumulators: a fixed summation order that the compiler can
+/// vectorise.
+const LANES: usize = 8;
+
+/// Minimum number of elements per rayon task in the per-plane passes.
+const MIN_TASK_ELEMS: usize = 1 << 14;
+
+/// Configuration of a [`BnReluPool`] layer.
+///
+/// PyTorch equivalent: `nn.Sequential(nn.BatchNorm2d(num_features, eps, momentum), nn.ReLU(),
+/// nn.MaxPool2d(2))`, without the pool when `pool` is `false`. Default: 1 channel, `eps = 1e-5`,
+/// `momentum = 0.1`, with pooling.
+///
+/// ```
+/// use fracture_layers::BnReluPoolConfig;
+/// let layer = BnReluPoolConfig::new(8).with_pool(false).init().unwrap();
+/// assert_eq!(layer.config().num_features, 8);
+/// assert!(!layer.config().pool);
+/// assert_eq!(layer.running_var().value.as_slice(), &[1.0; 8]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BnReluPoolConfig {
+    /// Channels `C` (default 1).
+    pub num_features: usize,
+    /// Added to the variance before the square root (default `1e-5`).
+    pub eps: f32,
+    /// Weight of the new batch statistic in the running averages (default `0.1`).
+    pub momentum: f32,
+    /// Whether a 2x2, stride-2 max pool follows the ReLU (default `true`).
+    pub pool: bool,
+}
+
+impl Default for BnReluPoolConfig {
+    fn default() -> Self {
+        BnReluPoolConfig {
+            num_features: 1,
+            eps: 1e-5,
+            momentum: 0.1,
+            pool: true,
+        }
+    }
+}
+
+impl BnReluPoolConfig {
+    /// `num_features` channels, with pooling, PyTorch's batch-norm defaults otherwise.
+    pub fn new(num_features: usize) -> Self {
+        BnReluPoolConfig {
+            num_features,
+            ..Default::default()
+        }
+    }
+
+    /// Same config with or without the 2x2 max pool.
+    pub fn with_pool(mut self, pool: bool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.pool {
+            KIND_POOL
+        } else {
+            KIND_NO_POOL
+        }
+    }
+
+    /// Builds the layer: `gamma = 1`, `beta = 0`, running mean 0 and variance 1 (as
+    /// [`crate::BatchNorm2dConfig::init`]).
+    pub fn init(&self) -> Result<BnReluPool> {
+        let kind = self.kind();
+        let c = self.num_features;
+        if c == 0 {
+            return Err(LayersError::config(kind, "num_features must be positive"));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(LayersError::config(
+                kind,
+                format!("eps must be positive and finite, got {}", self.eps),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(LayersError::config(
+                kind,
+                format!("momentum must be in [0, 1], got {}", self.momentum),
+            ));
+        }
+        let ones = Tensor4::from_vec([c, 1, 1, 1], vec![1.0; c])?;
+        Ok(BnReluPool {
+            config: *self,
+            weight: Param::new(ones.clone(), &[c])?,
+            bias: Param::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+            running_mean: Buffer::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+            running_var: Buffer::new(ones, &[c])?,
+            cache: None,
+            spare_codes: Vec::new(),
+        })
+    }
+}
+
+/// Per-channel constants of one forward pass.
+#[derive(Clone, Copy, Debug)]
+struct Coef {
+    mean: f32,
+    inv_std: f32,
+    gamma: f32,
+    beta: f32,
+}
+
+impl Coef {
+    /// The normalised value, as [`BatchNorm2d`] computes it.
+    #[inline(always)]
+    fn x_hat(&self, x: f32) -> f32 {
+        (x - self.mean) * self.inv_std
+    }
+
+    /// The batch norm's output for a normalised value.
+    #[inline(always)]
+    fn affine(&self, t: f32) -> f32 {
+        t * self.gamma + self.beta
+    }
+}
+
+/// ReLU as [`crate::Relu`]: NaN passes through, `-0.0` stays.
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+#[derive(Debug)]
+struct Cache {
+    x_shape: [usize; 4],
+    coefs: Vec<Coef>,
+    batch_stats: bool,
+    /// The input, when backward needs `x_hat` everywhere (training, or no pooling).
+    x: Option<Tensor4>,
+    /// With pooling: per output, the window position (0..4, row-major) of the maximum or
+    /// [`INACTIVE`], and `x_hat` at that position.
+    pooled: Option<(Vec<u8>, Tensor4)>,
+}
+
+/// Fused `BatchNorm2d -> ReLU -> [MaxPool2d(2)]`: `[N, C, H, W] -> [N, C, H/2, W/2]` with
+/// pooling (floored, as PyTorch), `[N, C, H, W]` without.
+///
+/// The same function, gradients and running-statistics updates as the chain of
+/// [`crate::BatchNorm2d`], [`crate::Relu`] and [`crate::MaxPool2d`] (kernel 2, stride 2), in
+/// fewer passes over memory (see the [module docs](self)). Parameters and buffers have the
+/// batch norm's local names `weight`, `bias`, `running_mean` and `running_var` (PyTorch shape
+/// `[C]`), so a fused layer pushed under the batch norm's name in a [`crate::Sequential`] keeps
+/// the state-dict names, and checkpoints, of the unfused chain. Training needs more than one
+/// value per channel (`N*H*W > 1`); pooling needs `H >= 2` and `W >= 2`.
+///
+/// ```
+/// use fracture_layers::{BnReluPoolConfig, Layer, Mode};
+/// use fracture_tensor::Tensor4;
+/// let mut layer = BnReluPoolConfig::new(1).init().unwrap();
+/// // One 2x2 plane per image: batch mean 2.5, so only the 4 survives the ReLU and the pool.
+/// let x = Tensor4::from_vec([2, 1, 2, 2], vec![1.0, 4.0, 3.0, 2.0, 1.0, 4.0, 3.0, 2.0]).unwrap();
+/// let y = layer.forward(&x, Mode::Train).unwrap();
+/// assert_eq!(y.shape(), [2, 1, 1, 1]);
+/// assert!((y.as_slice()[0] - 1.5 / 1.25f32.sqrt()).abs() < 1e-4);
+/// let names: Vec<String> = layer.named_params().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["weight", "bias"]);
+/// layer.zero_grad();
+/// let dx = layer.backward(&Tensor4::from_vec([2, 1, 1, 1], vec![1.0, 1.0]).unwrap()).unwrap();
+/// assert_eq!(dx.shape(), x.shape());
+/// assert!((layer.bias().grad.as_slice()[0] - 2.0).abs() < 1e-6);
+/// ```
+#[derive(Debug)]
+pub struct BnReluPool {
+    config: BnReluPoolConfig,
+    weight: Param,
+    bias: Param,
+    running_mean: Buffer,
+    running_var: Buffer,
+    cache: Option<Cache>,
+    /// The window-code allocation of the last backward, reused by the next forward.
+    spare_codes: Vec<u8>,
+}
+
+impl BnReluPool {
+    /// A fused layer with `bn`'s config, parameters (values and gradients) and running
+    /// statistics, followed by a 2x2 max pool when `pool`.
+    ///
+    /// ```
+    /// use fracture_layers::{BatchNorm2dConfig, BnReluPool};
+    /// let bn = BatchNorm2dConfig::new(4).init().unwrap();
+    /// let fused = BnReluPool::from_batch_norm(&bn, true);
+    /// assert_eq!(fused.weight(), bn.weight());
+    /// assert_eq!(fused.config().num_features, 4);
+    /// ```
+    pub fn from_batch_norm(bn: &BatchNorm2d, pool: bool) -> Self {
+        let c = bn.config();
+        BnReluPool {
+            config: BnReluPoolConfig {
+                num_features: c.num_features,
+                eps: c.eps,
+                momentum: c.momentum,
+                pool,
+            },
+            weight: bn.weight().clone(),
+            bias: bn.bias().clone(),
+            running_mean: bn.running_mean().clone(),
+            running_var: bn.running_var().clone(),
+            cache: None,
+            spare_codes: Vec::new(),
+        }
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &BnReluPoolConfig {
+        &self.config
+    }
+    /// Scale gamma, `[C]`.
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+    /// Mutable gamma.
+    pub fn weight_mut(&mut self) -> &mut Param {
+        &mut self.weight
+    }
+    /// Shift beta, `[C]`.
+    pub fn bias(&self) -> &Param {
+        &self.bias
+    }
+    /// Mutable beta.
+    pub fn bias_mut(&mut self) -> &mut Param {
+        &mut self.bias
+    }
+    /// Running mean, `[C]`.
+    pub fn running_mean(&self) -> &Buffer {
+        &self.running_mean
+    }
+    /// Mutable running mean.
+    pub fn running_mean_mut(&mut self) -> &mut Buffer {
+        &mut self.running_mean
+    }
+    /// Running (unbiased) variance, `[C]`.
+    pub fn running_var(&self) -> &Buffer {
+        &self.running_var
+    }
+    /// Mutable running variance.
+    pub fn running_var_mut(&mut self) -> &mut Buffer {
+        &mut self.running_var
+    }
+
+    /// The output shape for input shape `x`: `[N, C, H/2, W/2]` with pooling.
+    pub fn output_shape(&self, x: [usize; 4]) -> [usize; 4] {
+        let [n, c, h, w] = x;
+        if self.config.pool {
+            [n, c, h / 2, w / 2]
+        } else {
+            x
+        }
+    }
+
+    /// As [`Layer::forward`], but takes the input by value: when backward needs it (training,
+    /// or no pooling), it is kept as it is instead of copied. Same results.
+    ///
+    /// ```
+    /// use fracture_layers::{BnReluPoolConfig, Layer, Mode};
+    /// use fracture_tensor::Tensor4;
+    /// let x = Tensor4::from_vec([1, 2, 2, 2], (0..8).map(|v| v as f32).collect()).unwrap();
+    /// let mut a = BnReluPoolConfig::new(2).init().unwrap();
+    /// let mut b = BnReluPoolConfig::new(2).init().unwrap();
+    /// assert_eq!(a.forward(&x, Mode::Train).unwrap(), b.forward_owned(x, Mode::Train).unwrap());
+    /// ```
+    pub fn forward_owned(&mut self, x: Tensor4, mode: Mode) -> Result<Tensor4> {
+        let (y, cache) = self.run(&x, mode, false)?;
+        self.cache = cache.map(|mut c| {
+            if self.needs_input(mode) {
+                c.x = Some(x);
+            }
+            c
+        });
+        Ok(y)
+    }
+
+    fn kind_str(&self) -> &'static str {
+        self.config.kind()
+    }
+
+    /// Whether backward after a forward in `mode` needs the input.
+    fn needs_input(&self, mode: Mode) -> bool {
+        mode.caches() && (mode.is_training() || !self.config.pool)
+    }
+
+    fn check_input(&self, shape: [usize; 4], mode: Mode) -> Result<()> {
+        let kind = self.kind_str();
+        let [n, c, h, w] = shape;
+        if c != self.config.num_features {
+            return Err(LayersError::shape(
+                kind,
+                format!("input [N, {}, H, W]", self.config.num_features),
+                &shape,
+            ));
+        }
+        if self.config.pool && (n == 0 || h < 2 || w < 2) {
+            return Err(LayersError::shape(
+                kind,
+                "an input with N >= 1, H >= 2 and W >= 2 for the 2x2 max pool",
+                &shape,
+            ));
+        }
+        if mode.is_training() && n * h * w < 2 {
+            return Err(LayersError::shape(
+                kind,
+                "more than one value per channel in training mode (N*H*W > 1)",
+                &shape,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-channel constants of a forward pass in `mode`; in training, updates the running
+    /// statistics exactly as [`BatchNorm2d`] does.
+    fn coefficients(&mut self, x: &Tensor4, mode: Mode) -> Vec<Coef> {
+        let gamma = self.weight.value.as_slice();
+        let beta = self.bias.value.as_slice();
+        let eps = self.config.eps as f64;
+        let (mean, inv_std): (Vec<f32>, Vec<f32>) = if mode.is_training() {
+            let [n, _, h, w] = x.shape();
+            let m = n * h * w;
+            let stats = batch_stats(x);
+            let mom = self.config.momentum as f64;
+            let unbias = m as f64 / (m - 1) as f64;
+            let rm = self.running_mean.value.as_slice_mut();
+            for (r, s) in rm.iter_mut().zip(&stats) {
+                *r = ((1.0 - mom) * *r as f64 + mom * s.0) as f32;
+            }
+            let rv = self.running_var.value.as_slice_mut();
+            for (r, s) in rv.iter_mut().zip(&stats) {
+                *r = ((1.0 - mom) * *r as f64 + mom * s.1 * unbias) as f32;
+            }
+            stats
+                .iter()
+                .map(|&(mu, var)| (mu as f32, (1.0 / (var + eps).sqrt()) as f32))
+                .unzip()
+        } else {
+            let mean = self.running_mean.value.as_slice().to_vec();
+            let inv_std = self
+                .running_var
+                .value
+                .as_slice()
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+                .collect();
+            (mean, inv_std)
+        };
+        (0..mean.len())
+            .map(|c| Coef {
+                mean: mean[c],
+                inv_std: inv_std[c],
+                gamma: gamma[c],
+                beta: beta[c],
+            })
+            .collect()
+    }
+
+    /// The forward pass; the returned cache holds a copy of `x` only if `copy_input` (and
+    /// backward needs it).
+    fn run(
+        &mut self,
+        x: &Tensor4,
+        mode: Mode,
+        copy_input: bool,
+    ) -> Result<(Tensor4, Option<Cache>)> {
+        self.clear_cache();
+        let shape = x.shape();
+        self.check_input(shape, mode)?;
+        let coefs = self.coefficients(x, mode);
+        let [n, c_total, h, w] = shape;
+        let hw = h * w;
+        let out_shape = self.output_shape(shape);
+        let ohw = out_shape[2] * out_shape[3];
+        let planes = n * c_total;
+        // Every element of every buffer below is written by the pass.
+        let mut y = Tensor4::for_overwrite(out_shape);
+        let mut copy =
+            (copy_input && self.needs_input(mode)).then(|| Tensor4::for_overwrite(shape));
+        let mut pooled = (self.config.pool && mode.caches()).then(|| {
+            let mut codes = std::mem::take(&mut self.spare_codes);
+            codes.resize(planes * ohw, 0);
+            (codes, Tensor4::for_overwrite(out_shape))
+        });
+        if planes > 0 && hw > 0 {
+            let min_len = (MIN_TASK_ELEMS / hw).max(1);
+            let copies = split_opt(copy.as_mut().map(|t| t.as_slice_mut()), hw, planes);
+            let xs = x.as_slice();
+            if self.config.pool {
+                let [oh, ow] = [out_shape[2], out_shape[3]];
+                let (codes, tmax) = match &mut pooled {
+                    Some((codes, t)) => (
+                        split_opt(Some(&mut codes[..]), ohw, planes),
+                        split_opt(Some(t.as_slice_mut()), ohw, planes),
+                    ),
+                    None => (split_opt(None, ohw, planes), split_opt(None, ohw, planes)),
+                };
+                y.as_slice_mut()
+                    .par_chunks_mut(ohw)
+                    .zip(xs.par_chunks(hw))
+                    .zip(codes)
+                    .zip(tmax)
+                    .zip(copies)
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(p, ((((yp, xp), cp), tp), xc))| {
+                        let k = coefs[p % c_total];
+                        match (cp, tp) {
+                            (Some(cp), Some(tp)) => {
+                                pool_plane_cached(xp, w, oh, ow, &k, yp, cp, tp)
+                            }
+                            _ => pool_plane(xp, w, oh, ow, &k, yp),
+                        }
+                        if let Some(xc) = xc {
+                            xc.copy_from_slice(xp);
+                        }
+                    });
+            } else {
+                y.as_slice_mut()
+                    .par_chunks_mut(hw)
+                    .zip(xs.par_chunks(hw))
+                    .zip(copies)
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(p, ((yp, xp), xc))| {
+                        let k = coefs[p % c_total];
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            *o = relu(k.affine(k.x_hat(v)));
+                        }
+                        if let Some(xc) = xc {
+                            xc.copy_from_slice(xp);
+                        }
+                    });
+            }
+        }
+        let cache = mode.caches().then(|| Cache {
+            x_shape: shape,
+            coefs,
+            batch_stats: mode.is_training(),
+            x: copy,
+            pooled,
+        });
+        Ok((y, cache))
+    }
+}
+
+/// `buf` split into `count` chunks of `len`, or `count` `None`s.
+fn split_opt<T>(buf: Option<&mut [T]>, len: usize, count: usize) -> Vec<Option<&mut [T]>> {
+    match buf {
+        Some(b) if len > 0 => b.chunks_mut(len).map(Some).collect(),
+        _ => (0..count).map(|_| None).collect(),
+    }
+}
+
+/// Keeps `(v, t, i)` if `v` beats the current best: a larger value, or the first NaN (the
+/// tensor crate's max-pool rule), without branches.
+#[inline(always)]
+fn pick(best: &mut f32, best_t: &mut f32, idx: &mut u8, v: f32, t: f32, i: u8) {
+    let take = (v > *best) | (v.is_nan() & !best.is_nan());
+    *best = if take { v } else { *best };
+    *best_t = if take { t } else { *best_t };
+    *idx = if take { i } else { *idx };
+}
+
+/// One 2x2 window `[a b; c d]`: the pooled ReLU output, the window code and `x_hat` at the
+/// maximum.
+#[inline(always)]
+fn window(k: &Coef, a: f32, b: f32, c: f32, d: f32) -> (f32, u8, f32) {
+    let (ta, tb, tc, td) = (k.x_hat(a), k.x_hat(b), k.x_hat(c), k.x_hat(d));
+    let (mut best, mut best_t, mut idx) = (relu(k.affine(ta)), ta, 0u8);
+    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(tb)), tb, 1);
+    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(tc)), tc, 2);
+    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(td)), td, 3);
+    // The ReLU passes a gradient where its input is > 0, i.e. where its output is.
+    let code = if best > 0.0 { idx } else { INACTIVE };
+    (best, code, best_t)
+}
+
+/// The two input rows (first `2 * ow` values each) under output row `r`.
+#[inline(always)]
+fn row_pair(xp: &[f32], w: usize, ow: usize, r: usize) -> (&[f32], &[f32]) {
+    let top = &xp[2 * r * w..2 * r * w + 2 * ow];
+    let bottom = &xp[(2 * r + 1) * w..(2 * r + 1) * w + 2 * ow];
+    (top, bottom)
+}
+
+/// Pooled output of one plane, no cache (inference).
+fn pool_plane(xp: &[f32], w: usize, oh: usize, ow: usize, k: &Coef, yp: &mut [f32]) {
+    for (r, yrow) in yp.chunks_exact_mut(ow).enumerate().take(oh) {
+        let (top, bottom) = row_pair(xp, w, ow, r);
+        for ((o, t), b) in yrow
+            .iter_mut()
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            *o = window(k, t[0], t[1], b[0], b[1]).0;
+        }
+    }
+}
+
+/// Pooled output of one plane with the window codes and `x_hat` at the maxima.
+#[allow(clippy::too_many_arguments)]
+fn pool_plane_cached(
+    xp: &[f32],
+    w: usize,
+    oh: usize,
+    ow: usize,
+    k: &Coef,
+    yp: &mut [f32],
+    cp: &mut [u8],
+    tp: &mut [f32],
+) {
+    for (r, ((yrow, crow), trow)) in yp
+        .chunks_exact_mut(ow)
+        .zip(cp.chunks_exact_mut(ow))
+        .zip(tp.chunks_exact_mut(ow))
+        .enumerate()
+        .take(oh)
+    {
+        let (top, bottom) = row_pair(xp, w, ow, r);
+        for ((((o, code), tmax), t), b) in yrow
+            .iter_mut()
+            .zip(crow.iter_mut())
+            .zip(trow.iter_mut())
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            (*o, *code, *tmax) = window(k, t[0], t[1], b[0], b[1]);
+        }
+    }
+}
+
+/// Batch mean and biased variance of every channel, computed exactly as [`BatchNorm2d`] does:
+/// f64 sums of `x - k` and `(x - k)^2` with `k` the channel's first value, one channel per
+/// rayon task, planes in batch order.
+fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
+    let [n, c_total, h, w] = x.shape();
+    let hw = h * w;
+    let m = (n * hw) as f64;
+    let data = x.as_slice();
+    (0..c_total)
+        .into_par_iter()
+        .map(|c| {
+            let k = data[c * hw];
+            let (s1, s2) = (0..n)
+                .map(|i| shifted_sums(&data[(i * c_total + c) * hw..][..hw], k))
+                .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+            let d_mean = s1 / m;
+            (k as f64 + d_mean, (s2 / m - d_mean * d_mean).max(0.0))
+        })
+        .collect()
+}
+
+/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane.
+#[inline]
+fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
+    let k = k as f64;
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] as f64 - k;
+            s1[i] += d;
+            s2[i] += d * d;
+        }
+    }
+    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for &v in tail {
+        let d = v as f64 - k;
+        r1 += d;
+        r2 += d * d;
+    }
+    (r1, r2)
+}
+
+/// `(sum dy_hat, sum dy_hat * x_hat)` over the pooled outputs of one plane: `dy_hat` is `dy`
+/// where the window code is active, else 0.
+#[inline]
+fn sparse_sums(dy: &[f32], codes: &[u8], t: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (cd, cc, ct) = (
+        dy.chunks_exact(LANES),
+        codes.chunks_exact(LANES),
+        t.chunks_exact(LANES),
+    );
+    let (rd, rc, rt) = (cd.remainder(), cc.remainder(), ct.remainder());
+    for ((d, c), t) in cd.zip(cc).zip(ct) {
+        for i in 0..LANES {
+            let on = c[i] < INACTIVE;
+            let g = d[i] as f64;
+            s1[i] += if on { g } else { 0.0 };
+            s2[i] += if on { g * t[i] as f64 } else { 0.0 };
+        }
+    }
+    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for ((&d, &c), &t) in rd.iter().zip(rc).zip(rt) {
+        if c < INACTIVE {
+            r1 += d as f64;
+            r2 += d as f64 * t as f64;
+        }
+    }
+    (r1, r2)
+}
+
+/// `(sum dy_hat, sum dy_hat * x_hat)` over one unpooled plane, the ReLU mask recomputed from
+/// `x`.
+#[inline]
+fn dense_sums(dy: &[f32], xs: &[f32], k: &Coef) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (cd, cx) = (dy.chunks_exact(LANES), xs.chunks_exact(LANES));
+    let (rd, rx) = (cd.remainder(), cx.remainder());
+    for (d, x) in cd.zip(cx) {
+        for i in 0..LANES {
+            let t = k.x_hat(x[i]);
+            let on = k.affine(t) > 0.0;
+            let g = d[i] as f64;
+            s1[i] += if on { g } else { 0.0 };
+            s2[i] += if on { g * t as f64 } else { 0.0 };
+        }
+    }
+    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for (&d, &x) in rd.iter().zip(rx) {
+        let t = k.x_hat(x);
+        if k.affine(t) > 0.0 {
+            r1 += d as f64;
+            r2 += d as f64 * t as f64;
+        }
+    }
+    (r1, r2)
+}
+
+/// Index within the plane of the input element window code `code` of output `(r, j)` picks.
+#[inline(always)]
+fn window_pos(w: usize, r: usize, j: usize, code: u8) -> usize {
+    (2 * r + (code >> 1) as usize) * w + 2 * j + (code & 1) as usize
+}
+
+impl Layer for BnReluPool {
+    fn kind(&self) -> &'static str {
+        self.kind_str()
+    }
+
+    fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
+        let (y, cache) = self.run(x, mode, true)?;
+        self.cache = cache;
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4> {
+        let kind = self.kind_str();
+        let cache = self
+            .cache
+            .take()
+            .ok_or(LayersError::NoForwardCache { layer: kind })?;
+        let x_shape = cache.x_shape;
+        let out_shape = self.output_shape(x_shape);
+        if dy.shape() != out_shape {
+            return Err(LayersError::shape(
+                kind,
+                format!("upstream gradient of the output's shape {out_shape:?}"),
+                &dy.shape(),
+            ));
+        }
+        let [n, c_total, h, w] = x_shape;
+        let hw = h * w;
+        let [oh, ow] = [out_shape[2], out_shape[3]];
+        let ohw = oh * ow;
+        let m = (n * hw) as f64;
+        let coefs = &cache.coefs;
+        let dys = dy.as_slice();
+        let xs = cache.x.as_ref().map(|t| t.as_slice());
+        let pooled = cache.pooled.as_ref().map(|(c, t)| (&c[..], t.as_slice()));
+        // Per channel, batch order within: sum(dy_hat), sum(dy_hat * x_hat).
+        let sums: Vec<(f64, f64)> = match (pooled, xs) {
+            (Some((codes, tmax)), _) => (0..c_total)
+                .into_par_iter()
+                .map(|c| {
+                    (0..n)
+                        .map(|i| {
+                            let r = (i * c_total + c) * ohw..(i * c_total + c + 1) * ohw;
+                            sparse_sums(&dys[r.clone()], &codes[r.clone()], &tmax[r])
+                        })
+                        .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1))
+                })
+                .collect(),
+            (None, Some(xs)) => (0..c_total)
+                .into_par_iter()
+                .map(|c| {
+                    (0..n)
+                        .map(|i| {
+                            let r = (i * c_total + c) * hw..(i * c_total + c + 1) * hw;
+                            dense_sums(&dys[r.clone()], &xs[r], &coefs[c])
+                        })
+                        .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1))
+                })
+                .collect(),
+            // Unreachable: a caching forward keeps one or the other.
+            (None, None) => return Err(LayersError::NoForwardCache { layer: kind }),
+        };
+        for (g, s) in self.weight.grad.as_slice_mut().iter_mut().zip(&sums) {
+            *g += s.1 as f32;
+        }
+        for (g, s) in self.bias.grad.as_slice_mut().iter_mut().zip(&sums) {
+            *g += s.0 as f32;
+        }
+        // Every element is written below.
+        let mut dx = Tensor4::for_overwrite(x_shape);
+        let planes = n * c_total;
+        if planes == 0 || hw == 0 {
+            return Ok(dx);
+        }
+        let batch = cache.batch_stats;
+        // The batch-norm backward's constants of channel c: scale, mean(dy_hat),
+        // mean(dy_hat * x_hat) (the last two only with batch statistics).
+        let consts = |c: usize| {
+            let k = coefs[c].gamma * coefs[c].inv_std;
+            if batch {
+                (k, (sums[c].0 / m) as f32, (sums[c].1 / m) as f32)
+            } else {
+                (k, 0.0, 0.0)
+            }
+        };
+        let min_len = (MIN_TASK_ELEMS / hw).max(1);
+        match pooled {
+            Some((codes, _)) => {
+                let x_planes: Vec<Option<&[f32]>> = match xs {
+                    Some(xs) => xs.chunks(hw).map(Some).collect(),
+                    None => vec![None; planes],
+                };
+                dx.as_slice_mut()
+                    .par_chunks_mut(hw)
+                    .zip(dys.par_chunks(ohw))
+                    .zip(codes.par_chunks(ohw))
+                    .zip(x_planes)
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(p, (((o, dyp), cp), xp))| {
+                        let c = p % c_total;
+                        let coef = &coefs[c];
+                        let (k, a, b) = consts(c);
+                        match xp.filter(|_| batch) {
+                            // dx = k * (dy_hat - a - x_hat * b), dy_hat = 0 off the maxima.
+                            Some(xp) => {
+                                let na = 0.0 - a;
+                                for (o, &v) in o.iter_mut().zip(xp) {
+                                    *o = k * (na - coef.x_hat(v) * b);
+                                }
+                                for (r, (dyr, cr)) in
+                                    dyp.chunks_exact(ow).zip(cp.chunks_exact(ow)).enumerate()
+                                {
+                                    for (j, (&g, &code)) in dyr.iter().zip(cr).enumerate() {
+                                        if code < INACTIVE {
+                                            let i = window_pos(w, r, j, code);
+                                            o[i] = k * (g - a - coef.x_hat(xp[i]) * b);
+                                        }
+                                    }
+                                }
+                            }
+                            // Running statistics: dx = k * dy_hat.
+                            None => {
+                                o.fill(k * 0.0);
+                                for (r, (dyr, cr)) in
+                                    dyp.chunks_exact(ow).zip(cp.chunks_exact(ow)).enumerate()
+                                {
+                                    for (j, (&g, &code)) in dyr.iter().zip(cr).enumerate() {
+                                        if code < INACTIVE {
+                                            o[window_pos(w, r, j, code)] = k * g;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    });
+            }
+            None => {
+                // Without pooling the input is always cached (see `needs_input`).
+                let xs = xs.ok_or(LayersError::NoForwardCache { layer: kind })?;
+                dx.as_slice_mut()
+                    .par_chunks_mut(hw)
+                    .zip(dys.par_chunks(hw))
+                    .zip(xs.par_chunks(hw))
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(p, ((o, dyp), xp))| {
+                        let c = p % c_total;
+                        let coef = &coefs[c];
+                        let (k, a, b) = consts(c);
+                        if batch {
+                            for ((o, &g), &v) in o.iter_mut().zip(dyp).zip(xp) {
+                                let t = coef.x_hat(v);
+                                let d = if coef.affine(t) > 0.0 { g } else { 0.0 };
+                                *o = k * (d - a - t * b);
+                            }
+                        } else {
+                            for ((o, &g), &v) in o.iter_mut().zip(dyp).zip(xp) {
+                                let d = if coef.affine(coef.x_hat(v)) > 0.0 {
+                                    g
+                                } else {
+                                    0.0
+                                };
+                                *o = k * d;
+                            }
+                        }
+                    });
+            }
+        }
+        if let Some((codes, _)) = cache.pooled {
+            self.spare_codes = codes;
+        }
+        Ok(dx)
+    }
+
+    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
+        f(&join_name(prefix, "weight"), &mut self.weight);
+        f(&join_name(prefix, "bias"), &mut self.bias);
+    }
+
+    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
+        f(&join_name(prefix, "weight"), &self.weight);
+        f(&join_name(prefix, "bias"), &self.bias);
+    }
+
+    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
+        f(&join_name(prefix, "running_mean"), &mut self.running_mean);
+        f(&join_name(prefix, "running_var"), &mut self.running_var);
+    }
+
+    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        f(&join_name(prefix, "running_mean"), &self.running_mean);
+        f(&join_name(prefix, "running_var"), &self.running_var);
+    }
+
+    fn clear_cache(&mut self) {
+        if let Some(Cache {
+            pooled: Some((codes, _)),
+            ..
+        }) = self.cache.take()
+        {
+            self.spare_codes = codes;
+        }
+    }
+}
