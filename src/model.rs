@@ -5,18 +5,23 @@
 //! Parameter names follow PyTorch's `state_dict` of the equivalent `nn.Module`, so a checkpoint
 //! reads naturally in Python:
 //!
-//! - plain stages: `blocks.{i}.0` conv3x3 (no bias), `blocks.{i}.1` BatchNorm2d, `.2` ReLU,
-//!   `.3` MaxPool2d(2), exactly `../shared/bench/torch_reference.py` for
-//!   [`ModelConfig::reference`];
-//! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN, `stem.2` ReLU, then
-//!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `shortcut.*`), the first of
+//! - plain stages: `blocks.{i}.0` conv3x3 (no bias), `blocks.{i}.1` BatchNorm2d -> ReLU ->
+//!   MaxPool2d(2), exactly `../shared/bench/torch_reference.py` for [`ModelConfig::reference`];
+//! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN -> ReLU, then
+//!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `downsample.*`), the first of
 //!   each stage after the first with stride 2;
 //! - then `pool` (global average, or global max and average side by side: [`Head`]), `drop`
 //!   (dropout) and `fc` (linear to the classes).
+//!
+//! Batch norm, ReLU and max pool run as one fused layer ([`fracture_layers::BnReluPool`], which
+//! carries the batch norm's parameters and statistics under the batch norm's name), so the
+//! names are exactly those of PyTorch's `nn.Sequential(conv, bn, relu, pool)` with `relu` and
+//! `pool` having no state. Grad-CAM ([`crate::GradCam`]) rebuilds the network unfused, where
+//! the ReLU output before each pool is `blocks.{i}.2`.
 
 use fracture_layers::{
-    BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgMaxPool, GlobalAvgPool, Layer,
-    LinearConfig, MaxPool2dConfig, Relu, ResidualBlockConfig, Sequential,
+    BnReluPoolConfig, Conv2dConfig, DropoutConfig, GlobalAvgMaxPool, GlobalAvgPool, Layer,
+    LinearConfig, ResidualBlockConfig, Sequential,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -211,6 +216,8 @@ impl ModelConfig {
             BlockKind::Plain => {
                 let mut c = self.in_channels;
                 for (i, &w) in self.widths.iter().enumerate() {
+                    // BN -> ReLU -> MaxPool2d(2) as one fused layer under the BN's name, so
+                    // that the state-dict names are those of the unfused stage.
                     let stage = Sequential::new()
                         .with(
                             "0",
@@ -219,9 +226,7 @@ impl ModelConfig {
                                 .with_bias(false)
                                 .init(&mut rng)?,
                         )?
-                        .with("1", BatchNorm2dConfig::new(w).init()?)?
-                        .with("2", Relu::new())?
-                        .with("3", MaxPool2dConfig::new(2).init()?)?;
+                        .with("1", BnReluPoolConfig::new(w).init()?)?;
                     blocks.push(i.to_string(), stage)?;
                     c = w;
                 }
@@ -237,8 +242,7 @@ impl ModelConfig {
                             .with_bias(false)
                             .init(&mut rng)?,
                     )?
-                    .with("1", BatchNorm2dConfig::new(w0).init()?)?
-                    .with("2", Relu::new())?;
+                    .with("1", BnReluPoolConfig::new(w0).with_pool(false).init()?)?;
                 net.push("stem", stem)?;
                 let mut c = w0;
                 let mut k = 0;
