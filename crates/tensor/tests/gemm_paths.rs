@@ -639,3 +639,56 @@ fn convolution_on_avx512_is_deterministic_and_correct() {
     assert!(stdout.contains("backend=avx512"), "{stdout}");
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
+
+/// C with negative strides (allowed by `sgemm`): the AVX-512 kernel writes the same elements as
+/// the naive loop, in every orientation it may pick.
+#[test]
+fn avx512_handles_negative_c_strides() {
+    if !avx512_or_skip("avx512_handles_negative_c_strides") {
+        return;
+    }
+    let mut r = rng(21);
+    for &(m, k, n) in &[(1, 3, 40), (37, 5, 3), (20, 30, 45), (5, 300, 70)] {
+        let a = operand(&mut r, m, k, 0, 0, false, false);
+        let b = operand(&mut r, k, n, 1, 0, false, false);
+        // Row-major and column-major C read backwards in one or both directions.
+        for (rsc, csc) in [
+            (-(n as isize), 1),
+            (n as isize, -1),
+            (-(n as isize), -1),
+            (-1, -(m as isize)),
+        ] {
+            let c0: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+            let (mut got, mut want) = (c0.clone(), c0.clone());
+            sgemm_with(
+                GemmBackend::Avx512,
+                m,
+                k,
+                n,
+                0.5,
+                &a.data,
+                a.rs,
+                a.cs,
+                &b.data,
+                b.rs,
+                b.cs,
+                1.5,
+                &mut got,
+                rsc,
+                csc,
+            )
+            .unwrap();
+            naive::gemm(
+                m, k, n, 0.5, &a.data, a.rs, a.cs, &b.data, b.rs, b.cs, 1.5, &mut want, rsc, csc,
+            )
+            .unwrap();
+            common::assert_close(
+                &format!("{m}x{k}x{n} c strides ({rsc}, {csc})"),
+                &got,
+                &want,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}
