@@ -18,7 +18,8 @@
 //!   packed into 32-column panels (`KC x 32` floats each, contiguous, 64-byte aligned,
 //!   zero-padded) that stay in L2; for each `(MC, KC)` block A is packed into 12-row panels
 //!   (`KC x 12`). The loop over B panels is innermost, so one A panel (12 KiB at `KC = 256`)
-//!   stays in L1 while the B panels stream from L2. Buffers are per thread and reused.
+//!   stays in L1 while the B panels stream from L2. The packing buffers are per thread (about
+//!   1.3 MiB at most), grown on first use and kept for the thread's life.
 //! - When B has unit column stride and at most 24 rows of A reuse each B panel, B is read in
 //!   place instead of being packed (only a ragged last panel is copied): packing would cost
 //!   about as much as the multiply-adds it feeds.
