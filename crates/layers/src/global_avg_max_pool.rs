@@ -98,7 +98,7 @@ impl Layer for GlobalAvgMaxPool {
         if dy.shape() != [n, 2 * c, 1, 1] {
             return Err(LayersError::shape(
                 "GlobalAvgMaxPool backward",
-                &format!("dy of shape [{n}, {}, 1, 1]", 2 * c),
+                format!("dy of shape [{n}, {}, 1, 1]", 2 * c),
                 &dy.shape(),
             ));
         }
