@@ -69,8 +69,8 @@ use std::path::Path;
 
 use fracture_data::phantom::FractureLine;
 use fracture_layers::{
-    softmax, BatchNorm2dConfig, Conv2dConfig, DropoutConfig, GlobalAvgPool, Layer, LinearConfig,
-    MaxPool2dConfig, Mode, Relu, ResidualBlockConfig, Sequential,
+    softmax, BatchNorm2dConfig, Conv2dConfig, DropoutConfig, Layer, LinearConfig, MaxPool2dConfig,
+    Mode, Relu, ResidualBlockConfig, Sequential,
 };
 use fracture_tensor::Tensor4;
 use rand::SeedableRng;
