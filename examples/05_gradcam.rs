@@ -221,7 +221,7 @@ fn main() -> anyhow::Result<()> {
         let misses = heats.iter().filter(|(h, i)| {
             let line = set.fractures[*i].expect("fractured phantoms have a line");
             h.peak_point()
-                .map_or(true, |p| distance_to_fracture(p, &line) > tolerance)
+                .is_none_or(|p| distance_to_fracture(p, &line) > tolerance)
         });
         let mut chosen: Vec<(&str, usize)> = fractured
             .iter()

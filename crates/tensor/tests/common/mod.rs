@@ -49,7 +49,7 @@ pub fn check_close(
         } else {
             excess
         };
-        if excess > 0.0 && worst.map_or(true, |(_, e)| excess > e) {
+        if excess > 0.0 && worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((i, excess));
         }
     }
