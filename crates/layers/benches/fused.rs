@@ -5,6 +5,8 @@
 //! The machine is shared (other jobs run), so absolute times are noisy: the two variants run
 //! alternately in the same process, and the report is the median over repetitions of each
 //! variant's time and of the per-repetition ratio unfused / fused (> 1: fused is faster).
+//! "owned" is the fused layer fed through `BnReluPool::forward_owned`, which keeps the input
+//! instead of copying it.
 //!
 //! Run: `cargo bench -p fracture-layers --bench fused -- [REPS]` (default 7 repetitions;
 //! `FUSED_SHAPES=0,1` limits the shapes by index, `FUSED_THREADS=2` the thread counts).
@@ -13,7 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use fracture_layers::{
-    BatchNorm2dConfig, BnReluPoolConfig, Layer, MaxPool2dConfig, Mode, Relu, Sequential,
+    BatchNorm2dConfig, BnReluPool, BnReluPoolConfig, Layer, MaxPool2dConfig, Mode, Relu, Sequential,
 };
 use fracture_tensor::Tensor4;
 use rand::{Rng, SeedableRng};
@@ -44,6 +46,22 @@ fn step(layer: &mut dyn Layer, x: &Tensor4, dy: &Tensor4) -> (f64, f64) {
     ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64())
 }
 
+/// As [`step`] with [`BnReluPool::forward_owned`] (the input is cloned outside the timing, as
+/// a caller that owns the convolution's output would hand it over).
+fn step_owned(layer: &mut BnReluPool, x: &Tensor4, dy: &Tensor4) -> (f64, f64) {
+    let x = x.clone();
+    let t0 = Instant::now();
+    let y = layer
+        .forward_owned(black_box(x), Mode::Train)
+        .expect("forward");
+    let t1 = Instant::now();
+    layer.zero_grad();
+    let dx = layer.backward(black_box(dy)).expect("backward");
+    let t2 = Instant::now();
+    black_box((y, dx));
+    ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -65,13 +83,14 @@ fn main() {
         .max(1);
     let shapes = list_env("FUSED_SHAPES", &[0, 1, 2, 3]);
     let threads = list_env("FUSED_THREADS", &[1, 2]);
+    println!("times in ms (medians); ratios unfused / fused (> 1: fused is faster)");
     println!(
-        "{:>20} {:>3} | {:>9} {:>9} | {:>9} {:>9} | {:>6} {:>6} {:>6}",
-        "shape", "thr", "unf fwd", "unf bwd", "fus fwd", "fus bwd", "fwd x", "bwd x", "step x"
+        "{:>20} {:>3} | {:>13} | {:>13} | {:>13} | {:>6} {:>6} {:>6} {:>6}",
+        "shape", "thr", "unfused f/b", "fused f/b", "owned f/b", "fwd", "bwd", "step", "owned"
     );
-    for &t in &threads {
+    for &threads in &threads {
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
+            .num_threads(threads)
             .build()
             .expect("thread pool");
         for &si in &shapes {
@@ -90,27 +109,32 @@ fn main() {
                     .with("3", MaxPool2dConfig::new(2).init().expect("pool"))
                     .expect("name");
                 let mut fused = BnReluPoolConfig::new(c).init().expect("fused");
+                let mut owned = BnReluPoolConfig::new(c).init().expect("fused");
                 // Warm-up: fills the buffer pool and the layers' spare buffers.
                 step(&mut unfused, &x, &dy);
                 step(&mut fused, &x, &dy);
-                let mut v: [Vec<f64>; 4] = Default::default();
-                let (mut rf, mut rb, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+                step_owned(&mut owned, &x, &dy);
+                // Per repetition: unfused, fused and owned (fwd, bwd) seconds.
+                let mut t: Vec<[f64; 6]> = Vec::new();
                 for _ in 0..reps {
                     let (uf, ub) = step(&mut unfused, &x, &dy);
                     let (ff, fb) = step(&mut fused, &x, &dy);
-                    for (s, val) in v.iter_mut().zip([uf, ub, ff, fb]) {
-                        s.push(val);
-                    }
-                    rf.push(uf / ff);
-                    rb.push(ub / fb);
-                    rs.push((uf + ub) / (ff + fb));
+                    let (of, ob) = step_owned(&mut owned, &x, &dy);
+                    t.push([uf, ub, ff, fb, of, ob]);
                 }
-                let [a, b, cc, d] = v.map(|mut s| median(&mut s) * 1e3);
-                let (rf, rb, rs) = (median(&mut rf), median(&mut rb), median(&mut rs));
+                let med = |f: &dyn Fn(&[f64; 6]) -> f64| {
+                    median(&mut t.iter().map(f).collect::<Vec<f64>>())
+                };
+                let ms: Vec<f64> = (0..6).map(|i| med(&|r| r[i] * 1e3)).collect();
+                let fwd = med(&|r| r[0] / r[2]);
+                let bwd = med(&|r| r[1] / r[3]);
+                let stp = med(&|r| (r[0] + r[1]) / (r[2] + r[3]));
+                let own = med(&|r| (r[0] + r[1]) / (r[4] + r[5]));
                 let shape = format!("{shape:?}");
                 println!(
-                    "{shape:>20} {t:>3} | {a:>7.1}ms {b:>7.1}ms | {cc:>7.1}ms {d:>7.1}ms \
-                     | {rf:>5.2}x {rb:>5.2}x {rs:>5.2}x"
+                    "{shape:>20} {threads:>3} | {:>6.1} {:>6.1} | {:>6.1} {:>6.1} | {:>6.1} {:>6.1} \
+                     | {fwd:>5.2}x {bwd:>5.2}x {stp:>5.2}x {own:>5.2}x",
+                    ms[0], ms[1], ms[2], ms[3], ms[4], ms[5]
                 );
             });
         }

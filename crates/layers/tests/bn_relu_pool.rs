@@ -197,6 +197,44 @@ proptest! {
     }
 }
 
+/// Planes of 1024 values and more take the per-channel path of the forward pass (statistics
+/// and outputs in one task); it too matches the unfused chain in every mode.
+#[test]
+fn large_planes_match_the_unfused_chain() {
+    for (shape, pool) in [
+        ([2, 3, 33, 35], true),
+        ([3, 2, 32, 32], true),
+        ([2, 3, 31, 34], false),
+    ] {
+        let c = shape[1];
+        let mut a = fused(c, pool);
+        let mut b = unfused(c, pool);
+        let mut r = rng(shape[2] as u64);
+        set_state(
+            [&mut a, &mut b],
+            &[
+                ("1.weight", random_vec(c, -1.5, 1.5, &mut r)),
+                ("1.bias", random_vec(c, -0.5, 0.5, &mut r)),
+                ("1.running_mean", random_vec(c, -0.5, 0.5, &mut r)),
+                ("1.running_var", random_vec(c, 0.2, 2.0, &mut r)),
+            ],
+        );
+        let x = input(shape, 77);
+        for (k, mode) in [
+            Mode::Eval,
+            Mode::EvalWithGrad,
+            Mode::Train,
+            Mode::Train,
+            Mode::Eval,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            compare_step(&mut a, &mut b, &x, mode, 80 + k as u64);
+        }
+    }
+}
+
 /// Ties inside windows (repeated values) and windows where the ReLU zeroes everything: the same
 /// maxima are chosen as by the unfused max pool (first maximum in row-major order), so the
 /// gradient lands on the same element.
@@ -709,7 +747,7 @@ fn checkpoints_of_the_plain_stage_load_into_the_fused_stage() {
 /// Forward + backward in every mode give bit-identical results with 1 and 2 threads.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let run = |threads: usize, pool: bool| {
+    let run = |threads: usize, pool: bool, shape: [usize; 4]| {
         let pool_rt = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -720,7 +758,7 @@ fn results_do_not_depend_on_the_thread_count() {
             set_param(&mut layer, "weight", &[1.0, -0.5, 2.0, 0.3, -1.2]);
             set_param(&mut layer, "bias", &[0.1, 0.0, -0.2, 0.3, 0.05]);
             let mut bits: Vec<u32> = Vec::new();
-            let x = input([6, c, 33, 31], 60);
+            let x = input(shape, 60);
             for mode in [Mode::Train, Mode::EvalWithGrad, Mode::Eval] {
                 let y = layer.forward(&x, mode).unwrap();
                 bits.extend(y.as_slice().iter().map(|v| v.to_bits()));
@@ -739,11 +777,20 @@ fn results_do_not_depend_on_the_thread_count() {
             bits
         })
     };
-    for pool in [true, false] {
-        let one = run(1, pool);
-        assert!(one.len() > 10_000);
-        assert!(one == run(2, pool), "pool {pool}: 1 vs 2 threads differ");
-        assert!(one == run(3, pool), "pool {pool}: 1 vs 3 threads differ");
+    // Planes below and above 1024 values (the two forward strategies).
+    for shape in [[6, 5, 31, 29], [3, 5, 33, 35]] {
+        for pool in [true, false] {
+            let one = run(1, pool, shape);
+            assert!(one.len() > 10_000);
+            assert!(
+                one == run(2, pool, shape),
+                "{shape:?} pool {pool}: 1 vs 2 threads differ"
+            );
+            assert!(
+                one == run(3, pool, shape),
+                "{shape:?} pool {pool}: 1 vs 3 threads differ"
+            );
+        }
     }
 }
 
