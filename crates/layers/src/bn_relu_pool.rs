@@ -44,9 +44,9 @@
 //!
 //! # Speed
 //! Forward + backward in training against the unfused chain at the reference model's shapes
-//! (batch 32; 32x128x128 to 256x16x16), interleaved in one process on the shared 2-vCPU test
-//! machine: 1.9-2.2x faster, 2.2-2.4x with [`BnReluPool::forward_owned`]
-//! (`cargo bench -p fracture-layers --bench fused`).
+//! (batch 32; 32x128x128 to 256x16x16), interleaved in one process on the shared, busy 2-vCPU
+//! test machine: about 2x faster (medians 1.6-2.3x across shapes and runs), 2.2-2.6x with
+//! [`BnReluPool::forward_owned`] (`cargo bench -p fracture-layers --bench fused`).
 
 use fracture_tensor::Tensor4;
 use rayon::prelude::*;
