@@ -399,15 +399,8 @@ impl BnReluPool {
         self.clear_cache();
         let shape = x.shape();
         self.check_input(shape, mode)?;
-        let [n, c_total, h, w] = shape;
-        let geo = Geometry {
-            n,
-            c_total,
-            w,
-            hw: h * w,
-            oh: h / 2,
-            ow: w / 2,
-        };
+        let geo = Geometry::of(shape);
+        let (n, c_total) = (geo.n, geo.c_total);
         let out_shape = self.output_shape(shape);
         let out_plane = out_shape[2] * out_shape[3];
         let training = mode.is_training();
@@ -541,6 +534,18 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of input shape `[N, C, H, W]` (the pooled side floors, as `MaxPool2d(2)`).
+    fn of([n, c_total, h, w]: [usize; 4]) -> Self {
+        Geometry {
+            n,
+            c_total,
+            w,
+            hw: h * w,
+            oh: h / 2,
+            ow: w / 2,
+        }
+    }
+
     /// Index range of plane `(i, c)` of the input.
     fn plane(&self, i: usize, c: usize) -> std::ops::Range<usize> {
         let p = i * self.c_total + c;
@@ -971,15 +976,8 @@ impl Layer for BnReluPool {
                 &dy.shape(),
             ));
         }
-        let [n, c_total, h, w] = x_shape;
-        let geo = Geometry {
-            n,
-            c_total,
-            w,
-            hw: h * w,
-            oh: h / 2,
-            ow: w / 2,
-        };
+        let geo = Geometry::of(x_shape);
+        let (n, c_total) = (geo.n, geo.c_total);
         let m = (n * geo.hw) as f64;
         let coefs = &cache.coefs;
         let batch = cache.batch_stats;
