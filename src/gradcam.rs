@@ -659,6 +659,9 @@ impl GradCam {
     /// assert_eq!(GradCam::default_targets(&tiny), ["blocks.3"]);
     /// // 224 px residual: 112, 56, 28, 14 px.
     /// assert_eq!(GradCam::default_targets(&ModelConfig::default()), ["blocks.3", "blocks.2", "blocks.1"]);
+    /// // 128 px residual with the stem pool: 32, 16, 8, 4 px.
+    /// let pooled = ModelConfig { image_size: 128, stem_pool: true, ..ModelConfig::default() };
+    /// assert_eq!(GradCam::default_targets(&pooled), ["blocks.2", "blocks.1"]);
     /// ```
     pub fn default_targets(model: &ModelConfig) -> Vec<String> {
         let stages = model.widths.len();
@@ -668,6 +671,7 @@ impl GradCam {
         let mut sides = Vec::with_capacity(stages);
         let mut side = match model.block {
             BlockKind::Plain => model.image_size,
+            BlockKind::Residual if model.stem_pool => half_up(model.image_size) / 2,
             BlockKind::Residual => half_up(model.image_size),
         };
         for i in 0..stages {
@@ -867,6 +871,9 @@ fn unfold(model: &ModelConfig) -> Result<Sequential> {
             net.push(slot(&["stem", "0"]), stem)?;
             net.push(slot(&["stem", "1"]), BatchNorm2dConfig::new(w0).init()?)?;
             net.push(slot(&["stem", "2"]), Relu::new())?;
+            if model.stem_pool {
+                net.push(slot(&["stem", "3"]), MaxPool2dConfig::new(2).init()?)?;
+            }
             let (mut c, mut k) = (w0, 0);
             for (i, &w) in model.widths.iter().enumerate() {
                 for j in 0..model.blocks_per_stage {

@@ -7,7 +7,8 @@
 //!
 //! - plain stages: `blocks.{i}.0` conv3x3 (no bias), `blocks.{i}.1` BatchNorm2d -> ReLU ->
 //!   MaxPool2d(2), exactly `../shared/bench/torch_reference.py` for [`ModelConfig::reference`];
-//! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN -> ReLU, then
+//! - residual stages: `stem.0` conv3x3 stride 2, `stem.1` BN -> ReLU (-> MaxPool2d(2) with
+//!   [`ModelConfig::stem_pool`]), then
 //!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `downsample.*`), the first of
 //!   each stage after the first with stride 2;
 //! - then `pool` (global average, or global max and average side by side: [`Head`]), `drop`
@@ -127,6 +128,12 @@ pub struct ModelConfig {
     /// [`Head::Avg`]).
     #[serde(default)]
     pub head: Head,
+    /// Residual only: a 2x2 max pool after the stride-2 stem (the stem pooling of PyTorch's
+    /// ResNets, `nn.MaxPool2d(2)` here), so that the stages see a quarter of the input side and
+    /// a large input costs about what one of half its side costs without it. Files written
+    /// before it existed read as `false`.
+    #[serde(default)]
+    pub stem_pool: bool,
 }
 
 impl Default for ModelConfig {
@@ -141,6 +148,7 @@ impl Default for ModelConfig {
             dropout: 0.3,
             num_classes: 2,
             head: Head::Avg,
+            stem_pool: false,
         }
     }
 }
@@ -168,9 +176,18 @@ impl ModelConfig {
     }
 
     /// Total down-sampling factor of the feature extractor.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// assert_eq!(ModelConfig::default().downsampling(), 16);
+    /// let pooled = ModelConfig { stem_pool: true, ..ModelConfig::default() };
+    /// assert_eq!(pooled.downsampling(), 32);
+    /// ```
     pub fn downsampling(&self) -> usize {
-        // Plain: one max pool per stage. Residual: the stride-2 stem, then stride 2 between stages.
-        1 << self.widths.len()
+        // Plain: one max pool per stage. Residual: the stride-2 stem (and its pool, if any),
+        // then stride 2 between stages.
+        let stem_pool = usize::from(self.block == BlockKind::Residual && self.stem_pool);
+        1 << (self.widths.len() + stem_pool)
     }
 
     /// Checks that the network can be built and that the input survives the down-sampling.
@@ -187,6 +204,11 @@ impl ModelConfig {
                 "need at least 1 input channel and 2 classes, got {} and {}",
                 self.in_channels, self.num_classes
             ));
+        }
+        if self.block == BlockKind::Plain && self.stem_pool {
+            return bad(
+                "stem_pool applies to residual networks only (plain ones have no stem)".into(),
+            );
         }
         if self.block == BlockKind::Residual && self.blocks_per_stage == 0 {
             return bad("blocks_per_stage must be at least 1".into());
@@ -242,7 +264,10 @@ impl ModelConfig {
                             .with_bias(false)
                             .init(&mut rng)?,
                     )?
-                    .with("1", BnReluPoolConfig::new(w0).with_pool(false).init()?)?;
+                    .with(
+                        "1",
+                        BnReluPoolConfig::new(w0).with_pool(self.stem_pool).init()?,
+                    )?;
                 net.push("stem", stem)?;
                 let mut c = w0;
                 let mut k = 0;

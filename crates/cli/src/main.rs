@@ -86,6 +86,13 @@ struct TrainArgs {
     /// Global pooling before the classifier: avg, or avgmax (max and average side by side).
     #[arg(long)]
     head: Option<String>,
+    /// Residual blocks per stage (residual networks; default 1).
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Residual networks: max-pool 2x2 after the stride-2 stem, so that the stages work at a
+    /// quarter of the input side (for large inputs such as 384 px).
+    #[arg(long)]
+    stem_pool: bool,
     /// Stop when val ROC-AUC has not improved for this many epochs.
     #[arg(long)]
     patience: Option<usize>,
@@ -256,6 +263,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(h) = &a.head {
         model.head = h.parse()?;
     }
+    if let Some(b) = a.blocks {
+        model.blocks_per_stage = b;
+    }
+    model.stem_pool = a.stem_pool;
     model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;
     let config = TrainConfig {
@@ -635,6 +646,16 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     println!(
         "architecture   {:?}, widths {:?}, {} block(s) per stage, dropout {}",
         m.model.block, m.model.widths, m.model.blocks_per_stage, m.model.dropout
+    );
+    println!(
+        "head           {:?}{}, test-time augmentation {:?}",
+        m.model.head,
+        if m.model.stem_pool {
+            ", stem max pool"
+        } else {
+            ""
+        },
+        m.tta
     );
     println!("parameters     {}", clf.net.num_params());
     println!(
