@@ -219,6 +219,12 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("the learning rate must be positive and finite");
         }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight decay must be non-negative and finite");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label smoothing must lie in [0, 1)");
+        }
         if !(0.0..=1.0).contains(&self.target_sensitivity) {
             return bad("target sensitivity must be in [0, 1]");
         }

@@ -68,6 +68,13 @@ fn the_twin_gives_the_classifiers_probabilities_for_plain_and_residual_models() 
             residual(24),
             vec!["stem.2", "blocks.1", "blocks.5", "blocks"],
         ),
+        (
+            ModelConfig {
+                stem_pool: true,
+                ..residual(24)
+            },
+            vec!["stem.3", "blocks.1", "blocks.5", "blocks"],
+        ),
     ] {
         let mut clf = classifier(model, 4);
         let x = images(3, 24, 9);

@@ -68,6 +68,12 @@ struct TrainArgs {
     /// Optimizer: sgd or adamw.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// Weight decay (decoupled for AdamW, L2 for SGD; default 1e-4).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Dropout before the classifier (default 0.3 on a folder, 0.2 on phantoms).
+    #[arg(long)]
+    dropout: Option<f32>,
     /// Seed of weights, data order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -266,6 +272,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(b) = a.blocks {
         model.blocks_per_stage = b;
     }
+    if let Some(d) = a.dropout {
+        model.dropout = d;
+    }
     model.stem_pool = a.stem_pool;
     model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;
@@ -278,6 +287,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         } else {
             2e-3
         }),
+        weight_decay: a
+            .weight_decay
+            .unwrap_or(TrainConfig::default().weight_decay),
         seed: a.seed,
         patience: a.patience,
         balanced_sampling: a.balanced_sampling,
