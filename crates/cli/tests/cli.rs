@@ -214,6 +214,65 @@ fn predict_answers_for_good_files_when_one_is_corrupt() {
 }
 
 #[test]
+fn predict_heatmap_writes_one_overlay_png_per_image_with_its_peak() {
+    let (data, model) = fixture();
+    let images = tempfile::tempdir().unwrap();
+    for (i, e) in std::fs::read_dir(data.join("test/fractured"))
+        .unwrap()
+        .take(2)
+        .enumerate()
+    {
+        std::fs::copy(
+            e.unwrap().path(),
+            images.path().join(format!("scan{i}.png")),
+        )
+        .unwrap();
+    }
+    let maps = tempfile::tempdir().unwrap();
+    let out = fracture(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--heatmap",
+        maps.path().to_str().unwrap(),
+        images.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, v) in lines.iter().enumerate() {
+        let png = PathBuf::from(v["heatmap"].as_str().expect("a heatmap path"));
+        assert_eq!(png, maps.path().join(format!("scan{i}.gradcam.png")));
+        let img = image::open(&png).expect("the overlay is a readable PNG");
+        // Two 32 px panels side by side at least: the input, and the input with the heatmap.
+        assert!(img.width() >= 2 * 32 && img.height() >= 32, "{png:?}");
+        // The peak is null (a flat map) or a pixel of the 32 x 32 input.
+        if !v["peak"].is_null() {
+            let peak: Vec<u64> = serde_json::from_value(v["peak"].clone()).unwrap();
+            assert!(peak.len() == 2 && peak[0] < 32 && peak[1] < 32, "{peak:?}");
+        }
+    }
+    // A heatmap directory that cannot be created is one error line, not a panic.
+    let blocker = maps.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    assert_one_line_error(
+        &fracture(&[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--heatmap",
+            blocker.join("sub").to_str().unwrap(),
+            images.path().to_str().unwrap(),
+        ]),
+        "file",
+    );
+}
+
+#[test]
 fn info_describes_the_model() {
     let (_, model) = fixture();
     let out = fracture(&["info", "--model", model.to_str().unwrap()]);
@@ -221,6 +280,10 @@ fn info_describes_the_model() {
     let s = text(&out.stdout);
     assert!(
         s.contains("parameters") && s.contains("32 x 32 px") && s.contains("threshold"),
+        "{s}"
+    );
+    assert!(
+        s.contains("head           Avg") && s.contains("augmentation Off"),
         "{s}"
     );
 }
@@ -287,6 +350,21 @@ fn error_paths_exit_non_zero_with_one_line() {
         "unknown optimizer",
     );
     assert_one_line_error(&fracture(&["train", "--resume"]), "--resume needs --out");
+    assert_one_line_error(
+        &fracture(&["train", "--arch", "plain", "--stem-pool", "--epochs", "1"]),
+        "residual networks only",
+    );
+    assert_one_line_error(
+        &fracture(&[
+            "train",
+            "--weight-decay=-1",
+            "--epochs",
+            "1",
+            "--out",
+            dir.path().join("wd").to_str().unwrap(),
+        ]),
+        "weight decay",
+    );
     assert_one_line_error(
         &fracture(&[
             "train",
