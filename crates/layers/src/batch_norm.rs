@@ -15,6 +15,47 @@ use rayon::prelude::*;
 use crate::error::{LayersError, Result};
 use crate::layer::{join_name, Buffer, Layer, Mode, Param};
 
+/// The accessors of a batch norm's state (`weight`, `bias`, `running_mean`, `running_var`
+/// fields), shared by [`BatchNorm2d`] and the fused [`crate::BnReluPool`], which carries the same
+/// state under the same names.
+macro_rules! bn_state_accessors {
+    () => {
+        /// Scale gamma, `[C]`.
+        pub fn weight(&self) -> &Param {
+            &self.weight
+        }
+        /// Mutable gamma.
+        pub fn weight_mut(&mut self) -> &mut Param {
+            &mut self.weight
+        }
+        /// Shift beta, `[C]`.
+        pub fn bias(&self) -> &Param {
+            &self.bias
+        }
+        /// Mutable beta.
+        pub fn bias_mut(&mut self) -> &mut Param {
+            &mut self.bias
+        }
+        /// Running mean, `[C]`.
+        pub fn running_mean(&self) -> &Buffer {
+            &self.running_mean
+        }
+        /// Mutable running mean.
+        pub fn running_mean_mut(&mut self) -> &mut Buffer {
+            &mut self.running_mean
+        }
+        /// Running (unbiased) variance, `[C]`.
+        pub fn running_var(&self) -> &Buffer {
+            &self.running_var
+        }
+        /// Mutable running variance.
+        pub fn running_var_mut(&mut self) -> &mut Buffer {
+            &mut self.running_var
+        }
+    };
+}
+pub(crate) use bn_state_accessors;
+
 /// Configuration of a [`BatchNorm2d`] layer.
 ///
 /// PyTorch equivalent: `nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)` (affine, tracking
@@ -125,38 +166,7 @@ impl BatchNorm2d {
     pub fn config(&self) -> &BatchNorm2dConfig {
         &self.config
     }
-    /// Scale gamma, `[C]`.
-    pub fn weight(&self) -> &Param {
-        &self.weight
-    }
-    /// Mutable gamma.
-    pub fn weight_mut(&mut self) -> &mut Param {
-        &mut self.weight
-    }
-    /// Shift beta, `[C]`.
-    pub fn bias(&self) -> &Param {
-        &self.bias
-    }
-    /// Mutable beta.
-    pub fn bias_mut(&mut self) -> &mut Param {
-        &mut self.bias
-    }
-    /// Running mean, `[C]`.
-    pub fn running_mean(&self) -> &Buffer {
-        &self.running_mean
-    }
-    /// Mutable running mean.
-    pub fn running_mean_mut(&mut self) -> &mut Buffer {
-        &mut self.running_mean
-    }
-    /// Running (unbiased) variance, `[C]`.
-    pub fn running_var(&self) -> &Buffer {
-        &self.running_var
-    }
-    /// Mutable running variance.
-    pub fn running_var_mut(&mut self) -> &mut Buffer {
-        &mut self.running_var
-    }
+    bn_state_accessors!();
 }
 
 /// The `N` planes (`H*W` values each) of channel `c`, in batch order.

@@ -284,38 +284,7 @@ impl BnReluPool {
     pub fn config(&self) -> &BnReluPoolConfig {
         &self.config
     }
-    /// Scale gamma, `[C]`.
-    pub fn weight(&self) -> &Param {
-        &self.weight
-    }
-    /// Mutable gamma.
-    pub fn weight_mut(&mut self) -> &mut Param {
-        &mut self.weight
-    }
-    /// Shift beta, `[C]`.
-    pub fn bias(&self) -> &Param {
-        &self.bias
-    }
-    /// Mutable beta.
-    pub fn bias_mut(&mut self) -> &mut Param {
-        &mut self.bias
-    }
-    /// Running mean, `[C]`.
-    pub fn running_mean(&self) -> &Buffer {
-        &self.running_mean
-    }
-    /// Mutable running mean.
-    pub fn running_mean_mut(&mut self) -> &mut Buffer {
-        &mut self.running_mean
-    }
-    /// Running (unbiased) variance, `[C]`.
-    pub fn running_var(&self) -> &Buffer {
-        &self.running_var
-    }
-    /// Mutable running variance.
-    pub fn running_var_mut(&mut self) -> &mut Buffer {
-        &mut self.running_var
-    }
+    crate::batch_norm::bn_state_accessors!();
 
     /// The output shape for input shape `x`: `[N, C, H/2, W/2]` with pooling.
     pub fn output_shape(&self, x: [usize; 4]) -> [usize; 4] {
