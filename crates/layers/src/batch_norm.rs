@@ -15,11 +15,12 @@ use rayon::prelude::*;
 use crate::error::{LayersError, Result};
 use crate::layer::{join_name, Buffer, Layer, Mode, Param};
 
-/// The accessors of a batch norm's state (`weight`, `bias`, `running_mean`, `running_var`
+/// The code around a batch norm's state (`weight`, `bias`, `running_mean`, `running_var`
 /// fields), shared by [`BatchNorm2d`] and the fused [`crate::BnReluPool`], which carries the same
-/// state under the same names.
-macro_rules! bn_state_accessors {
-    () => {
+/// state under the same names: `bn_state!(accessors)` in the inherent impl,
+/// `bn_state!(visitors)` in the [`Layer`] impl.
+macro_rules! bn_state {
+    (accessors) => {
         /// Scale gamma, `[C]`.
         pub fn weight(&self) -> &Param {
             &self.weight
@@ -53,8 +54,29 @@ macro_rules! bn_state_accessors {
             &mut self.running_var
         }
     };
+    (visitors) => {
+        fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
+            f(&join_name(prefix, "weight"), &mut self.weight);
+            f(&join_name(prefix, "bias"), &mut self.bias);
+        }
+
+        fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
+            f(&join_name(prefix, "weight"), &self.weight);
+            f(&join_name(prefix, "bias"), &self.bias);
+        }
+
+        fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
+            f(&join_name(prefix, "running_mean"), &mut self.running_mean);
+            f(&join_name(prefix, "running_var"), &mut self.running_var);
+        }
+
+        fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
+            f(&join_name(prefix, "running_mean"), &self.running_mean);
+            f(&join_name(prefix, "running_var"), &self.running_var);
+        }
+    };
 }
-pub(crate) use bn_state_accessors;
+pub(crate) use bn_state;
 
 /// Configuration of a [`BatchNorm2d`] layer.
 ///
@@ -166,7 +188,7 @@ impl BatchNorm2d {
     pub fn config(&self) -> &BatchNorm2dConfig {
         &self.config
     }
-    bn_state_accessors!();
+    bn_state!(accessors);
 }
 
 /// The `N` planes (`H*W` values each) of channel `c`, in batch order.
@@ -408,25 +430,7 @@ impl Layer for BatchNorm2d {
         Ok(dx)
     }
 
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
-        f(&join_name(prefix, "weight"), &mut self.weight);
-        f(&join_name(prefix, "bias"), &mut self.bias);
-    }
-
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        f(&join_name(prefix, "weight"), &self.weight);
-        f(&join_name(prefix, "bias"), &self.bias);
-    }
-
-    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
-        f(&join_name(prefix, "running_mean"), &mut self.running_mean);
-        f(&join_name(prefix, "running_var"), &mut self.running_var);
-    }
-
-    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
-        f(&join_name(prefix, "running_mean"), &self.running_mean);
-        f(&join_name(prefix, "running_var"), &self.running_var);
-    }
+    bn_state!(visitors);
 
     fn clear_cache(&mut self) {
         self.cache = None;

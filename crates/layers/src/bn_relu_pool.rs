@@ -284,7 +284,7 @@ impl BnReluPool {
     pub fn config(&self) -> &BnReluPoolConfig {
         &self.config
     }
-    crate::batch_norm::bn_state_accessors!();
+    crate::batch_norm::bn_state!(accessors);
 
     /// The output shape for input shape `x`: `[N, C, H/2, W/2]` with pooling.
     pub fn output_shape(&self, x: [usize; 4]) -> [usize; 4] {
@@ -1029,25 +1029,7 @@ impl Layer for BnReluPool {
         Ok(dx)
     }
 
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
-        f(&join_name(prefix, "weight"), &mut self.weight);
-        f(&join_name(prefix, "bias"), &mut self.bias);
-    }
-
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        f(&join_name(prefix, "weight"), &self.weight);
-        f(&join_name(prefix, "bias"), &self.bias);
-    }
-
-    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
-        f(&join_name(prefix, "running_mean"), &mut self.running_mean);
-        f(&join_name(prefix, "running_var"), &mut self.running_var);
-    }
-
-    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
-        f(&join_name(prefix, "running_mean"), &self.running_mean);
-        f(&join_name(prefix, "running_var"), &self.running_var);
-    }
+    crate::batch_norm::bn_state!(visitors);
 
     fn clear_cache(&mut self) {
         if let Some(Cache {
