@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, rand_tensor, set_param, Golden};
+use common::{assert_close, rand_tensor, set_param, tiny_net_check, Golden};
 use fracture_layers::*;
 use fracture_tensor::Tensor4;
 use proptest::prelude::*;
@@ -597,63 +597,7 @@ fn tiny_net_golden_with_fused_layers() {
         .unwrap()
         .with("fc", LinearConfig::new(c2, 2).init(&mut r).unwrap())
         .unwrap();
-    let mut ours: Vec<String> = net
-        .param_names()
-        .into_iter()
-        .map(|n| format!("param.{n}"))
-        .collect();
-    ours.extend(
-        net.named_buffers()
-            .into_iter()
-            .map(|(n, _)| format!("buffer.{n}")),
-    );
-    ours.sort();
-    let mut theirs: Vec<String> = g
-        .tensors
-        .keys()
-        .filter(|k| k.starts_with("param.") || k.starts_with("buffer."))
-        .cloned()
-        .collect();
-    theirs.sort();
-    assert_eq!(ours, theirs);
-    for (name, p) in net.named_params_mut() {
-        assert_eq!(p.torch_shape(), g.shape(&format!("param.{name}")), "{name}");
-        p.value
-            .as_slice_mut()
-            .copy_from_slice(g.vec(&format!("param.{name}")));
-    }
-    let logits = net.forward(&g.t4("x"), Mode::Train).unwrap();
-    assert_close(
-        "tiny_net logits",
-        logits.as_slice(),
-        g.vec("logits"),
-        1e-3,
-        1e-5,
-    );
-    let (loss, dlogits) = CrossEntropyLoss::new()
-        .forward_backward(&logits, &g.targets("targets"))
-        .unwrap();
-    assert_close("tiny_net loss", &[loss], g.vec("loss"), 1e-3, 1e-5);
-    net.zero_grad();
-    net.backward_params_only(&dlogits).unwrap();
-    for (name, p) in net.named_params() {
-        assert_close(
-            &format!("tiny_net grad.{name}"),
-            p.grad.as_slice(),
-            g.vec(&format!("grad.{name}")),
-            1e-3,
-            1e-5,
-        );
-    }
-    for (name, b) in net.named_buffers() {
-        assert_close(
-            &format!("tiny_net buffer.{name}"),
-            b.value.as_slice(),
-            g.vec(&format!("buffer.{name}")),
-            1e-3,
-            1e-5,
-        );
-    }
+    tiny_net_check(&g, &mut net);
 }
 
 /// A plain stage (`"0"` conv, `"1"` BN, `"2"` ReLU, `"3"` pool) and its fused twin (`"0"`

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, set_param, Golden};
+use common::{assert_close, set_param, tiny_net_check, Golden};
 use fracture_layers::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use fracture_layers::*;
 use fracture_tensor::Tensor4;
@@ -243,64 +243,7 @@ fn tiny_net_matches_pytorch() {
     let c1: usize = g.meta["c1"].parse().unwrap();
     let c2: usize = g.meta["c2"].parse().unwrap();
     let mut net = tiny_net(c1, c2);
-    // Every param.* / buffer.* in the file maps to exactly one of ours, and vice versa.
-    let mut ours: Vec<String> = net
-        .param_names()
-        .into_iter()
-        .map(|n| format!("param.{n}"))
-        .collect();
-    ours.extend(
-        net.named_buffers()
-            .into_iter()
-            .map(|(n, _)| format!("buffer.{n}")),
-    );
-    ours.sort();
-    let mut theirs: Vec<String> = g
-        .tensors
-        .keys()
-        .filter(|k| k.starts_with("param.") || k.starts_with("buffer."))
-        .cloned()
-        .collect();
-    theirs.sort();
-    assert_eq!(ours, theirs);
-    for (name, p) in net.named_params_mut() {
-        assert_eq!(p.torch_shape(), g.shape(&format!("param.{name}")), "{name}");
-        p.value
-            .as_slice_mut()
-            .copy_from_slice(g.vec(&format!("param.{name}")));
-    }
-    let logits = net.forward(&g.t4("x"), Mode::Train).unwrap();
-    assert_close(
-        "tiny_net logits",
-        logits.as_slice(),
-        g.vec("logits"),
-        1e-3,
-        1e-5,
-    );
-    let (loss, dlogits) = CrossEntropyLoss::new()
-        .forward_backward(&logits, &g.targets("targets"))
-        .unwrap();
-    assert_close("tiny_net loss", &[loss], g.vec("loss"), 1e-3, 1e-5);
-    net.zero_grad();
-    net.backward_params_only(&dlogits).unwrap();
-    for (name, p) in net.named_params() {
-        assert_close(
-            &format!("tiny_net grad.{name}"),
-            p.grad.as_slice(),
-            g.vec(&format!("grad.{name}")),
-            1e-3,
-            1e-5,
-        );
-    }
-    for (name, b) in net.named_buffers() {
-        assert_close(
-            &format!("tiny_net buffer.{name}"),
-            b.value.as_slice(),
-            g.vec(&format!("buffer.{name}")),
-            1e-3,
-            1e-5,
-        );
-    }
+    let dlogits = tiny_net_check(&g, &mut net);
     // The input gradient path (full backward) gives the same parameter gradients.
     let first: Vec<Tensor4> = net
         .named_params()

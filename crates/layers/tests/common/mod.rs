@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use fracture_layers::Layer;
+use fracture_layers::{CrossEntropyLoss, Layer, Mode, Sequential};
 use fracture_tensor::Tensor4;
 
 /// `../shared` (or `$FRACTURE_SHARED`), if present.
@@ -130,4 +130,70 @@ pub fn rand_tensor(shape: [usize; 4], seed: u64) -> Tensor4 {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = shape.iter().product();
     Tensor4::from_vec(shape, (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).unwrap()
+}
+
+/// The `tiny_net` golden check on a network built as in `golden.rs` (unfused or fused layers
+/// under the same names): every `param.*` / `buffer.*` of the file maps to exactly one of ours
+/// and back; with the file's weights, one training-mode forward gives PyTorch's logits and loss,
+/// `backward_params_only` its parameter gradients, and the BN running statistics its buffers.
+/// Leaves the gradients in `net` and returns the loss gradient of the logits.
+pub fn tiny_net_check(g: &Golden, net: &mut Sequential) -> Tensor4 {
+    let mut ours: Vec<String> = net
+        .param_names()
+        .into_iter()
+        .map(|n| format!("param.{n}"))
+        .collect();
+    ours.extend(
+        net.named_buffers()
+            .into_iter()
+            .map(|(n, _)| format!("buffer.{n}")),
+    );
+    ours.sort();
+    let mut theirs: Vec<String> = g
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("param.") || k.starts_with("buffer."))
+        .cloned()
+        .collect();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+    for (name, p) in net.named_params_mut() {
+        assert_eq!(p.torch_shape(), g.shape(&format!("param.{name}")), "{name}");
+        p.value
+            .as_slice_mut()
+            .copy_from_slice(g.vec(&format!("param.{name}")));
+    }
+    let logits = net.forward(&g.t4("x"), Mode::Train).unwrap();
+    assert_close(
+        "tiny_net logits",
+        logits.as_slice(),
+        g.vec("logits"),
+        1e-3,
+        1e-5,
+    );
+    let (loss, dlogits) = CrossEntropyLoss::new()
+        .forward_backward(&logits, &g.targets("targets"))
+        .unwrap();
+    assert_close("tiny_net loss", &[loss], g.vec("loss"), 1e-3, 1e-5);
+    net.zero_grad();
+    net.backward_params_only(&dlogits).unwrap();
+    for (name, p) in net.named_params() {
+        assert_close(
+            &format!("tiny_net grad.{name}"),
+            p.grad.as_slice(),
+            g.vec(&format!("grad.{name}")),
+            1e-3,
+            1e-5,
+        );
+    }
+    for (name, b) in net.named_buffers() {
+        assert_close(
+            &format!("tiny_net buffer.{name}"),
+            b.value.as_slice(),
+            g.vec(&format!("buffer.{name}")),
+            1e-3,
+            1e-5,
+        );
+    }
+    dlogits
 }
