@@ -247,9 +247,11 @@ fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane.
-#[inline]
-fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
+/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane. Always inlined, so that the fused
+/// [`crate::BnReluPool`], which computes the same statistics bit for bit, gets it compiled for
+/// AVX2 inside its dispatching wrapper.
+#[inline(always)]
+pub(crate) fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
     let k = k as f64;
     let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
     let chunks = xs.chunks_exact(LANES);

@@ -51,7 +51,7 @@
 use fracture_tensor::Tensor4;
 use rayon::prelude::*;
 
-use crate::batch_norm::BatchNorm2d;
+use crate::batch_norm::{shifted_sums as bn_shifted_sums, BatchNorm2d};
 use crate::error::{LayersError, Result};
 use crate::layer::{join_name, Buffer, Layer, Mode, Param};
 
@@ -586,8 +586,9 @@ avx2_dispatch! {
 }
 
 avx2_dispatch! {
-    /// See [`shifted_sums_impl`].
-    fn shifted_sums => shifted_sums_impl(xs: &[f32], k: f32) -> (f64, f64)
+    /// BatchNorm2d's own per-plane sums (so both layers compute the same statistics), compiled
+    /// for AVX2.
+    fn shifted_sums => bn_shifted_sums(xs: &[f32], k: f32) -> (f64, f64)
 }
 
 avx2_dispatch! {
@@ -753,29 +754,6 @@ fn channel_stats(xs: &[f32], geo: &Geometry, c: usize) -> (f64, f64) {
         .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
     let d_mean = s1 / m;
     (k as f64 + d_mean, (s2 / m - d_mean * d_mean).max(0.0))
-}
-
-/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane.
-#[inline(always)]
-fn shifted_sums_impl(xs: &[f32], k: f32) -> (f64, f64) {
-    let k = k as f64;
-    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for i in 0..LANES {
-            let d = c[i] as f64 - k;
-            s1[i] += d;
-            s2[i] += d * d;
-        }
-    }
-    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
-    for &v in tail {
-        let d = v as f64 - k;
-        r1 += d;
-        r2 += d * d;
-    }
-    (r1, r2)
 }
 
 /// `(sum dy_hat, sum dy_hat * x_hat)` over the pooled outputs of one plane: `dy_hat` is `dy`
