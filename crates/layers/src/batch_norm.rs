@@ -78,6 +78,39 @@ macro_rules! bn_state {
 }
 pub(crate) use bn_state;
 
+/// Checks a batch norm's settings (`layer` names it in errors) and returns its fresh state over
+/// `c` channels: `gamma = 1`, `beta = 0`, running mean 0 and variance 1. Shared by
+/// [`BatchNorm2dConfig::init`] and [`crate::BnReluPoolConfig::init`].
+pub(crate) fn fresh_state(
+    layer: &'static str,
+    c: usize,
+    eps: f32,
+    momentum: f32,
+) -> Result<(Param, Param, Buffer, Buffer)> {
+    if c == 0 {
+        return Err(LayersError::config(layer, "num_features must be positive"));
+    }
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(LayersError::config(
+            layer,
+            format!("eps must be positive and finite, got {eps}"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(LayersError::config(
+            layer,
+            format!("momentum must be in [0, 1], got {momentum}"),
+        ));
+    }
+    let ones = Tensor4::from_vec([c, 1, 1, 1], vec![1.0; c])?;
+    Ok((
+        Param::new(ones.clone(), &[c])?,
+        Param::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+        Buffer::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
+        Buffer::new(ones, &[c])?,
+    ))
+}
+
 /// Configuration of a [`BatchNorm2d`] layer.
 ///
 /// PyTorch equivalent: `nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1)` (affine, tracking
@@ -118,32 +151,14 @@ impl BatchNorm2dConfig {
 
     /// Builds the layer: `gamma = 1`, `beta = 0`, running mean 0 and variance 1.
     pub fn init(&self) -> Result<BatchNorm2d> {
-        let c = self.num_features;
-        if c == 0 {
-            return Err(LayersError::config(
-                "BatchNorm2d",
-                "num_features must be positive",
-            ));
-        }
-        if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(LayersError::config(
-                "BatchNorm2d",
-                format!("eps must be positive and finite, got {}", self.eps),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(LayersError::config(
-                "BatchNorm2d",
-                format!("momentum must be in [0, 1], got {}", self.momentum),
-            ));
-        }
-        let ones = Tensor4::from_vec([c, 1, 1, 1], vec![1.0; c])?;
+        let (weight, bias, running_mean, running_var) =
+            fresh_state("BatchNorm2d", self.num_features, self.eps, self.momentum)?;
         Ok(BatchNorm2d {
             config: *self,
-            weight: Param::new(ones.clone(), &[c])?,
-            bias: Param::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
-            running_mean: Buffer::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
-            running_var: Buffer::new(ones, &[c])?,
+            weight,
+            bias,
+            running_mean,
+            running_var,
             cache: None,
         })
     }

@@ -51,7 +51,7 @@
 use fracture_tensor::Tensor4;
 use rayon::prelude::*;
 
-use crate::batch_norm::{shifted_sums as bn_shifted_sums, BatchNorm2d};
+use crate::batch_norm::{fresh_state, shifted_sums as bn_shifted_sums, BatchNorm2d};
 use crate::error::{LayersError, Result};
 use crate::layer::{join_name, Buffer, Layer, Mode, Param};
 
@@ -137,30 +137,14 @@ impl BnReluPoolConfig {
     /// Builds the layer: `gamma = 1`, `beta = 0`, running mean 0 and variance 1 (as
     /// [`crate::BatchNorm2dConfig::init`]).
     pub fn init(&self) -> Result<BnReluPool> {
-        let kind = self.kind();
-        let c = self.num_features;
-        if c == 0 {
-            return Err(LayersError::config(kind, "num_features must be positive"));
-        }
-        if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(LayersError::config(
-                kind,
-                format!("eps must be positive and finite, got {}", self.eps),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(LayersError::config(
-                kind,
-                format!("momentum must be in [0, 1], got {}", self.momentum),
-            ));
-        }
-        let ones = Tensor4::from_vec([c, 1, 1, 1], vec![1.0; c])?;
+        let (weight, bias, running_mean, running_var) =
+            fresh_state(self.kind(), self.num_features, self.eps, self.momentum)?;
         Ok(BnReluPool {
             config: *self,
-            weight: Param::new(ones.clone(), &[c])?,
-            bias: Param::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
-            running_mean: Buffer::new(Tensor4::zeros([c, 1, 1, 1]), &[c])?,
-            running_var: Buffer::new(ones, &[c])?,
+            weight,
+            bias,
+            running_mean,
+            running_var,
             cache: None,
             spare_codes: Vec::new(),
         })
