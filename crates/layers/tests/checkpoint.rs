@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::rand_tensor;
 use fracture_layers::checkpoint::{self, Metadata};
-use fracture_layers::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+use fracture_layers::optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 use fracture_layers::*;
 use fracture_tensor::Tensor4;
 use proptest::prelude::*;
@@ -425,6 +425,56 @@ fn optimizer_state_for_another_model_is_an_error() {
         .unwrap_err()
         .to_string()
         .contains("adamw"));
+}
+
+/// A saved state whose slots are missing, mis-sized or unknown is refused with the parameter
+/// and slot named, and leaves the optimizer's own state as it was.
+#[test]
+fn optimizer_state_with_bad_slots_is_an_error() {
+    let mut net = small_net(1, 2);
+    let mut adam = AdamW::new(AdamWConfig::default()).unwrap();
+    train_steps(&mut net, &mut adam, 0..1);
+    let good = adam.state();
+    let name = good.params.keys().next().unwrap().clone();
+    type Slots = BTreeMap<String, Vec<f32>>;
+    let with = |f: &dyn Fn(&mut Slots)| {
+        let mut s = good.clone();
+        f(&mut s.params.get_mut(&name).unwrap().slots);
+        s
+    };
+    let cases: [(OptimizerState, &str); 3] = [
+        (
+            with(&|s| drop(s.remove("exp_avg_sq"))),
+            "lacks slot exp_avg_sq",
+        ),
+        (
+            with(&|s| s.get_mut("exp_avg").unwrap().push(0.0)),
+            "slot exp_avg has",
+        ),
+        (
+            with(&|s| drop(s.insert("velocity".into(), vec![]))),
+            "unknown AdamW state slot \"velocity\"",
+        ),
+    ];
+    for (state, want) in cases {
+        let e = adam.load_state(state).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains(&name), "{e}");
+        assert_eq!(adam.state(), good, "a refused state changes nothing");
+    }
+    // SGD: the momentum buffer is optional, an unknown slot is not.
+    let mut sgd = Sgd::new(SgdConfig::default()).unwrap();
+    train_steps(&mut net, &mut sgd, 0..1);
+    let mut plain = sgd.state();
+    assert!(plain.params.values().all(|p| p.slots.is_empty()));
+    sgd.load_state(plain.clone()).unwrap();
+    plain
+        .params
+        .get_mut(&name)
+        .unwrap()
+        .slots
+        .insert("exp_avg".into(), vec![]);
+    let e = sgd.load_state(plain).unwrap_err().to_string();
+    assert!(e.contains("unknown SGD state slot \"exp_avg\""), "{e}");
 }
 
 /// Python: `safe_open(path, "np")` reads every tensor with our names, shapes and values, and

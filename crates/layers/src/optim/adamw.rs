@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use crate::error::{LayersError, Result};
 use crate::layer::Layer;
 
-use super::{no_extra_slots, take_slot, validate, Optimizer, OptimizerState, ParamState};
+use super::slots::{self, SlotReader, SlotState};
+use super::{validate, Optimizer, OptimizerState};
 
 /// Hyper-parameters of [`AdamW`] (the learning rate is given to each step).
 ///
@@ -45,6 +46,32 @@ struct AdamParam {
     shape: Vec<usize>,
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
+}
+
+impl SlotState for AdamParam {
+    const NAME: &'static str = "AdamW";
+    const KIND: &'static str = "adamw";
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn slots(&self) -> Vec<(&'static str, &[f32])> {
+        vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
+    }
+
+    fn read(step: u64, shape: Vec<usize>, slots: &mut SlotReader) -> Result<Self> {
+        Ok(AdamParam {
+            step,
+            shape,
+            exp_avg: slots.required("exp_avg")?,
+            exp_avg_sq: slots.required("exp_avg_sq")?,
+        })
+    }
 }
 
 /// AdamW: at step `t` of a parameter, `p = p*(1 - lr*wd)`, `m = b1*m + (1-b1)*g`,
@@ -136,58 +163,14 @@ impl Optimizer for AdamW {
     }
 
     fn state(&self) -> OptimizerState {
-        let params = self
-            .state
-            .iter()
-            .map(|(name, s)| {
-                let mut slots = BTreeMap::new();
-                slots.insert("exp_avg".to_string(), s.exp_avg.clone());
-                slots.insert("exp_avg_sq".to_string(), s.exp_avg_sq.clone());
-                let ps = ParamState {
-                    step: s.step,
-                    shape: s.shape.clone(),
-                    slots,
-                };
-                (name.clone(), ps)
-            })
-            .collect();
-        OptimizerState {
-            kind: "adamw".to_string(),
-            config_json: serde_json::to_string(&self.config).unwrap_or_default(),
-            params,
-        }
+        slots::export(
+            serde_json::to_string(&self.config).unwrap_or_default(),
+            &self.state,
+        )
     }
 
     fn load_state(&mut self, state: OptimizerState) -> Result<()> {
-        if state.kind != "adamw" {
-            return Err(LayersError::config(
-                "AdamW",
-                format!("cannot load the state of a {:?} optimizer", state.kind),
-            ));
-        }
-        let mut new = BTreeMap::new();
-        for (name, mut ps) in state.params {
-            let len: usize = ps.shape.iter().product();
-            let missing = |slot: &str| LayersError::Param {
-                name: name.clone(),
-                reason: format!("AdamW state lacks slot {slot}"),
-            };
-            let exp_avg = take_slot(&name, &mut ps.slots, "exp_avg", len)?
-                .ok_or_else(|| missing("exp_avg"))?;
-            let exp_avg_sq = take_slot(&name, &mut ps.slots, "exp_avg_sq", len)?
-                .ok_or_else(|| missing("exp_avg_sq"))?;
-            no_extra_slots("AdamW", &name, &ps.slots)?;
-            new.insert(
-                name,
-                AdamParam {
-                    step: ps.step,
-                    shape: ps.shape,
-                    exp_avg,
-                    exp_avg_sq,
-                },
-            );
-        }
-        self.state = new;
+        self.state = slots::import(state)?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ mod adamw;
 mod clip;
 mod schedule;
 mod sgd;
+mod slots;
 
 use std::collections::BTreeMap;
 
@@ -145,35 +146,4 @@ fn validate<T>(
         });
     }
     Ok(())
-}
-
-/// Takes slot `name` of length `len` out of `slots`, erroring on a wrong size.
-fn take_slot(
-    param: &str,
-    slots: &mut BTreeMap<String, Vec<f32>>,
-    name: &str,
-    len: usize,
-) -> Result<Option<Vec<f32>>> {
-    match slots.remove(name) {
-        None => Ok(None),
-        Some(v) if v.len() == len => Ok(Some(v)),
-        Some(v) => Err(LayersError::Param {
-            name: param.to_string(),
-            reason: format!(
-                "optimizer slot {name} has {} values, expected {len}",
-                v.len()
-            ),
-        }),
-    }
-}
-
-/// Errors if `slots` still holds a slot this optimizer does not know.
-fn no_extra_slots(kind: &str, param: &str, slots: &BTreeMap<String, Vec<f32>>) -> Result<()> {
-    match slots.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(LayersError::Param {
-            name: param.to_string(),
-            reason: format!("unknown {kind} state slot {k:?}"),
-        }),
-    }
 }

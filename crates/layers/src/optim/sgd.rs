@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use crate::error::{LayersError, Result};
 use crate::layer::Layer;
 
-use super::{no_extra_slots, take_slot, validate, Optimizer, OptimizerState, ParamState};
+use super::slots::{self, SlotReader, SlotState};
+use super::{validate, Optimizer, OptimizerState};
 
 /// Hyper-parameters of [`Sgd`] (the learning rate is given to each step).
 ///
@@ -33,6 +34,34 @@ struct SgdParam {
     step: u64,
     shape: Vec<usize>,
     momentum_buffer: Option<Vec<f32>>,
+}
+
+impl SlotState for SgdParam {
+    const NAME: &'static str = "SGD";
+    const KIND: &'static str = "sgd";
+
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn slots(&self) -> Vec<(&'static str, &[f32])> {
+        self.momentum_buffer
+            .iter()
+            .map(|b| ("momentum_buffer", b.as_slice()))
+            .collect()
+    }
+
+    fn read(step: u64, shape: Vec<usize>, slots: &mut SlotReader) -> Result<Self> {
+        Ok(SgdParam {
+            step,
+            shape,
+            momentum_buffer: slots.optional("momentum_buffer")?,
+        })
+    }
 }
 
 /// SGD: for each parameter `p` with gradient `grad`,
@@ -135,51 +164,14 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> OptimizerState {
-        let params = self
-            .state
-            .iter()
-            .map(|(name, s)| {
-                let mut slots = BTreeMap::new();
-                if let Some(b) = &s.momentum_buffer {
-                    slots.insert("momentum_buffer".to_string(), b.clone());
-                }
-                let ps = ParamState {
-                    step: s.step,
-                    shape: s.shape.clone(),
-                    slots,
-                };
-                (name.clone(), ps)
-            })
-            .collect();
-        OptimizerState {
-            kind: "sgd".to_string(),
-            config_json: serde_json::to_string(&self.config).unwrap_or_default(),
-            params,
-        }
+        slots::export(
+            serde_json::to_string(&self.config).unwrap_or_default(),
+            &self.state,
+        )
     }
 
     fn load_state(&mut self, state: OptimizerState) -> Result<()> {
-        if state.kind != "sgd" {
-            return Err(LayersError::config(
-                "SGD",
-                format!("cannot load the state of a {:?} optimizer", state.kind),
-            ));
-        }
-        let mut new = BTreeMap::new();
-        for (name, mut ps) in state.params {
-            let len: usize = ps.shape.iter().product();
-            let momentum_buffer = take_slot(&name, &mut ps.slots, "momentum_buffer", len)?;
-            no_extra_slots("SGD", &name, &ps.slots)?;
-            new.insert(
-                name,
-                SgdParam {
-                    step: ps.step,
-                    shape: ps.shape,
-                    momentum_buffer,
-                },
-            );
-        }
-        self.state = new;
+        self.state = slots::import(state)?;
         Ok(())
     }
 }
