@@ -105,6 +105,9 @@ struct TrainArgs {
     /// Sample classes evenly instead of weighting the loss.
     #[arg(long)]
     balanced_sampling: bool,
+    /// Label smoothing of the cross-entropy loss, in [0, 1) (default 0).
+    #[arg(long, value_name = "EPS")]
+    label_smoothing: Option<f32>,
     /// Test-time augmentation saved in the model: auto (chosen on val), off or hflip.
     #[arg(long, default_value = "auto")]
     tta: String,
@@ -293,6 +296,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         seed: a.seed,
         patience: a.patience,
         balanced_sampling: a.balanced_sampling,
+        label_smoothing: a
+            .label_smoothing
+            .unwrap_or(TrainConfig::default().label_smoothing),
         verbose: !a.quiet,
         tta: match a.tta.as_str() {
             "auto" => None,

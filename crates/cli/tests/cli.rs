@@ -368,6 +368,18 @@ fn error_paths_exit_non_zero_with_one_line() {
     assert_one_line_error(
         &fracture(&[
             "train",
+            "--label-smoothing",
+            "1.5",
+            "--epochs",
+            "1",
+            "--out",
+            dir.path().join("ls").to_str().unwrap(),
+        ]),
+        "label smoothing",
+    );
+    assert_one_line_error(
+        &fracture(&[
+            "train",
             "--image-size",
             "8",
             "--epochs",
