@@ -8,7 +8,8 @@
 //!   eval-with-grad); [`Param`], [`Buffer`].
 //! - Layers, each built from a `*Config` with `Default` and `init`: [`Conv2d`],
 //!   [`BatchNorm2d`], [`Relu`], [`MaxPool2d`], [`GlobalAvgPool`], [`Dropout`], [`Linear`],
-//!   [`Flatten`], [`ResidualBlock`], composed in a [`Sequential`].
+//!   [`Flatten`], [`ResidualBlock`], composed in a [`Sequential`]; an [`Ensemble`] averages the
+//!   outputs of several networks.
 //! - [`loss`]: [`CrossEntropyLoss`], [`softmax`].
 //! - [`optim`]: [`optim::Sgd`], [`optim::AdamW`], [`optim::LrSchedule`],
 //!   [`optim::clip_grad_norm`], serialisable [`optim::OptimizerState`].
@@ -44,6 +45,7 @@ pub mod bn_relu_pool;
 pub mod checkpoint;
 pub mod conv2d;
 pub mod dropout;
+pub mod ensemble;
 pub mod error;
 pub mod flatten;
 pub mod global_avg_max_pool;
@@ -62,6 +64,7 @@ pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use bn_relu_pool::{BnReluPool, BnReluPoolConfig};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::{Dropout, DropoutConfig};
+pub use ensemble::Ensemble;
 pub use error::{LayersError, Result};
 pub use flatten::Flatten;
 pub use global_avg_max_pool::GlobalAvgMaxPool;

@@ -397,6 +397,47 @@ fn residual_block_projection_shortcut() {
     );
 }
 
+/// Two different small networks (BN in training mode, dropout, a residual block) averaged: the
+/// input gradient sums both members' paths, each member's parameters get half their own.
+#[test]
+fn ensemble_of_two_networks() {
+    let mut r = rng(40);
+    let mut member = |w: usize| {
+        Sequential::new()
+            .with(
+                "conv",
+                Conv2dConfig::new(1, w, 3)
+                    .with_padding(1)
+                    .init(&mut r)
+                    .unwrap(),
+            )
+            .unwrap()
+            .with("bn", BatchNorm2dConfig::new(w).init().unwrap())
+            .unwrap()
+            .with(
+                "block",
+                ResidualBlockConfig::new(w, 3, 2).init(&mut r).unwrap(),
+            )
+            .unwrap()
+            .with("gap", GlobalAvgPool::new())
+            .unwrap()
+            .with("drop", DropoutConfig::new(0.25).init(&mut r).unwrap())
+            .unwrap()
+            .with("fc", LinearConfig::new(3, 2).init(&mut r).unwrap())
+            .unwrap()
+    };
+    let members = vec![member(2), member(3)];
+    let mut ens = Ensemble::new(members).unwrap();
+    gradcheck(
+        "ensemble",
+        &mut ens,
+        &rand_tensor([3, 1, 6, 6], 41),
+        Mode::Train,
+        Mode::Train,
+        &KINKED,
+    );
+}
+
 /// A cross-entropy head so that the objective is the real training loss.
 struct WithLoss {
     net: Sequential,
