@@ -57,6 +57,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A member of an ensemble failed to train (its run directory keeps what it finished).
+    #[error("ensemble member {index} ({}): {source}", dir.display())]
+    Member {
+        /// The member's index.
+        index: usize,
+        /// Its run directory.
+        dir: PathBuf,
+        /// What went wrong.
+        source: Box<Error>,
+    },
     /// A tensor kernel failed (a shape error).
     #[error(transparent)]
     Tensor(#[from] fracture_tensor::TensorError),

@@ -203,8 +203,8 @@ pub struct Heatmap {
     /// Pixel `[x, y]` (column, row) of the maximum (the first in row-major order among equal
     /// values), or `None` when the map is zero everywhere.
     pub peak: Option<[usize; 2]>,
-    /// The maps before upsampling (one per target layer, in the order of the targets), with
-    /// their channel weights and the logits.
+    /// The maps before upsampling (one per target layer, in the order of the targets; for an
+    /// ensemble, member 0's, then member 1's, ...), with their channel weights and the logits.
     pub cams: Vec<CamMap>,
 }
 
@@ -604,7 +604,8 @@ fn grad_cam_inner(
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 pub struct GradCam {
-    net: Sequential,
+    /// One unfolded twin per member of the model (one for a single network).
+    nets: Vec<Sequential>,
     meta: ClassifierMeta,
     targets: Vec<String>,
     slots: Vec<String>,
@@ -618,7 +619,7 @@ impl std::fmt::Debug for GradCam {
             .field("targets", &self.targets)
             .field("class", &self.class)
             .field("score", &self.score)
-            .field("net", &self.net)
+            .field("members", &self.nets.len())
             .finish_non_exhaustive()
     }
 }
@@ -716,9 +717,9 @@ impl GradCam {
                 "Grad-CAM needs at least one target layer".into(),
             ));
         }
-        let net = unfold(&clf.meta.model)?;
+        let single = clf.meta.model.member();
         let mut cam = GradCam {
-            net,
+            nets: vec![unfold(&single)?],
             meta: clf.meta.clone(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             slots: Vec::new(),
@@ -729,8 +730,19 @@ impl GradCam {
             .iter()
             .map(|t| cam.resolve(t))
             .collect::<Result<_>>()?;
-        check_twin(&clf.meta.model, &mut cam.net)?;
-        copy_state(&clf.net, &mut cam.net)?;
+        check_twin(&single, &mut cam.nets[0])?;
+        let members = clf.meta.model.members;
+        for _ in 1..members {
+            cam.nets.push(unfold(&single)?);
+        }
+        for (i, twin) in cam.nets.iter_mut().enumerate() {
+            let prefix = if members > 1 {
+                format!("members.{i}.")
+            } else {
+                String::new()
+            };
+            copy_state(&clf.net, &prefix, twin)?;
+        }
         Ok(cam)
     }
 
@@ -760,7 +772,11 @@ impl GradCam {
     fn resolve(&self, target: &str) -> Result<String> {
         let exact = target.replace('.', &SEP.to_string());
         let group = format!("{exact}{SEP}");
-        let slots: Vec<&str> = self.net.layers().iter().map(|(n, _)| n.as_str()).collect();
+        let slots: Vec<&str> = self.nets[0]
+            .layers()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         let found = slots
             .iter()
             .rev()
@@ -776,8 +792,8 @@ impl GradCam {
 
     /// Every layer whose output can be a target, as state-dict paths, in network order.
     pub fn layer_names(&self) -> Vec<String> {
-        let n = self.net.len();
-        self.net.layers()[..n.saturating_sub(1)]
+        let n = self.nets[0].len();
+        self.nets[0].layers()[..n.saturating_sub(1)]
             .iter()
             .map(|(s, _)| s.replace(SEP, "."))
             .collect()
@@ -798,11 +814,36 @@ impl GradCam {
         &self.meta
     }
 
-    /// Heatmaps of a standardised NCHW batch at its own resolution.
+    /// Heatmaps of a standardised NCHW batch at its own resolution. For an ensemble, each
+    /// member's maps are computed on its own and all are fused as [`Heatmap::from_cams`] fuses
+    /// layers (member by member in [`Heatmap::cams`]), and every map carries the ensemble's
+    /// logits (the mean of the members').
     pub fn heatmaps(&mut self, x: &Tensor4) -> Result<Vec<Heatmap>> {
-        let [_, _, h, w] = x.shape();
+        let [n, _, h, w] = x.shape();
         let slots: Vec<&str> = self.slots.iter().map(String::as_str).collect();
-        grad_cam_layers(&mut self.net, &slots, x, self.class, self.score)?
+        let mut per_image: Vec<Vec<CamMap>> = vec![Vec::new(); n];
+        for net in &mut self.nets {
+            let maps = grad_cam_layers(net, &slots, x, self.class, self.score)?;
+            for (all, cams) in per_image.iter_mut().zip(maps) {
+                all.extend(cams);
+            }
+        }
+        let k = self.nets.len();
+        if k > 1 {
+            for cams in &mut per_image {
+                let classes = cams[0].logits.len();
+                let mut mean = vec![0f32; classes];
+                for cam in cams.iter().step_by(slots.len()) {
+                    for (m, l) in mean.iter_mut().zip(&cam.logits) {
+                        *m += l / k as f32;
+                    }
+                }
+                for cam in cams.iter_mut() {
+                    cam.logits.clone_from(&mean);
+                }
+            }
+        }
+        per_image
             .into_iter()
             .map(|cams| Heatmap::from_cams(cams, w, h))
             .collect()
@@ -897,12 +938,19 @@ fn unfold(model: &ModelConfig) -> Result<Sequential> {
 
 /// Copies every parameter and buffer of `from` (a network of [`ModelConfig::build`]) into the
 /// unfolded `to`, matching state-dict names; errors if a name or shape does not match.
-fn copy_state(from: &Sequential, to: &mut Sequential) -> Result<()> {
+fn copy_state(from: &Sequential, prefix: &str, to: &mut Sequential) -> Result<()> {
     let mismatch = |reason: String| Error::Config(format!("Grad-CAM twin: {reason}"));
-    let params: HashMap<String, &fracture_layers::Param> =
-        from.named_params().into_iter().collect();
-    let buffers: HashMap<String, &fracture_layers::Buffer> =
-        from.named_buffers().into_iter().collect();
+    let own = |name: String| name.strip_prefix(prefix).map(str::to_string);
+    let params: HashMap<String, &fracture_layers::Param> = from
+        .named_params()
+        .into_iter()
+        .filter_map(|(n, p)| Some((own(n)?, p)))
+        .collect();
+    let buffers: HashMap<String, &fracture_layers::Buffer> = from
+        .named_buffers()
+        .into_iter()
+        .filter_map(|(n, b)| Some((own(n)?, b)))
+        .collect();
     let mut seen = HashSet::new();
     let mut problems = Vec::new();
     to.visit_params("", &mut |name, p| {
@@ -949,7 +997,7 @@ fn copy_state(from: &Sequential, to: &mut Sequential) -> Result<()> {
 /// computes, with the same (random) weights, on a fixed probe image.
 fn check_twin(model: &ModelConfig, twin: &mut Sequential) -> Result<()> {
     let mut reference = model.build(1)?;
-    copy_state(&reference, twin)?;
+    copy_state(&reference, "", twin)?;
     let s = model.image_size;
     let c = model.in_channels;
     let probe: Vec<f32> = (0..c * s * s)

@@ -9,7 +9,9 @@
 //!
 //! This crate is the facade: it re-exports the layered crates ([`tensor`], [`layers`],
 //! [`data`], [`metrics`]) and holds the model architectures ([`ModelConfig`]), the [`Trainer`]
-//! and the [`Classifier`] file format.
+//! and the [`Classifier`] file format. Setting [`ModelConfig::members`] above 1 trains an
+//! ensemble of independently seeded networks side by side and saves them as one classifier
+//! ([`ensemble`]).
 //!
 //! Training takes a few lines; here on a small set of synthetic phantoms, for one epoch:
 //!
@@ -41,6 +43,7 @@
 pub mod classifier;
 pub mod curves;
 pub mod ema;
+pub mod ensemble;
 pub mod error;
 pub mod gradcam;
 pub mod model;
@@ -58,7 +61,7 @@ pub use error::{Error, Result};
 pub use gradcam::{grad_cam, CamMap, GradCam, Heatmap, Score};
 pub use model::{BlockKind, Head, ModelConfig};
 pub use trainer::{
-    evaluate_split, ClassWeights, EpochRecord, OptimizerKind, RunReport, SplitScores, SplitSizes,
-    TrainConfig, TrainOutcome, Trainer,
+    evaluate_split, ClassWeights, EpochRecord, MemberSummary, OptimizerKind, RunReport,
+    SplitScores, SplitSizes, TrainConfig, TrainOutcome, Trainer,
 };
 pub use tta::Tta;

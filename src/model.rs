@@ -12,7 +12,9 @@
 //!   `blocks.{k}` residual blocks (`conv1`, `bn1`, `conv2`, `bn2`, `downsample.*`), the first of
 //!   each stage after the first with stride 2;
 //! - then `pool` (global average, or global max and average side by side: [`Head`]), `drop`
-//!   (dropout) and `fc` (linear to the classes).
+//!   (dropout) and `fc` (linear to the classes);
+//! - an ensemble of several such networks ([`ModelConfig::members`]) prefixes member `i`'s
+//!   names with `members.{i}.`, as an `nn.ModuleList` attribute `members` would.
 //!
 //! Batch norm, ReLU and max pool run as one fused layer ([`fracture_layers::BnReluPool`], which
 //! carries the batch norm's parameters and statistics under the batch norm's name), so the
@@ -21,8 +23,8 @@
 //! the ReLU output before each pool is `blocks.{i}.2`.
 
 use fracture_layers::{
-    BnReluPoolConfig, Conv2dConfig, DropoutConfig, GlobalAvgMaxPool, GlobalAvgPool, Layer,
-    LinearConfig, ResidualBlockConfig, Sequential,
+    BnReluPoolConfig, Conv2dConfig, DropoutConfig, Ensemble, GlobalAvgMaxPool, GlobalAvgPool,
+    Layer, LinearConfig, ResidualBlockConfig, Sequential,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -134,6 +136,16 @@ pub struct ModelConfig {
     /// before it existed read as `false`.
     #[serde(default)]
     pub stem_pool: bool,
+    /// Networks of this architecture whose logits are averaged ([`Ensemble`]): member `i` is
+    /// initialised from seed `seed + i` and trained on its own (see
+    /// [`crate::ensemble`]); its tensors are named `members.{i}.<name>`. 1 (the default,
+    /// and what files written before it existed read as): one network, tensors named as usual.
+    #[serde(default = "one")]
+    pub members: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for ModelConfig {
@@ -149,6 +161,7 @@ impl Default for ModelConfig {
             num_classes: 2,
             head: Head::Avg,
             stem_pool: false,
+            members: 1,
         }
     }
 }
@@ -213,6 +226,9 @@ impl ModelConfig {
         if self.block == BlockKind::Residual && self.blocks_per_stage == 0 {
             return bad("blocks_per_stage must be at least 1".into());
         }
+        if self.members == 0 {
+            return bad("members must be at least 1".into());
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -227,9 +243,44 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Builds the network with Kaiming-initialised weights drawn from `seed`.
+    /// The architecture of one member: this one with `members = 1`.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// let pair = ModelConfig { members: 2, ..ModelConfig::phantom(32) };
+    /// assert_eq!(pair.member(), ModelConfig::phantom(32));
+    /// ```
+    pub fn member(&self) -> ModelConfig {
+        ModelConfig {
+            members: 1,
+            ..self.clone()
+        }
+    }
+
+    /// Builds the network with Kaiming-initialised weights drawn from `seed`; with several
+    /// [`ModelConfig::members`], an [`Ensemble`] under the name `members` whose member `i` is
+    /// what `self.member().build(seed + i)` builds.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// use fracture_nn::layers::Layer;
+    /// let one = ModelConfig::phantom(32);
+    /// let pair = ModelConfig { members: 2, ..one.clone() }.build(5)?;
+    /// assert_eq!(pair.num_params(), 2 * one.build(5)?.num_params());
+    /// let (name, p) = &pair.named_params()[0];
+    /// assert_eq!(name, "members.0.blocks.0.0.weight");
+    /// assert_eq!(p.value, one.build(5)?.named_params()[0].1.value);
+    /// # Ok::<(), fracture_nn::Error>(())
+    /// ```
     pub fn build(&self, seed: u64) -> Result<Sequential> {
         self.validate()?;
+        if self.members > 1 {
+            let single = self.member();
+            let members = (0..self.members)
+                .map(|i| single.build(seed.wrapping_add(i as u64)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Sequential::new().with("members", Ensemble::new(members)?)?);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut blocks = Sequential::new();
         let mut net = Sequential::new();

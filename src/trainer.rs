@@ -329,8 +329,100 @@ pub struct RunReport {
     pub tta: Tta,
     /// Validation ROC-AUC under each test-time augmentation tried.
     pub tta_val_auc: Vec<(Tta, Option<f64>)>,
-    /// Per-epoch figures.
+    /// Per-epoch figures (of member 0 for an ensemble; each member's are in its directory).
     pub history: Vec<EpochRecord>,
+    /// The members of an ensemble ([`ModelConfig::members`] > 1); empty for one network.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberSummary>,
+}
+
+/// One member of an ensemble run, as `report.json` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberSummary {
+    /// The member's seed (the run's seed plus its index).
+    pub seed: u64,
+    /// Its run directory (`member-{i}` inside the ensemble's).
+    pub dir: PathBuf,
+    /// Epoch of its saved weights.
+    pub best_epoch: usize,
+    /// Its own validation ROC-AUC (without test-time augmentation).
+    pub val_auc: Option<f64>,
+    /// Its training time in seconds.
+    pub train_seconds: f64,
+}
+
+/// The operating point and figures [`calibrate`] chose and measured.
+pub(crate) struct Calibration {
+    pub(crate) tta: Tta,
+    pub(crate) tta_val_auc: Vec<(Tta, Option<f64>)>,
+    pub(crate) operating_point: OperatingPoint,
+    pub(crate) youden: Option<OperatingPoint>,
+    pub(crate) val: BinaryReport,
+    pub(crate) test: Option<BinaryReport>,
+}
+
+/// Scores `val` under each test-time augmentation candidate of `cfg` and keeps the one with the
+/// highest ROC-AUC (ties keep the first, [`Tta::Off`]); sets the classifier's TTA and operating
+/// threshold (the target sensitivity on `val`), then scores `test` once at that threshold.
+pub(crate) fn calibrate(
+    clf: &mut Classifier,
+    cfg: &TrainConfig,
+    val: Arc<DatasetSplit>,
+    test: Option<DatasetSplit>,
+) -> Result<Calibration> {
+    let bs = cfg.batch_size;
+    let norm = clf.meta.normalization;
+    let n_val = val.len();
+    let candidates = match cfg.tta {
+        Some(t) => vec![t],
+        None => vec![Tta::Off, Tta::HFlip],
+    };
+    let mut tta_val_auc = Vec::new();
+    let mut chosen: Option<(Tta, SplitScores)> = None;
+    for t in candidates {
+        let ev = evaluate_split(&mut clf.net, Arc::clone(&val), norm, bs, t)?;
+        let auc = ev.auc();
+        tta_val_auc.push((t, auc));
+        let better = match &chosen {
+            None => true,
+            Some((_, best)) => {
+                auc.unwrap_or(f64::NEG_INFINITY) > best.auc().unwrap_or(f64::NEG_INFINITY)
+            }
+        };
+        if better {
+            chosen = Some((t, ev));
+        }
+    }
+    let (tta, ev) = chosen.expect("at least one candidate");
+    clf.meta.tta = tta;
+    let labels = ev.positives();
+    let op = threshold_for_sensitivity(&labels, &ev.scores, cfg.target_sensitivity)?;
+    let youden = youden_threshold(&labels, &ev.scores).ok();
+    clf.meta.threshold = op.threshold;
+    clf.meta.threshold_rule = format!(
+        "highest specificity with validation sensitivity >= {:.2} ({} val images)",
+        cfg.target_sensitivity, n_val
+    );
+    let val_report = BinaryReport::new(&labels, &ev.scores, op.threshold)?;
+    let test_report = match test {
+        Some(t) if !t.is_empty() => {
+            let te = evaluate_split(&mut clf.net, t, norm, bs, tta)?;
+            Some(BinaryReport::new(
+                &te.positives(),
+                &te.scores,
+                op.threshold,
+            )?)
+        }
+        _ => None,
+    };
+    Ok(Calibration {
+        tta,
+        tta_val_auc,
+        operating_point: op,
+        youden,
+        val: val_report,
+        test: test_report,
+    })
 }
 
 /// Number of images in each split of a run.
@@ -379,7 +471,7 @@ impl Trainer {
         self.out_dir.join("model.safetensors")
     }
 
-    fn last_path(&self) -> PathBuf {
+    pub(crate) fn last_path(&self) -> PathBuf {
         self.out_dir.join("last.safetensors")
     }
 
@@ -401,8 +493,8 @@ impl Trainer {
     pub fn fit(
         &self,
         model: &ModelConfig,
-        train: DatasetSplit,
-        val: DatasetSplit,
+        train: impl Into<Arc<DatasetSplit>>,
+        val: impl Into<Arc<DatasetSplit>>,
         test: Option<DatasetSplit>,
         data: &str,
         resume: bool,
@@ -410,6 +502,10 @@ impl Trainer {
         let cfg = &self.config;
         cfg.validate()?;
         model.validate()?;
+        let (train, val) = (train.into(), val.into());
+        if model.members > 1 {
+            return self.fit_ensemble(model, train, val, test, data, resume);
+        }
         for (name, split) in [("train", &train), ("val", &val)] {
             if split.image_size() != model.image_size {
                 return Err(Error::Config(format!(
@@ -483,7 +579,7 @@ impl Trainer {
         };
 
         let loader = BatchLoader::new(
-            Arc::new(train),
+            train,
             normalization,
             LoaderConfig {
                 batch_size: cfg.batch_size,
@@ -495,7 +591,6 @@ impl Trainer {
                 prefetch: true,
             },
         )?;
-        let val = Arc::new(val);
         let steps_per_epoch = loader.batches_per_epoch();
         let schedule = LrSchedule::Cosine {
             lr: cfg.lr,
@@ -659,53 +754,10 @@ impl Trainer {
         sizes: SplitSizes,
     ) -> Result<TrainOutcome> {
         let mut clf = Classifier::load(&self.model_path())?;
-        let bs = self.config.batch_size;
-        let n_val = val.len();
-        let candidates = match self.config.tta {
-            Some(t) => vec![t],
-            None => vec![Tta::Off, Tta::HFlip],
-        };
-        let mut tta_val_auc = Vec::new();
-        let mut chosen: Option<(Tta, SplitScores)> = None;
-        for t in candidates {
-            let ev = evaluate_split(&mut clf.net, Arc::clone(&val), state.normalization, bs, t)?;
-            let auc = ev.auc();
-            tta_val_auc.push((t, auc));
-            let better = match &chosen {
-                None => true,
-                Some((_, best)) => {
-                    auc.unwrap_or(f64::NEG_INFINITY) > best.auc().unwrap_or(f64::NEG_INFINITY)
-                }
-            };
-            if better {
-                chosen = Some((t, ev));
-            }
-        }
-        let (tta, ev) = chosen.expect("at least one candidate");
-        clf.meta.tta = tta;
-        let labels = ev.positives();
-        let op = threshold_for_sensitivity(&labels, &ev.scores, self.config.target_sensitivity)?;
-        let youden = youden_threshold(&labels, &ev.scores).ok();
-        clf.meta.threshold = op.threshold;
-        clf.meta.threshold_rule = format!(
-            "highest specificity with validation sensitivity >= {:.2} ({} val images)",
-            self.config.target_sensitivity, n_val
-        );
         clf.meta.provenance = self.provenance(&state);
         clf.meta.provenance.epochs = state.epochs_done;
+        let cal = calibrate(&mut clf, &self.config, val, test)?;
         clf.save(&self.model_path())?;
-        let val_report = BinaryReport::new(&labels, &ev.scores, op.threshold)?;
-        let test_report = match test {
-            Some(t) if !t.is_empty() => {
-                let te = evaluate_split(&mut clf.net, t, state.normalization, bs, tta)?;
-                Some(BinaryReport::new(
-                    &te.positives(),
-                    &te.scores,
-                    op.threshold,
-                )?)
-            }
-            _ => None,
-        };
         let report = RunReport {
             config: self.config.clone(),
             model: state.model.clone(),
@@ -715,13 +767,14 @@ impl Trainer {
             epochs_run: state.epochs_done,
             best_epoch: state.best_epoch,
             train_seconds: state.train_seconds,
-            operating_point: op,
-            youden,
-            val: val_report,
-            test: test_report,
-            tta,
-            tta_val_auc,
+            operating_point: cal.operating_point,
+            youden: cal.youden,
+            val: cal.val,
+            test: cal.test,
+            tta: cal.tta,
+            tta_val_auc: cal.tta_val_auc,
             history: state.history.clone(),
+            members: Vec::new(),
         };
         let json = serde_json::to_string_pretty(&report).expect("report serialises");
         let path = self.out_dir.join("report.json");
