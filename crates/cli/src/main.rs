@@ -99,6 +99,10 @@ struct TrainArgs {
     /// quarter of the input side (for large inputs such as 384 px).
     #[arg(long)]
     stem_pool: bool,
+    /// Train an ensemble of N networks (seeds seed, seed+1, ...) side by side, each on
+    /// threads/N threads, and save them as one model that averages their logits (default 1).
+    #[arg(long, value_name = "N")]
+    members: Option<usize>,
     /// Stop when val ROC-AUC has not improved for this many epochs.
     #[arg(long)]
     patience: Option<usize>,
@@ -277,6 +281,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     if let Some(d) = a.dropout {
         model.dropout = d;
+    }
+    if let Some(m) = a.members {
+        model.members = m;
     }
     model.stem_pool = a.stem_pool;
     model.validate()?;
@@ -675,6 +682,12 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         },
         m.tta
     );
+    if m.model.members > 1 {
+        println!(
+            "ensemble       {} members (seeds {} + i), logits averaged",
+            m.model.members, m.provenance.seed
+        );
+    }
     println!("parameters     {}", clf.net.num_params());
     println!(
         "input          {} x {} px, {} channel(s), resize {:?}",

@@ -288,6 +288,98 @@ fn info_describes_the_model() {
     );
 }
 
+/// `train --members 2` writes both member runs and one model that `info`, `eval` and
+/// `predict --heatmap` take like any other.
+#[test]
+fn an_ensemble_trains_and_serves_like_one_model() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("pair");
+    let out = fracture(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--arch",
+        "plain",
+        "--batch-size",
+        "8",
+        "--members",
+        "2",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for f in ["member-0/model.safetensors", "member-1/model.safetensors"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let model = run.join("model.safetensors");
+    let m = model.to_str().unwrap();
+    let info = fracture(&["info", "--model", m]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    assert!(
+        text(&info.stdout).contains("ensemble       2 members"),
+        "{}",
+        text(&info.stdout)
+    );
+    let eval = fracture(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&eval.stdout)).unwrap();
+    assert!(v["roc_auc"].is_number(), "{v}");
+    let heat = dir.path().join("heat");
+    let image = data.join("test/fractured");
+    let pred = fracture(&[
+        "predict",
+        "--model",
+        m,
+        "--json",
+        "--heatmap",
+        heat.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(pred.status.success(), "{}", text(&pred.stderr));
+    let lines: Vec<serde_json::Value> = text(&pred.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let p = l["p_fractured"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{l}");
+        assert!(
+            std::path::Path::new(l["heatmap"].as_str().unwrap()).is_file(),
+            "{l}"
+        );
+    }
+    assert_one_line_error(
+        &fracture(&[
+            "train",
+            "--members",
+            "0",
+            "--epochs",
+            "1",
+            "--out",
+            dir.path().join("none").to_str().unwrap(),
+        ]),
+        "members",
+    );
+}
+
 #[test]
 fn help_on_every_command() {
     for cmd in ["train", "eval", "predict", "synth", "info"] {
