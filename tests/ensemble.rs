@@ -3,27 +3,19 @@
 //! softmax of the members' mean logits, a killed ensemble run resumes to the same weights,
 //! Grad-CAM explains every member, and the file reads back with its threshold.
 
+mod common;
+
 use std::path::Path;
 
-use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{ImageFolder, Split};
-use fracture_nn::layers::{checkpoint, softmax, Layer, Mode};
+use fracture_nn::layers::{softmax, Layer, Mode};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{Classifier, GradCam, ModelConfig, TrainConfig, TrainOutcome, Trainer, Tta};
 
 const SIZE: usize = 32;
 
 fn phantoms() -> ImageFolder {
-    PhantomConfig {
-        size: SIZE,
-        train: 64,
-        val: 24,
-        test: 24,
-        seed: 3,
-        ..Default::default()
-    }
-    .folder()
-    .unwrap()
+    common::phantoms(SIZE, 72, 3)
 }
 
 fn single() -> ModelConfig {
@@ -78,23 +70,6 @@ fn run(
     })
 }
 
-/// Every parameter and buffer of a model file built as `model`, by name.
-fn tensors(path: &Path, model: &ModelConfig) -> Vec<(String, Vec<f32>)> {
-    let mut net = model.build(0).unwrap();
-    checkpoint::load_model(path, &mut net).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (n, p.value.as_slice().to_vec()))
-        .collect();
-    out.extend(
-        net.named_buffers()
-            .into_iter()
-            .map(|(n, b)| (n, b.value.as_slice().to_vec())),
-    );
-    out
-}
-
 fn val_batch() -> Tensor4 {
     let mut data = phantoms();
     let val = data.take_split(Split::Val).unwrap();
@@ -128,13 +103,13 @@ fn members_are_the_single_runs_of_their_seeds_and_the_file_averages_their_logits
         ..config()
     };
     run(alone.path(), &single(), cfg, 1, None, false).unwrap();
-    let member1 = tensors(&dir.path().join("member-1/model.safetensors"), &single());
+    let member1 = common::tensors(&dir.path().join("member-1/model.safetensors"), &single());
     assert_eq!(
         member1,
-        tensors(&alone.path().join("model.safetensors"), &single())
+        common::tensors(&alone.path().join("model.safetensors"), &single())
     );
     // The joined file holds both members under members.{i}.
-    let joined = tensors(&dir.path().join("model.safetensors"), &pair());
+    let joined = common::tensors(&dir.path().join("model.safetensors"), &pair());
     assert_eq!(joined.len(), 2 * member1.len());
     let joined1: Vec<(String, Vec<f32>)> = joined
         .into_iter()
@@ -186,8 +161,8 @@ fn a_killed_ensemble_run_resumes_to_the_same_weights() {
     run(split.path(), &pair(), config(), 2, Some(1), false).unwrap();
     run(split.path(), &pair(), config(), 2, None, true).unwrap();
     assert_eq!(
-        tensors(&split.path().join("model.safetensors"), &pair()),
-        tensors(&full.path().join("model.safetensors"), &pair())
+        common::tensors(&split.path().join("model.safetensors"), &pair()),
+        common::tensors(&full.path().join("model.safetensors"), &pair())
     );
 }
 

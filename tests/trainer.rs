@@ -2,11 +2,12 @@
 //! kill-and-resume reaches the same weights as an uninterrupted run, the same seed gives the
 //! same weights, and a diverging run stops with a clear error without touching earlier files.
 
+mod common;
+
 use std::path::Path;
 
-use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{ImageFolder, Split};
-use fracture_nn::layers::{checkpoint, Layer};
+use fracture_nn::layers::checkpoint;
 use fracture_nn::metrics::BinaryReport;
 use fracture_nn::{
     evaluate_split, Classifier, Error, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
@@ -15,16 +16,7 @@ use fracture_nn::{
 const SIZE: usize = 32;
 
 fn phantoms() -> ImageFolder {
-    PhantomConfig {
-        size: SIZE,
-        train: 96,
-        val: 32,
-        test: 32,
-        seed: 5,
-        ..Default::default()
-    }
-    .folder()
-    .unwrap()
+    common::phantoms(SIZE, 96, 5)
 }
 
 fn model() -> ModelConfig {
@@ -64,19 +56,7 @@ fn run(
 
 /// Every parameter and buffer of a checkpoint, by name.
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut net = model().build(0).unwrap();
-    checkpoint::load_model(path, &mut net).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (n, p.value.as_slice().to_vec()))
-        .collect();
-    out.extend(
-        net.named_buffers()
-            .into_iter()
-            .map(|(n, b)| (n, b.value.as_slice().to_vec())),
-    );
-    out
+    common::tensors(path, &model())
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! output has the documented keys, `predict` answers for the good files of a folder holding a
 //! corrupt one, and every error path exits non-zero with one line on stderr and no panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -34,24 +34,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
             "32",
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = fracture(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--widths",
-            "8,16",
-            "--arch",
-            "plain",
-            "--batch-size",
-            "8",
-            "--quiet",
-        ]);
+        let out = fracture(&train_args(&data, &run, &[]));
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(text(&out.stdout).contains("ROC-AUC"));
         let model = run.join("model.safetensors");
@@ -60,6 +43,31 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
     // Leak the pair of paths with the TempDir kept alive in the static.
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
+}
+
+/// `train` for one epoch of a small plain network on the 32 px phantoms in `data`, writing into
+/// `out`, with `extra` arguments.
+fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--arch",
+        "plain",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Asserts a failed run: non-zero exit, no panic, and the error as exactly one line starting
@@ -295,28 +303,11 @@ fn an_ensemble_trains_and_serves_like_one_model() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("pair");
-    let out = fracture(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--arch",
-        "plain",
-        "--batch-size",
-        "8",
-        "--members",
-        "2",
-        "--threads",
-        "2",
-        "--quiet",
-    ]);
+    let out = fracture(&train_args(
+        data,
+        &run,
+        &["--members", "2", "--threads", "2"],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     for f in ["member-0/model.safetensors", "member-1/model.safetensors"] {
         assert!(run.join(f).is_file(), "{f} missing");
