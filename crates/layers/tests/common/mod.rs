@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use fracture_layers::{CrossEntropyLoss, Layer, Mode, Sequential};
+use fracture_layers::{CrossEntropyLoss, Layer, Mode};
 use fracture_tensor::Tensor4;
 
 /// `../shared` (or `$FRACTURE_SHARED`), if present.
@@ -137,18 +137,35 @@ pub fn rand_tensor(shape: [usize; 4], seed: u64) -> Tensor4 {
 /// and back; with the file's weights, one training-mode forward gives PyTorch's logits and loss,
 /// `backward_params_only` its parameter gradients, and the BN running statistics its buffers.
 /// Leaves the gradients in `net` and returns the loss gradient of the logits.
-pub fn tiny_net_check(g: &Golden, net: &mut Sequential) -> Tensor4 {
+pub fn tiny_net_check(g: &Golden, net: &mut dyn Layer) -> Tensor4 {
+    tiny_net_check_members(g, net, 1)
+}
+
+/// [`tiny_net_check`] for an `Ensemble` of `members` copies of the network (tensors named
+/// `{i}.<name>`): each copy takes the file's weights, the mean of equal logits is PyTorch's, each
+/// member receives `1 / members` of PyTorch's gradients and holds its BN statistics.
+pub fn tiny_net_check_members(g: &Golden, net: &mut dyn Layer, members: usize) -> Tensor4 {
+    let own = |name: &str| -> String {
+        if members == 1 {
+            return name.to_string();
+        }
+        let (i, rest) = name.split_once('.').expect("member-prefixed name");
+        assert!(i.parse::<usize>().unwrap() < members, "{name}");
+        rest.to_string()
+    };
     let mut ours: Vec<String> = net
-        .param_names()
+        .named_params()
         .into_iter()
-        .map(|n| format!("param.{n}"))
+        .map(|(n, _)| format!("param.{}", own(&n)))
         .collect();
     ours.extend(
         net.named_buffers()
             .into_iter()
-            .map(|(n, _)| format!("buffer.{n}")),
+            .map(|(n, _)| format!("buffer.{}", own(&n))),
     );
+    assert_eq!(ours.len() % members, 0);
     ours.sort();
+    ours.dedup();
     let mut theirs: Vec<String> = g
         .tensors
         .keys()
@@ -158,10 +175,9 @@ pub fn tiny_net_check(g: &Golden, net: &mut Sequential) -> Tensor4 {
     theirs.sort();
     assert_eq!(ours, theirs);
     for (name, p) in net.named_params_mut() {
-        assert_eq!(p.torch_shape(), g.shape(&format!("param.{name}")), "{name}");
-        p.value
-            .as_slice_mut()
-            .copy_from_slice(g.vec(&format!("param.{name}")));
+        let key = format!("param.{}", own(&name));
+        assert_eq!(p.torch_shape(), g.shape(&key), "{name}");
+        p.value.as_slice_mut().copy_from_slice(g.vec(&key));
     }
     let logits = net.forward(&g.t4("x"), Mode::Train).unwrap();
     assert_close(
@@ -178,10 +194,16 @@ pub fn tiny_net_check(g: &Golden, net: &mut Sequential) -> Tensor4 {
     net.zero_grad();
     net.backward_params_only(&dlogits).unwrap();
     for (name, p) in net.named_params() {
+        let scaled: Vec<f32> = p
+            .grad
+            .as_slice()
+            .iter()
+            .map(|v| v * members as f32)
+            .collect();
         assert_close(
-            &format!("tiny_net grad.{name}"),
-            p.grad.as_slice(),
-            g.vec(&format!("grad.{name}")),
+            &format!("tiny_net grad.{name} x {members}"),
+            &scaled,
+            g.vec(&format!("grad.{}", own(&name))),
             1e-3,
             1e-5,
         );
@@ -190,7 +212,7 @@ pub fn tiny_net_check(g: &Golden, net: &mut Sequential) -> Tensor4 {
         assert_close(
             &format!("tiny_net buffer.{name}"),
             b.value.as_slice(),
-            g.vec(&format!("buffer.{name}")),
+            g.vec(&format!("buffer.{}", own(&name))),
             1e-3,
             1e-5,
         );
