@@ -114,6 +114,10 @@ pub enum LayersError {
         name: String,
     },
 
+    /// A PyTorch checkpoint could not be read (see [`crate::pth`]).
+    #[error(transparent)]
+    Pth(#[from] crate::pth::PthError),
+
     /// A tensor in the checkpoint has the wrong shape or dtype.
     #[error("checkpoint {path}: tensor {name:?} is {got}, expected F32 {expected:?}")]
     TensorMismatch {

@@ -14,6 +14,7 @@
 //! - [`optim`]: [`optim::Sgd`], [`optim::AdamW`], [`optim::LrSchedule`],
 //!   [`optim::clip_grad_norm`], serialisable [`optim::OptimizerState`].
 //! - [`checkpoint`]: atomic save/load of models and optimizer state.
+//! - [`pth`]: a reader of PyTorch `torch.save` checkpoints that never runs their code.
 //!
 //! Gradients accumulate into [`Param::grad`]; call [`Layer::zero_grad`] before each backward.
 //!
@@ -56,6 +57,7 @@ pub mod linear;
 pub mod loss;
 pub mod max_pool;
 pub mod optim;
+pub mod pth;
 pub mod relu;
 pub mod residual;
 pub mod sequential;
