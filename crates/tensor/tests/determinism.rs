@@ -50,6 +50,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         // N == 2, strided and non-square.
@@ -59,6 +60,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [2, 1],
                 padding: [1, 0],
+                ..ConvParams::default()
             },
         ),
         // N >= 8: dw chunks by batch index.
@@ -68,6 +70,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         // Several im2col row blocks per image, batch-parallel and split paths.
@@ -77,6 +80,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -85,6 +89,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         // Pointwise, both paths.

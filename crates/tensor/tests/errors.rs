@@ -67,6 +67,7 @@ fn conv_errors_name_the_problem() {
     let zero_stride = ConvParams {
         stride: [0, 1],
         padding: [0, 0],
+        ..ConvParams::default()
     };
     let (e, _) = msg(conv2d_forward(&x, &w, None, zero_stride, &mut ws));
     assert!(matches!(
@@ -241,6 +242,7 @@ fn absurd_parameters_are_errors_not_panics() {
         let p = ConvParams {
             stride: [1, 1],
             padding: [pad, pad],
+            ..ConvParams::default()
         };
         assert!(
             conv2d_forward(&x, &w, None, p, &mut ws).is_err(),
@@ -257,6 +259,7 @@ fn absurd_parameters_are_errors_not_panics() {
     let huge_stride = ConvParams {
         stride: [usize::MAX, usize::MAX],
         padding: [0, 0],
+        ..ConvParams::default()
     };
     let y = conv2d_forward(&x, &w, None, huge_stride, &mut ws).unwrap();
     assert_eq!(y.shape(), [1, 1, 1, 1]);

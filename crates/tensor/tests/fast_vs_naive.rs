@@ -56,6 +56,7 @@ fn conv_case(t: &Case) -> Result<(), TestCaseError> {
     let p = ConvParams {
         stride: t.stride,
         padding: t.padding,
+        ..ConvParams::default()
     };
     let mut r = rng(t.seed);
     let x = random_tensor(&mut r, t.x);
@@ -253,6 +254,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         (
@@ -261,6 +263,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [2, 1],
                 padding: [0, 2],
+                ..ConvParams::default()
             },
         ),
         ([2, 4, 9, 9], [4, 4, 1, 1], ConvParams::default()),
@@ -272,6 +275,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -280,6 +284,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 2],
                 padding: [2, 1],
+                ..ConvParams::default()
             },
         ),
         (
@@ -288,6 +293,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
     ];

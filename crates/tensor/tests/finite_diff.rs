@@ -97,6 +97,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [2, 1],
                 padding: [1, 0],
+                ..ConvParams::default()
             },
         ),
         (
@@ -105,6 +106,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         ([2, 2, 6, 9], [2, 2, 1, 1], ConvParams::default()),
@@ -114,6 +116,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [3, 3],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -122,6 +125,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [1, 2],
                 padding: [0, 1],
+                ..ConvParams::default()
             },
         ),
     ];
