@@ -74,6 +74,7 @@ fn bench_conv(c: &mut Criterion) {
         let p = ConvParams {
             stride: [1, 1],
             padding: [s.pad, s.pad],
+            ..ConvParams::default()
         };
         let out = conv2d_output_shape(s.x, w_shape, p).expect("valid bench shape");
         let x = random(&mut rng, s.x);

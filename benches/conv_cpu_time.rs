@@ -97,6 +97,7 @@ fn main() {
         let p = ConvParams {
             stride: [1, 1],
             padding: [pad, pad],
+            ..ConvParams::default()
         };
         let out = conv2d_output_shape(x_shape, w_shape, p).expect("valid bench shape");
         let x = random(&mut rng, x_shape);

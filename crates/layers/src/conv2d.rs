@@ -1,4 +1,5 @@
-//! 2-D convolution layer over the im2col + GEMM kernels of `fracture-tensor`.
+//! 2-D convolution layer over the convolution kernels of `fracture-tensor` (im2col + GEMM for
+//! an ordinary convolution, direct kernels for grouped and depthwise ones).
 
 use fracture_tensor::{conv2d_backward, conv2d_forward, ConvParams, ConvWorkspace, Tensor4};
 use rand_chacha::ChaCha8Rng;
@@ -10,9 +11,9 @@ use crate::layer::{join_name, Layer, Mode, Param};
 /// Configuration of a [`Conv2d`] layer.
 ///
 /// PyTorch equivalent: `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-/// bias=bias)` (no dilation, one group) with weights from `kaiming_normal_(mode="fan_in",
+/// bias=bias, groups=groups)` (no dilation) with weights from `kaiming_normal_(mode="fan_in",
 /// nonlinearity="relu")` and a zero bias. Default: 1 -> 1 channels, 3x3 kernel, stride 1,
-/// padding 0, with bias (PyTorch's defaults).
+/// padding 0, one group, with bias (PyTorch's defaults).
 ///
 /// ```
 /// use fracture_layers::Conv2dConfig;
@@ -36,6 +37,15 @@ pub struct Conv2dConfig {
     pub padding: [usize; 2],
     /// Whether to add a bias (default `true`).
     pub bias: bool,
+    /// Channel groups (default 1): `in_channels` and `out_channels` must be multiples of it;
+    /// `groups == in_channels` is a depthwise convolution. Configs saved before this field
+    /// existed load with 1.
+    #[serde(default = "one")]
+    pub groups: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for Conv2dConfig {
@@ -54,6 +64,7 @@ impl Conv2dConfig {
             stride: [1, 1],
             padding: [0, 0],
             bias: true,
+            groups: 1,
         }
     }
     /// Same config with stride `s` in both directions.
@@ -71,8 +82,25 @@ impl Conv2dConfig {
         self.bias = bias;
         self
     }
+    /// Same config with `groups` channel groups (PyTorch `nn.Conv2d(..., groups=groups)`): the
+    /// weight becomes `[O, C / groups, KH, KW]`. [`init`](Conv2dConfig::init) rejects a
+    /// `groups` of 0 or one that does not divide both channel counts.
+    ///
+    /// ```
+    /// use fracture_layers::Conv2dConfig;
+    /// use rand::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// // Depthwise 5x5 over 96 channels, as in EfficientNet-Lite.
+    /// let dw = Conv2dConfig::new(96, 96, 5).with_padding(2).with_groups(96).with_bias(false);
+    /// assert_eq!(dw.init(&mut rng).unwrap().weight().value.shape(), [96, 1, 5, 5]);
+    /// assert!(Conv2dConfig::new(96, 96, 3).with_groups(5).init(&mut rng).is_err());
+    /// ```
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
 
-    /// Builds the layer: weights `N(0, 2 / (C*KH*KW))`, zero bias.
+    /// Builds the layer: weights `N(0, 2 / (C/groups * KH * KW))` (Kaiming, fan-in), zero bias.
     pub fn init(&self, rng: &mut ChaCha8Rng) -> Result<Conv2d> {
         let [kh, kw] = self.kernel_size;
         if self.in_channels == 0 || self.out_channels == 0 || kh == 0 || kw == 0 {
@@ -87,9 +115,18 @@ impl Conv2dConfig {
                 format!("stride must be positive, got {:?}", self.stride),
             ));
         }
-        let (o, c) = (self.out_channels, self.in_channels);
-        let shape = [o, c, kh, kw];
-        let weight = Param::new(kaiming_normal(shape, c * kh * kw, rng), &shape)?;
+        let (o, c, g) = (self.out_channels, self.in_channels, self.groups);
+        if g == 0 || c % g != 0 || o % g != 0 {
+            return Err(LayersError::config(
+                "Conv2d",
+                format!(
+                    "groups must be positive and divide both in_channels ({c}) and \
+                     out_channels ({o}), got {g}"
+                ),
+            ));
+        }
+        let shape = [o, c / g, kh, kw];
+        let weight = Param::new(kaiming_normal(shape, c / g * kh * kw, rng), &shape)?;
         let bias = if self.bias {
             Some(Param::new(Tensor4::zeros([o, 1, 1, 1]), &[o])?)
         } else {
@@ -108,14 +145,15 @@ impl Conv2dConfig {
         ConvParams {
             stride: self.stride,
             padding: self.padding,
+            groups: self.groups,
         }
     }
 }
 
 /// 2-D convolution: `[N, C, H, W] -> [N, O, (H + 2PH - KH) / SH + 1, (W + 2PW - KW) / SW + 1]`.
 ///
-/// PyTorch equivalent: `nn.Conv2d`. Parameters `weight` `[O, C, KH, KW]` and optional `bias`
-/// `[O]` (stored `[O, 1, 1, 1]`). Keeps one reusable [`ConvWorkspace`] for its scratch buffers.
+/// PyTorch equivalent: `nn.Conv2d` (with `groups`). Parameters `weight`
+/// `[O, C / groups, KH, KW]` and optional `bias` `[O]` (stored `[O, 1, 1, 1]`). Keeps one reusable [`ConvWorkspace`] for its scratch buffers.
 ///
 /// ```
 /// use fracture_layers::{Conv2dConfig, Layer, Mode};
@@ -142,7 +180,7 @@ impl Conv2d {
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }
-    /// Weight `[O, C, KH, KW]`.
+    /// Weight `[O, C / groups, KH, KW]`.
     pub fn weight(&self) -> &Param {
         &self.weight
     }

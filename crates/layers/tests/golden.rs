@@ -17,7 +17,7 @@ fn rng() -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(0)
 }
 
-/// PyTorch: `bn = nn.BatchNorm2d(3).double().train(); y = bn(x); y.backward(dy)`, then
+/// PyTorch: `bn = nn.BatchNorm2d(C).double().train(); y = bn(x); y.backward(dy)`, then
 /// `bn.eval(); y_eval = bn(x_eval)`, gamma/beta set from the file.
 #[test]
 fn batch_norm2d_matches_pytorch() {
@@ -25,7 +25,7 @@ fn batch_norm2d_matches_pytorch() {
         return;
     };
     let mut bn = BatchNorm2dConfig {
-        num_features: 3,
+        num_features: g.shape("gamma")[0],
         eps: g.meta_f32("eps"),
         momentum: g.meta_f32("momentum"),
     }
@@ -70,6 +70,68 @@ fn batch_norm2d_matches_pytorch() {
     assert_close("bn y_eval", y_eval.as_slice(), g.vec("y_eval"), REL, ABS);
     // Eval mode leaves the running statistics alone.
     assert_eq!((bn.running_mean().clone(), bn.running_var().clone()), stats);
+}
+
+/// PyTorch: `conv = nn.Conv2d(C, O, k, stride, padding, groups=groups, bias=bias)` with the
+/// file's weights, `y = conv(x); y.backward(dy)`, for every `grouped_conv2d_*` file (depthwise
+/// and two-group). The layer is configured from the metadata and the tensors' shapes only.
+#[test]
+fn grouped_conv2d_layer_matches_pytorch() {
+    let Some(dir) = common::shared_dir() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but ../shared (the golden files) is missing"
+        );
+        eprintln!("skipped: ../shared not found");
+        return;
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(dir.join("golden"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("grouped_conv2d_") && name.ends_with(".safetensors")
+        })
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no grouped_conv2d_* golden files");
+    for path in paths {
+        let name = path.display().to_string();
+        let g = Golden::from_path(&path);
+        let meta = |key: &str| -> usize {
+            g.meta[key]
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: metadata {key}"))
+        };
+        let bias: bool = g.meta["bias"].parse().expect("bias is a JSON bool");
+        let (xs, ws) = (g.shape("x"), g.shape("w"));
+        let mut cfg = Conv2dConfig::new(xs[1], ws[0], ws[2])
+            .with_stride(meta("stride"))
+            .with_padding(meta("padding"))
+            .with_groups(meta("groups"))
+            .with_bias(bias);
+        cfg.kernel_size = [ws[2], ws[3]];
+        let mut conv = cfg.init(&mut rng()).unwrap();
+        assert_eq!(
+            conv.weight().value.shape().as_slice(),
+            ws,
+            "{name}: weight shape"
+        );
+        set_param(&mut conv, "weight", g.vec("w"));
+        if bias {
+            set_param(&mut conv, "bias", g.vec("b"));
+        }
+        let y = conv.forward(&g.t4("x"), Mode::Train).unwrap();
+        assert_close(&format!("{name} y"), y.as_slice(), g.vec("y"), REL, ABS);
+        let dx = conv.backward(&g.t4("dy")).unwrap();
+        assert_close(&format!("{name} dx"), dx.as_slice(), g.vec("dx"), REL, ABS);
+        let dw = conv.weight().grad.as_slice();
+        assert_close(&format!("{name} dw"), dw, g.vec("dw"), REL, ABS);
+        if bias {
+            let db = conv.bias().unwrap().grad.as_slice();
+            assert_close(&format!("{name} db"), db, g.vec("db"), REL, ABS);
+        }
+    }
 }
 
 /// PyTorch: `y = F.linear(x, w, b); y.backward(dy)`.

@@ -37,7 +37,7 @@
 //! use fracture_tensor::*;
 //! let x = Tensor4::zeros([2, 3, 16, 16]);
 //! let w = Tensor4::zeros([8, 3, 3, 3]);
-//! let p = ConvParams { stride: [1, 1], padding: [1, 1] };
+//! let p = ConvParams { padding: [1, 1], ..ConvParams::default() };
 //! let mut ws = ConvWorkspace::default();
 //! let y = conv2d_forward(&x, &w, Some(&[0.0; 8]), p, &mut ws)?;
 //! let y = relu_forward(&y);
@@ -47,6 +47,7 @@
 //! ```
 
 mod conv;
+mod conv_direct;
 mod conv_gemm;
 mod error;
 mod gemm;

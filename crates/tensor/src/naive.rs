@@ -10,8 +10,12 @@ use crate::pool::{check_gap_backward, check_max_pool_backward, pool_output_shape
 use crate::relu::check_same_shape;
 use crate::tensor::Tensor4;
 
-/// Direct convolution by seven nested loops; same contract as
+/// Direct convolution by seven nested loops, any number of groups; same contract as
 /// [`conv2d_forward`](crate::conv2d_forward).
+///
+/// Grouped convolution (PyTorch's `groups`): output channel `oi` belongs to group
+/// `oi / (O / groups)` and sums over that group's `C / groups` input channels only, input
+/// channel `gi * C / groups + ci` meeting weight `w[oi, ci]`.
 ///
 /// ```
 /// use fracture_tensor::{naive, ConvParams, Tensor4};
@@ -19,6 +23,11 @@ use crate::tensor::Tensor4;
 /// let w = Tensor4::from_vec([1, 1, 1, 1], vec![3.0])?;
 /// let y = naive::conv2d_forward(&x, &w, Some(&[1.0]), ConvParams::default())?;
 /// assert_eq!(y.as_slice(), &[4.0, 7.0, 10.0, 13.0]);
+/// // Two groups of one channel: each output sees only its own input channel.
+/// let x = Tensor4::from_vec([1, 2, 1, 1], vec![1.0, 2.0])?;
+/// let w = Tensor4::from_vec([2, 1, 1, 1], vec![3.0, 5.0])?;
+/// let p = ConvParams { groups: 2, ..ConvParams::default() };
+/// assert_eq!(naive::conv2d_forward(&x, &w, None, p)?.as_slice(), &[3.0, 10.0]);
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn conv2d_forward(
@@ -28,8 +37,10 @@ pub fn conv2d_forward(
     p: ConvParams,
 ) -> Result<Tensor4> {
     let [n, o, oh, ow] = check_forward("naive::conv2d_forward", x, w, b, p)?;
-    let [_, c, h, wd] = x.shape();
-    let [_, _, kh, kw] = w.shape();
+    let [_, _, h, wd] = x.shape();
+    // Input channels per group (the weight's second dimension) and output channels per group.
+    let [_, c, kh, kw] = w.shape();
+    let og = o / p.groups;
     let (xa, wa) = (x.array(), w.array());
     let mut y = Tensor4::zeros([n, o, oh, ow]);
     let ya = y.array_mut();
@@ -46,7 +57,8 @@ pub fn conv2d_forward(
                                 if ih < 0 || iw < 0 || ih >= h as isize || iw >= wd as isize {
                                     continue;
                                 }
-                                let xv = xa[[ni, ci, ih as usize, iw as usize]];
+                                let xc = oi / og * c + ci;
+                                let xv = xa[[ni, xc, ih as usize, iw as usize]];
                                 acc += f64::from(xv) * f64::from(wa[[oi, ci, ki, kj]]);
                             }
                         }
@@ -59,8 +71,8 @@ pub fn conv2d_forward(
     Ok(y)
 }
 
-/// Convolution backward by direct nested loops; same contract as
-/// [`conv2d_backward`](crate::conv2d_backward).
+/// Convolution backward by direct nested loops, any number of groups (indexed as in
+/// [`conv2d_forward`]); same contract as [`conv2d_backward`](crate::conv2d_backward).
 ///
 /// ```
 /// use fracture_tensor::{naive, ConvParams, Tensor4};
@@ -70,6 +82,13 @@ pub fn conv2d_forward(
 /// let g = naive::conv2d_backward(&x, &w, &dy, ConvParams::default(), true)?;
 /// assert_eq!((g.dw.as_slice(), g.db.as_slice()), (&[3.0][..], &[2.0][..]));
 /// assert_eq!(g.dx.unwrap().as_slice(), &[3.0, 3.0]);
+/// // Depthwise, two channels: each weight's gradient sees only its own channel.
+/// let x = Tensor4::from_vec([1, 2, 1, 1], vec![1.0, 2.0])?;
+/// let w = Tensor4::from_vec([2, 1, 1, 1], vec![3.0, 5.0])?;
+/// let dy = Tensor4::from_vec([1, 2, 1, 1], vec![1.0, 1.0])?;
+/// let p = ConvParams { groups: 2, ..ConvParams::default() };
+/// let g = naive::conv2d_backward(&x, &w, &dy, p, true)?;
+/// assert_eq!((g.dw.as_slice(), g.dx.unwrap().as_slice()), (&[1.0, 2.0][..], &[3.0, 5.0][..]));
 /// # Ok::<(), fracture_tensor::TensorError>(())
 /// ```
 pub fn conv2d_backward(
@@ -81,9 +100,11 @@ pub fn conv2d_backward(
 ) -> Result<Conv2dGrads> {
     let [n, o, oh, ow] = check_backward("naive::conv2d_backward", x, w, dy, p)?;
     let xs = x.shape();
-    let [_, c, h, wd] = xs;
+    let [_, xc_count, h, wd] = xs;
     let ws = w.shape();
-    let [_, _, kh, kw] = ws;
+    // Input channels per group (the weight's second dimension) and output channels per group.
+    let [_, c, kh, kw] = ws;
+    let og = o / p.groups;
     let (xa, wa, dya) = (x.array(), w.array(), dy.array());
     let mut dx = vec![0.0f64; x.len()];
     let mut dw = vec![0.0f64; w.len()];
@@ -103,9 +124,10 @@ pub fn conv2d_backward(
                                     continue;
                                 }
                                 let (ih, iw) = (ih as usize, iw as usize);
+                                let xc = oi / og * c + ci;
                                 let wi = ((oi * c + ci) * kh + ki) * kw + kj;
-                                let xi_flat = ((ni * c + ci) * h + ih) * wd + iw;
-                                dw[wi] += g * f64::from(xa[[ni, ci, ih, iw]]);
+                                let xi_flat = ((ni * xc_count + xc) * h + ih) * wd + iw;
+                                dw[wi] += g * f64::from(xa[[ni, xc, ih, iw]]);
                                 dx[xi_flat] += g * f64::from(wa[[oi, ci, ki, kj]]);
                             }
                         }

@@ -2,7 +2,7 @@
 //! run in pools of 1, 2 and 3 threads and the outputs compared with `==`. The shapes cover the
 //! batch-parallel path (N >= threads), the split-GEMM path (N < threads), the fixed dw chunks by
 //! batch index (N >= 8) and by output rows (N < 8), im2col in several row blocks, and the
-//! pointwise 1x1 special case.
+//! pointwise 1x1 special case; and the direct grouped / depthwise kernels.
 
 mod common;
 
@@ -50,6 +50,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         // N == 2, strided and non-square.
@@ -59,6 +60,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [2, 1],
                 padding: [1, 0],
+                ..ConvParams::default()
             },
         ),
         // N >= 8: dw chunks by batch index.
@@ -68,6 +70,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         // Several im2col row blocks per image, batch-parallel and split paths.
@@ -77,6 +80,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -85,6 +89,7 @@ fn results_do_not_depend_on_thread_count() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         // Pointwise, both paths.
@@ -115,6 +120,75 @@ fn results_do_not_depend_on_thread_count() {
                         assert!(
                             same,
                             "case {i}, output #{k}: {threads} threads differ from 1 thread"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Grouped and depthwise convolutions (the direct kernels): forward, dx, dw and db are
+/// bit-identical in pools of 1, 2 and 3 threads, and dw / db do not depend on whether dx was
+/// requested (the depthwise backward fuses both gradients in one sweep when it is).
+#[test]
+fn grouped_results_do_not_depend_on_thread_count() {
+    let p = |s: usize, pad: usize, groups: usize| ConvParams {
+        stride: [s, s],
+        padding: [pad, pad],
+        groups,
+    };
+    let cases = [
+        // Depthwise 3x3 stride 1, 5x5 stride 2, 3x3 stride 2 on an odd plane.
+        ([4, 8, 17, 19], [8, 1, 3, 3], p(1, 1, 8)),
+        ([9, 6, 16, 15], [6, 1, 5, 5], p(2, 2, 6)),
+        ([1, 5, 11, 7], [5, 1, 3, 3], p(2, 1, 5)),
+        // Depthwise multiplier 2, and three groups of two channels.
+        ([2, 3, 10, 10], [6, 1, 3, 3], p(1, 1, 3)),
+        ([3, 6, 9, 9], [9, 2, 3, 3], p(1, 1, 3)),
+    ];
+    for (i, (xs, wsh, p)) in cases.into_iter().enumerate() {
+        let mut r = rng(200 + i as u64);
+        let x = random_tensor(&mut r, xs);
+        let w = random_tensor(&mut r, wsh);
+        let b = random_vec(&mut r, wsh[0]);
+        let run = || {
+            let mut ws = ConvWorkspace::default();
+            let y = conv2d_forward(&x, &w, Some(&b), p, &mut ws).unwrap();
+            let dy = random_tensor(&mut rng(999), y.shape());
+            let g = conv2d_backward(&x, &w, &dy, p, true, &mut ws).unwrap();
+            let g2 = conv2d_backward(&x, &w, &dy, p, false, &mut ws).unwrap();
+            assert_eq!(
+                (&g.dw, &g.db),
+                (&g2.dw, &g2.db),
+                "case {i}: dw depends on need_dx"
+            );
+            vec![
+                y.into_vec(),
+                g.dx.unwrap().into_vec(),
+                g.dw.into_vec(),
+                g.db,
+            ]
+        };
+        let mut reference: Option<Outputs> = None;
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = pool.install(run);
+            match &reference {
+                None => reference = Some(out),
+                Some(want) => {
+                    for (k, (got, want)) in out.iter().zip(want).enumerate() {
+                        let same = got.len() == want.len()
+                            && got
+                                .iter()
+                                .zip(want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "grouped case {i}, output #{k}: {threads} threads differ from 1 thread"
                         );
                     }
                 }

@@ -1,5 +1,6 @@
 //! Bad input gives a clear error, never a panic: shape mismatches, empty outputs, invalid
-//! parameters, short GEMM slices and out-of-range argmax indices, for fast and naive kernels.
+//! parameters (grouped convolutions included), short GEMM slices and out-of-range argmax
+//! indices, for fast and naive kernels.
 
 use fracture_tensor::{
     conv2d_backward, conv2d_forward, global_avg_pool_backward, max_pool2d_backward,
@@ -32,6 +33,110 @@ fn tensor_construction_errors() {
         "{s}"
     );
     assert!(Tensor4::from_vec([usize::MAX, 2, 1, 1], vec![]).is_err());
+}
+
+/// Grouped convolutions: groups 0, channel counts not divisible by groups and a weight with the
+/// wrong number of input channels per group are errors (never panics) from every entry point,
+/// fast and naive, forward and backward, `_into` variants included.
+#[test]
+fn grouped_conv_errors_name_the_problem() {
+    let mut ws = ConvWorkspace::default();
+    let x = Tensor4::zeros([2, 6, 5, 5]);
+    let g = |groups: usize| ConvParams {
+        padding: [1, 1],
+        groups,
+        ..ConvParams::default()
+    };
+    let dy = Tensor4::zeros([2, 6, 5, 5]);
+    let check_all =
+        |w: &Tensor4, p: ConvParams, want: &dyn Fn(&TensorError) -> bool, needle: &str| {
+            let mut ws = ConvWorkspace::default();
+            let mut y = Tensor4::zeros([1, 1, 1, 1]);
+            let mut grads = fracture_tensor::Conv2dGrads {
+                dx: None,
+                dw: Tensor4::zeros([1, 1, 1, 1]),
+                db: vec![],
+            };
+            let errs = [
+                conv2d_forward(&x, w, None, p, &mut ws).map(|_| ()),
+                fracture_tensor::conv2d_forward_into(&x, w, None, p, &mut ws, &mut y),
+                conv2d_backward(&x, w, &dy, p, true, &mut ws).map(|_| ()),
+                fracture_tensor::conv2d_backward_into(&x, w, &dy, p, false, &mut ws, &mut grads),
+                naive::conv2d_forward(&x, w, None, p).map(|_| ()),
+                naive::conv2d_backward(&x, w, &dy, p, true).map(|_| ()),
+                fracture_tensor::conv2d_output_shape(x.shape(), w.shape(), p).map(|_| ()),
+            ];
+            for (i, r) in errs.into_iter().enumerate() {
+                let (e, s) = msg(r);
+                assert!(want(&e), "entry point {i}: {e:?}");
+                assert!(s.contains(needle), "entry point {i}: {s}");
+            }
+        };
+    let invalid_groups =
+        |e: &TensorError| matches!(e, TensorError::InvalidParameter { name: "groups", .. });
+
+    // groups 0.
+    check_all(
+        &Tensor4::zeros([6, 6, 3, 3]),
+        g(0),
+        &invalid_groups,
+        "at least one group",
+    );
+    // C = 6 not divisible by 4 (O = 8 is).
+    check_all(
+        &Tensor4::zeros([8, 1, 3, 3]),
+        g(4),
+        &invalid_groups,
+        "multiples of groups",
+    );
+    // O = 4 not divisible by 3 (C = 6 is).
+    check_all(
+        &Tensor4::zeros([4, 2, 3, 3]),
+        g(3),
+        &invalid_groups,
+        "output channels (4)",
+    );
+    // Depthwise weight must be [O, 1, KH, KW]; [6, 6, 3, 3] is the groups = 1 shape.
+    check_all(
+        &Tensor4::zeros([6, 6, 3, 3]),
+        g(6),
+        &|e| matches!(e, TensorError::ShapeMismatch { .. }),
+        "input channels per group",
+    );
+    // Two groups: weight [6, 2, 3, 3] has 2 channels per group, x needs 3.
+    check_all(
+        &Tensor4::zeros([6, 2, 3, 3]),
+        g(2),
+        &|e| matches!(e, TensorError::ShapeMismatch { .. }),
+        "[6, 2, 3, 3]",
+    );
+    // The valid grouped shapes pass, and a bias of the wrong length is still caught.
+    assert!(conv2d_forward(&x, &Tensor4::zeros([6, 3, 3, 3]), None, g(2), &mut ws).is_ok());
+    let (e, _) = msg(conv2d_forward(
+        &x,
+        &Tensor4::zeros([6, 1, 3, 3]),
+        Some(&[0.0; 5]),
+        g(6),
+        &mut ws,
+    ));
+    assert!(matches!(
+        e,
+        TensorError::LengthMismatch {
+            expected: 6,
+            got: 5,
+            ..
+        }
+    ));
+    // dy of the wrong shape for a depthwise backward.
+    let (e, _) = msg(conv2d_backward(
+        &x,
+        &Tensor4::zeros([6, 1, 3, 3]),
+        &Tensor4::zeros([2, 6, 4, 4]),
+        g(6),
+        true,
+        &mut ws,
+    ));
+    assert!(matches!(e, TensorError::ShapeMismatch { .. }));
 }
 
 #[test]
@@ -67,6 +172,7 @@ fn conv_errors_name_the_problem() {
     let zero_stride = ConvParams {
         stride: [0, 1],
         padding: [0, 0],
+        ..ConvParams::default()
     };
     let (e, _) = msg(conv2d_forward(&x, &w, None, zero_stride, &mut ws));
     assert!(matches!(
@@ -241,6 +347,7 @@ fn absurd_parameters_are_errors_not_panics() {
         let p = ConvParams {
             stride: [1, 1],
             padding: [pad, pad],
+            ..ConvParams::default()
         };
         assert!(
             conv2d_forward(&x, &w, None, p, &mut ws).is_err(),
@@ -257,6 +364,7 @@ fn absurd_parameters_are_errors_not_panics() {
     let huge_stride = ConvParams {
         stride: [usize::MAX, usize::MAX],
         padding: [0, 0],
+        ..ConvParams::default()
     };
     let y = conv2d_forward(&x, &w, None, huge_stride, &mut ws).unwrap();
     assert_eq!(y.shape(), [1, 1, 1, 1]);

@@ -1,6 +1,7 @@
 //! proptest: the fast kernels agree with the naive ones on random shapes (batch 1-3, channels
 //! 1-9, height and width 1-17 independently, kernel 1-5, stride 1-3, padding 0-2, each axis
-//! drawn separately), and a shape whose output would be empty is an error from both, not a panic.
+//! drawn separately; grouped and depthwise convolutions with 1-12 channels), and a shape whose
+//! output would be empty is an error from both, not a panic.
 
 mod common;
 
@@ -24,6 +25,8 @@ struct Case {
     padding: [usize; 2],
     bias: bool,
     seed: u64,
+    /// Convolution groups (1 except in [`grouped_case`]).
+    groups: usize,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -44,7 +47,43 @@ fn case() -> impl Strategy<Value = Case> {
             padding: [p.0, p.1],
             bias,
             seed,
+            groups: 1,
         })
+}
+
+/// Grouped convolutions: batch 1-3, channels 1-12 split into a random divisor of groups
+/// (depthwise, groups = channels, in about a third of the cases), 1-3 output channels per
+/// group, height and width 1-17, kernel 1-5, stride 1-2, padding 0-2.
+fn grouped_case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=12, 1usize..=17, 1usize..=17),
+        (0usize..12, 0usize..3, 1usize..=3),
+        (1usize..=5, 1usize..=5),
+        (1usize..=2, 1usize..=2),
+        (0usize..=2, 0usize..=2),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |((n, c, h, w), (pick, mode, per_group), k, s, p, bias, seed)| {
+                let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
+                let groups = if mode == 0 {
+                    c
+                } else {
+                    divisors[pick % divisors.len()]
+                };
+                Case {
+                    x: [n, c, h, w],
+                    o: groups * per_group,
+                    k: [k.0, k.1],
+                    stride: [s.0, s.1],
+                    padding: [p.0, p.1],
+                    bias,
+                    seed,
+                    groups,
+                }
+            },
+        )
 }
 
 fn is_empty_output<T>(r: &Result<T, TensorError>) -> bool {
@@ -52,10 +91,11 @@ fn is_empty_output<T>(r: &Result<T, TensorError>) -> bool {
 }
 
 fn conv_case(t: &Case) -> Result<(), TestCaseError> {
-    let w_shape = [t.o, t.x[1], t.k[0], t.k[1]];
+    let w_shape = [t.o, t.x[1] / t.groups, t.k[0], t.k[1]];
     let p = ConvParams {
         stride: t.stride,
         padding: t.padding,
+        groups: t.groups,
     };
     let mut r = rng(t.seed);
     let x = random_tensor(&mut r, t.x);
@@ -195,6 +235,11 @@ proptest! {
     }
 
     #[test]
+    fn grouped_conv2d_fast_equals_naive(t in grouped_case()) {
+        conv_case(&t)?;
+    }
+
+    #[test]
     fn max_pool2d_fast_equals_naive(t in case()) {
         pool_case(&t)?;
     }
@@ -253,6 +298,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
         (
@@ -261,6 +307,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [2, 1],
                 padding: [0, 2],
+                ..ConvParams::default()
             },
         ),
         ([2, 4, 9, 9], [4, 4, 1, 1], ConvParams::default()),
@@ -272,6 +319,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -280,6 +328,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 2],
                 padding: [2, 1],
+                ..ConvParams::default()
             },
         ),
         (
@@ -288,6 +337,7 @@ fn workspace_reuse_across_shapes() {
             ConvParams {
                 stride: [1, 1],
                 padding: [1, 1],
+                ..ConvParams::default()
             },
         ),
     ];

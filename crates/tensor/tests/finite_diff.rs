@@ -48,7 +48,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// f64 direct convolution: x [n,c,h,w], w [o,c,kh,kw].
+/// f64 direct convolution: x [n,c,h,w], w [o,c/groups,kh,kw].
 #[allow(clippy::too_many_arguments)]
 fn conv64(
     x: &[f64],
@@ -58,8 +58,10 @@ fn conv64(
     b: &[f64],
     p: ConvParams,
 ) -> Vec<f64> {
-    let [n, c, h, wd] = xs;
-    let [o, _, kh, kw] = wsh;
+    let [n, xc, h, wd] = xs;
+    // c: input channels per group; output channel oi reads input channels of group oi / og.
+    let [o, c, kh, kw] = wsh;
+    let og = o / p.groups;
     let oh = (h + 2 * p.padding[0] - kh) / p.stride[0] + 1;
     let ow = (wd + 2 * p.padding[1] - kw) / p.stride[1] + 1;
     let mut y = vec![0.0; n * o * oh * ow];
@@ -74,7 +76,9 @@ fn conv64(
                                 let ih = (yi * p.stride[0] + ki) as isize - p.padding[0] as isize;
                                 let iw = (xi * p.stride[1] + kj) as isize - p.padding[1] as isize;
                                 if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
-                                    acc += x[((ni * c + ci) * h + ih as usize) * wd + iw as usize]
+                                    let xci = oi / og * c + ci;
+                                    acc += x
+                                        [((ni * xc + xci) * h + ih as usize) * wd + iw as usize]
                                         * w[((oi * c + ci) * kh + ki) * kw + kj];
                                 }
                             }
@@ -97,6 +101,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [2, 1],
                 padding: [1, 0],
+                ..ConvParams::default()
             },
         ),
         (
@@ -105,6 +110,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [1, 1],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         ([2, 2, 6, 9], [2, 2, 1, 1], ConvParams::default()),
@@ -114,6 +120,7 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [3, 3],
                 padding: [2, 2],
+                ..ConvParams::default()
             },
         ),
         (
@@ -122,45 +129,73 @@ fn conv2d_backward_matches_finite_differences() {
             ConvParams {
                 stride: [1, 2],
                 padding: [0, 1],
+                ..ConvParams::default()
             },
         ),
     ];
     for (i, (xs, wsh, p)) in cases.into_iter().enumerate() {
-        let mut r = rng(20 + i as u64);
-        let x = random_tensor(&mut r, xs);
-        let w = random_tensor(&mut r, wsh);
-        let b = random_vec(&mut r, wsh[0]);
-        let (x64, w64, b64) = (to64(x.as_slice()), to64(w.as_slice()), to64(&b));
-        let out = fracture_tensor::conv2d_output_shape(xs, wsh, p).unwrap();
-        let dy = random_tensor(&mut r, out);
-        let r64 = to64(dy.as_slice());
+        check_conv_case(i, xs, wsh, p);
+    }
+}
 
-        let ndx = numeric_grad(&x64, |v| dot(&conv64(v, xs, &w64, wsh, &b64, p), &r64));
-        let ndw = numeric_grad(&w64, |v| dot(&conv64(&x64, xs, v, wsh, &b64, p), &r64));
-        let ndb = numeric_grad(&b64, |v| dot(&conv64(&x64, xs, &w64, wsh, v, p), &r64));
+/// Grouped and depthwise convolutions (the direct kernels): depthwise 3x3 and 5x5 with strides
+/// 1 and 2, a depthwise multiplier of 2, and two groups of two channels with a non-square
+/// kernel and stride.
+#[test]
+fn grouped_conv2d_backward_matches_finite_differences() {
+    let p = |s: [usize; 2], pad: [usize; 2], groups: usize| ConvParams {
+        stride: s,
+        padding: pad,
+        groups,
+    };
+    let cases = [
+        ([2, 4, 7, 6], [4, 1, 3, 3], p([1, 1], [1, 1], 4)),
+        ([1, 3, 9, 8], [3, 1, 5, 5], p([2, 2], [2, 2], 3)),
+        ([2, 3, 6, 7], [3, 1, 3, 3], p([2, 2], [1, 1], 3)),
+        ([1, 2, 5, 5], [4, 1, 3, 3], p([2, 1], [1, 0], 2)),
+        ([2, 4, 6, 5], [6, 2, 3, 2], p([1, 2], [1, 0], 2)),
+    ];
+    for (i, (xs, wsh, p)) in cases.into_iter().enumerate() {
+        check_conv_case(100 + i, xs, wsh, p);
+    }
+}
 
-        // The f64 forward agrees with ours, so the loss being differentiated is the right one.
-        let y = fracture_tensor::conv2d_forward(&x, &w, Some(&b), p, &mut ConvWorkspace::default())
+/// Compares the fast and naive backward passes of one convolution with central differences.
+fn check_conv_case(i: usize, xs: [usize; 4], wsh: [usize; 4], p: ConvParams) {
+    let mut r = rng(20 + i as u64);
+    let x = random_tensor(&mut r, xs);
+    let w = random_tensor(&mut r, wsh);
+    let b = random_vec(&mut r, wsh[0]);
+    let (x64, w64, b64) = (to64(x.as_slice()), to64(w.as_slice()), to64(&b));
+    let out = fracture_tensor::conv2d_output_shape(xs, wsh, p).unwrap();
+    let dy = random_tensor(&mut r, out);
+    let r64 = to64(dy.as_slice());
+
+    let ndx = numeric_grad(&x64, |v| dot(&conv64(v, xs, &w64, wsh, &b64, p), &r64));
+    let ndw = numeric_grad(&w64, |v| dot(&conv64(&x64, xs, v, wsh, &b64, p), &r64));
+    let ndb = numeric_grad(&b64, |v| dot(&conv64(&x64, xs, &w64, wsh, v, p), &r64));
+
+    // The f64 forward agrees with ours, so the loss being differentiated is the right one.
+    let y = fracture_tensor::conv2d_forward(&x, &w, Some(&b), p, &mut ConvWorkspace::default())
+        .unwrap();
+    assert_grad(
+        &format!("case {i} y"),
+        y.as_slice(),
+        &conv64(&x64, xs, &w64, wsh, &b64, p),
+    );
+
+    let fast =
+        fracture_tensor::conv2d_backward(&x, &w, &dy, p, true, &mut ConvWorkspace::default())
             .unwrap();
+    let slow = naive::conv2d_backward(&x, &w, &dy, p, true).unwrap();
+    for (kind, g) in [("fast", fast), ("naive", slow)] {
         assert_grad(
-            &format!("case {i} y"),
-            y.as_slice(),
-            &conv64(&x64, xs, &w64, wsh, &b64, p),
+            &format!("case {i} {kind} dx"),
+            g.dx.unwrap().as_slice(),
+            &ndx,
         );
-
-        let fast =
-            fracture_tensor::conv2d_backward(&x, &w, &dy, p, true, &mut ConvWorkspace::default())
-                .unwrap();
-        let slow = naive::conv2d_backward(&x, &w, &dy, p, true).unwrap();
-        for (kind, g) in [("fast", fast), ("naive", slow)] {
-            assert_grad(
-                &format!("case {i} {kind} dx"),
-                g.dx.unwrap().as_slice(),
-                &ndx,
-            );
-            assert_grad(&format!("case {i} {kind} dw"), g.dw.as_slice(), &ndw);
-            assert_grad(&format!("case {i} {kind} db"), &g.db, &ndb);
-        }
+        assert_grad(&format!("case {i} {kind} dw"), g.dw.as_slice(), &ndw);
+        assert_grad(&format!("case {i} {kind} db"), &g.db, &ndb);
     }
 }
 

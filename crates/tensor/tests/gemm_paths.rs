@@ -550,6 +550,7 @@ fn convolution_on_active_backend() {
     let p = ConvParams {
         stride: [1, 1],
         padding: [1, 1],
+        ..ConvParams::default()
     };
     // Batch 1 (GEMM split by output channels / rows), batch 9 (batch-parallel, dw by image),
     // first-layer-like (C = 1) and wider layers with several im2col row blocks.

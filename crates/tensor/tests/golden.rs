@@ -1,4 +1,4 @@
-//! Golden tests: every conv2d, max_pool2d, global_avg_pool and relu file in
+//! Golden tests: every conv2d, grouped_conv2d, max_pool2d, global_avg_pool and relu file in
 //! `../shared/golden` (PyTorch, computed in float64, stored as float32) is reproduced, forward
 //! and backward, within 1e-4 relative / 1e-5 absolute, by both the fast and the naive kernels.
 //!
@@ -157,6 +157,7 @@ fn conv2d_matches_pytorch() -> TestResult {
         let params = ConvParams {
             stride: [s, s],
             padding: [p, p],
+            ..ConvParams::default()
         };
         let mut ws = ConvWorkspace::default();
 
@@ -175,6 +176,76 @@ fn conv2d_matches_pytorch() -> TestResult {
                 g.check(&format!("{kind} db"), &grads.db, "db")?;
             }
         }
+        println!("{}: ok", g.name);
+    }
+    Ok(())
+}
+
+/// Grouped and depthwise convolutions (`grouped_conv2d_*`): stride, padding, groups and bias
+/// come from the metadata, every shape from the tensors. Unlike the other golden tests, this
+/// one fails instead of skipping when `../shared` is missing and the `CI` variable is set.
+#[test]
+fn grouped_conv2d_matches_pytorch() -> TestResult {
+    if shared_dir().is_none() && std::env::var_os("CI").is_some() {
+        return Err("CI is set but ../shared (the golden files) is missing".into());
+    }
+    let Some(files) = golden_files("grouped_conv2d_") else {
+        return Ok(());
+    };
+    for g in &files {
+        let (x, w, dy) = (g.t4("x")?, g.t4("w")?, g.t4("dy")?);
+        let has_bias = g
+            .meta
+            .get("bias")
+            .and_then(|v| v.as_bool())
+            .ok_or_else(|| format!("{}: metadata bias missing or not a bool", g.name))?;
+        let b = if has_bias {
+            Some(g.get("b")?.1.clone())
+        } else {
+            None
+        };
+        let (s, p) = (g.usize_param("stride")?, g.usize_param("padding")?);
+        let groups = g.usize_param("groups")?;
+        assert_eq!(w.shape()[2], g.usize_param("kernel")?, "{}: kernel", g.name);
+        let params = ConvParams {
+            stride: [s, s],
+            padding: [p, p],
+            groups,
+        };
+        let mut ws = ConvWorkspace::default();
+
+        let y = fracture_tensor::conv2d_forward(&x, &w, b.as_deref(), params, &mut ws)?;
+        g.check("fast y", y.as_slice(), "y")?;
+        let mut y_into = Tensor4::zeros([1, 1, 1, 1]);
+        fracture_tensor::conv2d_forward_into(&x, &w, b.as_deref(), params, &mut ws, &mut y_into)?;
+        assert_eq!(y_into, y, "{}: forward_into differs from forward", g.name);
+        let y = naive::conv2d_forward(&x, &w, b.as_deref(), params)?;
+        g.check("naive y", y.as_slice(), "y")?;
+
+        let fast = fracture_tensor::conv2d_backward(&x, &w, &dy, params, true, &mut ws)?;
+        let slow = naive::conv2d_backward(&x, &w, &dy, params, true)?;
+        for (kind, grads) in [("fast", &fast), ("naive", &slow)] {
+            let dx = grads.dx.as_ref().ok_or("dx requested but missing")?;
+            g.check(&format!("{kind} dx"), dx.as_slice(), "dx")?;
+            g.check(&format!("{kind} dw"), grads.dw.as_slice(), "dw")?;
+            if has_bias {
+                g.check(&format!("{kind} db"), &grads.db, "db")?;
+            }
+        }
+        // The parameter-only backward and the `_into` variant give the same bits.
+        let no_dx = fracture_tensor::conv2d_backward(&x, &w, &dy, params, false, &mut ws)?;
+        assert_eq!((&no_dx.dw, &no_dx.db), (&fast.dw, &fast.db), "{}", g.name);
+        let mut into = fracture_tensor::Conv2dGrads {
+            dx: None,
+            dw: Tensor4::zeros([1, 1, 1, 1]),
+            db: vec![],
+        };
+        fracture_tensor::conv2d_backward_into(&x, &w, &dy, params, true, &mut ws, &mut into)?;
+        assert_eq!(
+            into, fast,
+            "{}: backward_into differs from backward",
+            g.name
+        );
         println!("{}: ok", g.name);
     }
     Ok(())
