@@ -3,7 +3,7 @@
 use fracture_tensor::Tensor4;
 
 use crate::error::{LayersError, Result};
-use crate::layer::{join_name, Buffer, Layer, Mode, Param, RngStream};
+use crate::layer::{Layer, Mode};
 use crate::sequential::Sequential;
 
 /// The mean of its members' outputs: `y = (m_0(x) + ... + m_{k-1}(x)) / k`.
@@ -38,6 +38,8 @@ use crate::sequential::Sequential;
 /// ```
 pub struct Ensemble {
     members: Vec<Sequential>,
+    /// Local names of the members, `"0"`, `"1"`, ... (for [`Layer::children`]).
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -57,7 +59,8 @@ impl Ensemble {
                 "an ensemble needs at least one member",
             ));
         }
-        Ok(Ensemble { members })
+        let names = (0..members.len()).map(|i| i.to_string()).collect();
+        Ok(Ensemble { members, names })
     }
 
     /// The members, in order.
@@ -130,45 +133,19 @@ impl Layer for Ensemble {
         Ok(())
     }
 
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
-        for (i, m) in self.members.iter_mut().enumerate() {
-            m.visit_params(&join_name(prefix, &i.to_string()), f);
-        }
+    fn children(&self) -> Vec<(&str, &dyn Layer)> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .zip(self.members.iter().map(|m| m as &dyn Layer))
+            .collect()
     }
 
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        for (i, m) in self.members.iter().enumerate() {
-            m.visit_params_ref(&join_name(prefix, &i.to_string()), f);
-        }
-    }
-
-    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
-        for (i, m) in self.members.iter_mut().enumerate() {
-            m.visit_buffers(&join_name(prefix, &i.to_string()), f);
-        }
-    }
-
-    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
-        for (i, m) in self.members.iter().enumerate() {
-            m.visit_buffers_ref(&join_name(prefix, &i.to_string()), f);
-        }
-    }
-
-    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
-        for (i, m) in self.members.iter_mut().enumerate() {
-            m.visit_rng_streams(&join_name(prefix, &i.to_string()), f);
-        }
-    }
-
-    fn visit_rng_streams_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, &RngStream)) {
-        for (i, m) in self.members.iter().enumerate() {
-            m.visit_rng_streams_ref(&join_name(prefix, &i.to_string()), f);
-        }
-    }
-
-    fn clear_cache(&mut self) {
-        for m in &mut self.members {
-            m.clear_cache();
-        }
+    fn children_mut(&mut self) -> Vec<(&str, &mut dyn Layer)> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .zip(self.members.iter_mut().map(|m| m as &mut dyn Layer))
+            .collect()
     }
 }

@@ -223,27 +223,118 @@ pub trait Layer: Send {
         self.backward(dy).map(|_| ())
     }
 
-    /// Calls `f(name, param)` for each parameter, names prefixed by `prefix` (see [`join_name`]).
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param));
+    /// The direct sub-layers with their local names, in walk order: the module tree. A local
+    /// name may hold dots (`downsample.0`); the state-dict name of a child's tensor is
+    /// `prefix.local_name.tensor`. Default: none (a leaf).
+    ///
+    /// A composite layer implements this (and [`Layer::children_mut`], same names, same order)
+    /// and inherits every walk below from it, so its tensors are listed in one place.
+    fn children(&self) -> Vec<(&str, &dyn Layer)> {
+        Vec::new()
+    }
+
+    /// Mutable twin of [`Layer::children`], same names and order. Default: none.
+    fn children_mut(&mut self) -> Vec<(&str, &mut dyn Layer)> {
+        Vec::new()
+    }
+
+    /// Calls `f(name, param)` for each parameter, names prefixed by `prefix` (see
+    /// [`join_name`]). Default: walks [`Layer::children_mut`]; a leaf with parameters
+    /// overrides it.
+    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
+        for (name, child) in self.children_mut() {
+            child.visit_params(&join_name(prefix, name), f);
+        }
+    }
 
     /// Read-only twin of [`Layer::visit_params`], same names and order.
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param));
+    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
+        for (name, child) in self.children() {
+            child.visit_params_ref(&join_name(prefix, name), f);
+        }
+    }
 
-    /// Calls `f(name, buffer)` for each buffer (running statistics). Default: none.
-    fn visit_buffers<'a>(&'a mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a mut Buffer)) {}
+    /// Calls `f(name, buffer)` for each buffer (running statistics). Default: walks the
+    /// children.
+    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
+        for (name, child) in self.children_mut() {
+            child.visit_buffers(&join_name(prefix, name), f);
+        }
+    }
 
-    /// Read-only twin of [`Layer::visit_buffers`]. Default: none.
-    fn visit_buffers_ref<'a>(&'a self, _prefix: &str, _f: &mut dyn FnMut(&str, &'a Buffer)) {}
+    /// Read-only twin of [`Layer::visit_buffers`]. Default: walks the children.
+    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
+        for (name, child) in self.children() {
+            child.visit_buffers_ref(&join_name(prefix, name), f);
+        }
+    }
 
     /// Calls `f(name, stream)` for each random stream (dropout), so that checkpoints can save it
-    /// and a resumed run draws the same masks. Default: none.
-    fn visit_rng_streams(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut RngStream)) {}
+    /// and a resumed run draws the same masks. Default: walks the children.
+    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
+        for (name, child) in self.children_mut() {
+            child.visit_rng_streams(&join_name(prefix, name), f);
+        }
+    }
 
-    /// Read-only twin of [`Layer::visit_rng_streams`]. Default: none.
-    fn visit_rng_streams_ref(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &RngStream)) {}
+    /// Read-only twin of [`Layer::visit_rng_streams`]. Default: walks the children.
+    fn visit_rng_streams_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, &RngStream)) {
+        for (name, child) in self.children() {
+            child.visit_rng_streams_ref(&join_name(prefix, name), f);
+        }
+    }
 
-    /// Drops any cached forward state (frees memory). Default: nothing cached.
-    fn clear_cache(&mut self) {}
+    /// Drops any cached forward state (frees memory). Default: clears the children; a layer
+    /// with a cache of its own overrides it (and calls [`Layer::clear_children_cache`]).
+    fn clear_cache(&mut self) {
+        self.clear_children_cache();
+    }
+
+    /// Clears the cache of every child (what [`Layer::clear_cache`] does by default).
+    fn clear_children_cache(&mut self) {
+        for (_, child) in self.children_mut() {
+            child.clear_cache();
+        }
+    }
+
+    /// This layer as a [`crate::Sequential`], if it is one (so that a caller can run a chain
+    /// layer by layer). Default: `None`.
+    fn as_sequential_mut(&mut self) -> Option<&mut crate::Sequential> {
+        None
+    }
+
+    /// The parameter with state-dict name `name` (`"blocks.3.conv1.weight"`), if any.
+    fn param(&self, name: &str) -> Option<&Param> {
+        let mut found = None;
+        self.visit_params_ref("", &mut |n, p| {
+            if found.is_none() && n == name {
+                found = Some(p);
+            }
+        });
+        found
+    }
+
+    /// The parameter with state-dict name `name`, mutably, if any.
+    fn param_mut(&mut self, name: &str) -> Option<&mut Param> {
+        let mut found = None;
+        self.visit_params("", &mut |n, p| {
+            if found.is_none() && n == name {
+                found = Some(p);
+            }
+        });
+        found
+    }
+
+    /// The buffer with state-dict name `name` (`"_bn0.running_mean"`), if any.
+    fn buffer(&self, name: &str) -> Option<&Buffer> {
+        let mut found = None;
+        self.visit_buffers_ref("", &mut |n, b| {
+            if found.is_none() && n == name {
+                found = Some(b);
+            }
+        });
+        found
+    }
 
     /// Sets every parameter gradient to zero.
     fn zero_grad(&mut self) {
@@ -277,4 +368,32 @@ pub trait Layer: Send {
         self.visit_buffers_ref("", &mut |name, b| v.push((name.to_string(), b)));
         v
     }
+}
+
+/// The sub-layer of `layer` at a dotted path of local names (see [`Layer::find`]); local names
+/// that hold dots themselves (`downsample.0`) are matched as a whole.
+///
+/// ```
+/// use fracture_layers::{find_in, Layer, ResidualBlockConfig};
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let block = ResidualBlockConfig::new(4, 8, 2).init(&mut rng).unwrap();
+/// assert_eq!(find_in(&block, "downsample.1").unwrap().kind(), "BatchNorm2d");
+/// assert!(find_in(&block, "conv9").is_none());
+/// ```
+pub fn find_in<'a>(layer: &'a dyn Layer, path: &str) -> Option<&'a dyn Layer> {
+    if path.is_empty() {
+        return Some(layer);
+    }
+    for (name, child) in layer.children() {
+        if path == name {
+            return Some(child);
+        }
+        if let Some(rest) = path.strip_prefix(name).and_then(|r| r.strip_prefix('.')) {
+            if let Some(found) = find_in(child, rest) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::conv2d::{Conv2d, Conv2dConfig};
 use crate::error::{LayersError, Result};
-use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+use crate::layer::{Layer, Mode};
 
 /// Configuration of a [`ResidualBlock`].
 ///
@@ -190,53 +190,36 @@ impl Layer for ResidualBlock {
         Ok(dx)
     }
 
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
-        self.conv1.visit_params(&join_name(prefix, "conv1"), f);
-        self.bn1.visit_params(&join_name(prefix, "bn1"), f);
-        self.conv2.visit_params(&join_name(prefix, "conv2"), f);
-        self.bn2.visit_params(&join_name(prefix, "bn2"), f);
-        if let Some((conv, bn)) = &mut self.downsample {
-            conv.visit_params(&join_name(prefix, "downsample.0"), f);
-            bn.visit_params(&join_name(prefix, "downsample.1"), f);
-        }
-    }
-
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        self.conv1.visit_params_ref(&join_name(prefix, "conv1"), f);
-        self.bn1.visit_params_ref(&join_name(prefix, "bn1"), f);
-        self.conv2.visit_params_ref(&join_name(prefix, "conv2"), f);
-        self.bn2.visit_params_ref(&join_name(prefix, "bn2"), f);
+    fn children(&self) -> Vec<(&str, &dyn Layer)> {
+        let mut v: Vec<(&str, &dyn Layer)> = vec![
+            ("conv1", &self.conv1),
+            ("bn1", &self.bn1),
+            ("conv2", &self.conv2),
+            ("bn2", &self.bn2),
+        ];
         if let Some((conv, bn)) = &self.downsample {
-            conv.visit_params_ref(&join_name(prefix, "downsample.0"), f);
-            bn.visit_params_ref(&join_name(prefix, "downsample.1"), f);
+            v.push(("downsample.0", conv));
+            v.push(("downsample.1", bn));
         }
+        v
     }
 
-    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
-        self.bn1.visit_buffers(&join_name(prefix, "bn1"), f);
-        self.bn2.visit_buffers(&join_name(prefix, "bn2"), f);
-        if let Some((_, bn)) = &mut self.downsample {
-            bn.visit_buffers(&join_name(prefix, "downsample.1"), f);
+    fn children_mut(&mut self) -> Vec<(&str, &mut dyn Layer)> {
+        let mut v: Vec<(&str, &mut dyn Layer)> = vec![
+            ("conv1", &mut self.conv1),
+            ("bn1", &mut self.bn1),
+            ("conv2", &mut self.conv2),
+            ("bn2", &mut self.bn2),
+        ];
+        if let Some((conv, bn)) = &mut self.downsample {
+            v.push(("downsample.0", conv));
+            v.push(("downsample.1", bn));
         }
-    }
-
-    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
-        self.bn1.visit_buffers_ref(&join_name(prefix, "bn1"), f);
-        self.bn2.visit_buffers_ref(&join_name(prefix, "bn2"), f);
-        if let Some((_, bn)) = &self.downsample {
-            bn.visit_buffers_ref(&join_name(prefix, "downsample.1"), f);
-        }
+        v
     }
 
     fn clear_cache(&mut self) {
         self.cache = None;
-        self.conv1.clear_cache();
-        self.bn1.clear_cache();
-        self.conv2.clear_cache();
-        self.bn2.clear_cache();
-        if let Some((conv, bn)) = &mut self.downsample {
-            conv.clear_cache();
-            bn.clear_cache();
-        }
+        self.clear_children_cache();
     }
 }

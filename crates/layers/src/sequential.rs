@@ -3,7 +3,7 @@
 use fracture_tensor::Tensor4;
 
 use crate::error::{LayersError, Result};
-use crate::layer::{join_name, Buffer, Layer, Mode, Param, RngStream};
+use crate::layer::{Layer, Mode};
 
 /// Layers applied in order, each under a name that prefixes its tensors' state-dict names.
 ///
@@ -180,45 +180,21 @@ impl Layer for Sequential {
         first.backward_params_only(g.as_ref().unwrap_or(dy))
     }
 
-    fn visit_params<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Param)) {
-        for (name, layer) in self.layers.iter_mut() {
-            layer.visit_params(&join_name(prefix, name), f);
-        }
+    fn as_sequential_mut(&mut self) -> Option<&mut Sequential> {
+        Some(self)
     }
 
-    fn visit_params_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Param)) {
-        for (name, layer) in &self.layers {
-            layer.visit_params_ref(&join_name(prefix, name), f);
-        }
+    fn children(&self) -> Vec<(&str, &dyn Layer)> {
+        self.layers
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.as_ref()))
+            .collect()
     }
 
-    fn visit_buffers<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(&str, &'a mut Buffer)) {
-        for (name, layer) in self.layers.iter_mut() {
-            layer.visit_buffers(&join_name(prefix, name), f);
-        }
-    }
-
-    fn visit_buffers_ref<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a Buffer)) {
-        for (name, layer) in &self.layers {
-            layer.visit_buffers_ref(&join_name(prefix, name), f);
-        }
-    }
-
-    fn visit_rng_streams(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut RngStream)) {
-        for (name, layer) in self.layers.iter_mut() {
-            layer.visit_rng_streams(&join_name(prefix, name), f);
-        }
-    }
-
-    fn visit_rng_streams_ref(&self, prefix: &str, f: &mut dyn FnMut(&str, &RngStream)) {
-        for (name, layer) in &self.layers {
-            layer.visit_rng_streams_ref(&join_name(prefix, name), f);
-        }
-    }
-
-    fn clear_cache(&mut self) {
-        for (_, layer) in self.layers.iter_mut() {
-            layer.clear_cache();
-        }
+    fn children_mut(&mut self) -> Vec<(&str, &mut dyn Layer)> {
+        self.layers
+            .iter_mut()
+            .map(|(n, l)| (n.as_str(), l.as_mut() as &mut dyn Layer))
+            .collect()
     }
 }
