@@ -54,11 +54,16 @@ use rayon::prelude::*;
 use crate::batch_norm::{fresh_state, shifted_sums as bn_shifted_sums, BatchNorm2d};
 use crate::error::{LayersError, Result};
 use crate::layer::{join_name, Buffer, Layer, Mode, Param};
+use crate::relu::Activation;
 
 /// [`Layer::kind`] of a [`BnReluPool`] with pooling.
 pub const KIND_POOL: &str = "BnReluPool(BatchNorm2d->ReLU->MaxPool2d(2))";
 /// [`Layer::kind`] of a [`BnReluPool`] without pooling.
 pub const KIND_NO_POOL: &str = "BnReluPool(BatchNorm2d->ReLU)";
+/// [`Layer::kind`] of a [`BnReluPool`] with ReLU6 and pooling.
+pub const KIND_RELU6_POOL: &str = "BnReluPool(BatchNorm2d->ReLU6->MaxPool2d(2))";
+/// [`Layer::kind`] of a [`BnReluPool`] with ReLU6, without pooling.
+pub const KIND_RELU6_NO_POOL: &str = "BnReluPool(BatchNorm2d->ReLU6)";
 
 /// Window code of an output whose maximum is not a positive ReLU output: no gradient passes.
 const INACTIVE: u8 = 4;
@@ -78,8 +83,9 @@ const LANES: usize = 8;
 /// Configuration of a [`BnReluPool`] layer.
 ///
 /// PyTorch equivalent: `nn.Sequential(nn.BatchNorm2d(num_features, eps, momentum), nn.ReLU(),
-/// nn.MaxPool2d(2))`, without the pool when `pool` is `false`. Default: 1 channel, `eps = 1e-5`,
-/// `momentum = 0.1`, with pooling.
+/// nn.MaxPool2d(2))`, without the pool when `pool` is `false`, with `nn.ReLU6()` when
+/// `activation` is [`Activation::Relu6`]. Default: 1 channel, `eps = 1e-5`, `momentum = 0.1`,
+/// ReLU, with pooling.
 ///
 /// ```
 /// use fracture_layers::BnReluPoolConfig;
@@ -98,6 +104,10 @@ pub struct BnReluPoolConfig {
     pub momentum: f32,
     /// Whether a 2x2, stride-2 max pool follows the ReLU (default `true`).
     pub pool: bool,
+    /// The activation after the batch norm (default ReLU; configs written before it existed
+    /// read as ReLU).
+    #[serde(default)]
+    pub activation: Activation,
 }
 
 impl Default for BnReluPoolConfig {
@@ -107,6 +117,7 @@ impl Default for BnReluPoolConfig {
             eps: 1e-5,
             momentum: 0.1,
             pool: true,
+            activation: Activation::Relu,
         }
     }
 }
@@ -126,11 +137,25 @@ impl BnReluPoolConfig {
         self
     }
 
+    /// Same config with another activation (ReLU6 for mobile networks).
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Same config with batch-norm `eps` and `momentum` (EfficientNet: `1e-3`, `0.01`).
+    pub fn with_eps_momentum(mut self, eps: f32, momentum: f32) -> Self {
+        self.eps = eps;
+        self.momentum = momentum;
+        self
+    }
+
     fn kind(&self) -> &'static str {
-        if self.pool {
-            KIND_POOL
-        } else {
-            KIND_NO_POOL
+        match (self.pool, self.activation) {
+            (true, Activation::Relu) => KIND_POOL,
+            (false, Activation::Relu) => KIND_NO_POOL,
+            (true, Activation::Relu6) => KIND_RELU6_POOL,
+            (false, Activation::Relu6) => KIND_RELU6_NO_POOL,
         }
     }
 
@@ -158,6 +183,10 @@ struct Coef {
     inv_std: f32,
     gamma: f32,
     beta: f32,
+    /// Upper bound of the activation (infinity for ReLU).
+    cap: f32,
+    /// `cap` is infinite: only the lower bound blocks gradients.
+    open: bool,
 }
 
 impl Coef {
@@ -171,6 +200,23 @@ impl Coef {
     #[inline(always)]
     fn affine(&self, t: f32) -> f32 {
         t * self.gamma + self.beta
+    }
+
+    /// The activation of a batch-norm output `y`: ReLU, capped at `cap`.
+    #[inline(always)]
+    fn act(&self, y: f32) -> f32 {
+        let r = relu(y);
+        if r > self.cap {
+            self.cap
+        } else {
+            r
+        }
+    }
+
+    /// Whether the activation passes a gradient at batch-norm output `y` (`0 < y < cap`).
+    #[inline(always)]
+    fn on(&self, y: f32) -> bool {
+        y > 0.0 && (self.open || y < self.cap)
     }
 }
 
@@ -254,6 +300,7 @@ impl BnReluPool {
                 eps: c.eps,
                 momentum: c.momentum,
                 pool,
+                activation: Activation::Relu,
             },
             weight: bn.weight().clone(),
             bias: bn.bias().clone(),
@@ -373,6 +420,7 @@ impl BnReluPool {
         });
         let xs = x.as_slice();
         let pool = self.config.pool;
+        let cap = self.config.activation.cap();
         // Channel c's constants, and its batch (mean, biased variance) in training.
         let coef_of = |c: usize| {
             let (stats, mean, inv_std) = if training {
@@ -387,6 +435,8 @@ impl BnReluPool {
                 inv_std,
                 gamma: gamma[c],
                 beta: beta[c],
+                cap,
+                open: cap.is_infinite(),
             };
             (k, stats)
         };
@@ -639,7 +689,7 @@ fn forward_plane_impl(
         }
     } else {
         for (o, &v) in yp.iter_mut().zip(xp) {
-            *o = relu(k.affine(k.x_hat(v)));
+            *o = k.act(k.affine(k.x_hat(v)));
         }
     }
     if let Some(xc) = xc {
@@ -662,12 +712,13 @@ fn pick(best: &mut f32, best_t: &mut f32, idx: &mut u8, v: f32, t: f32, i: u8) {
 #[inline(always)]
 fn window(k: &Coef, a: f32, b: f32, c: f32, d: f32) -> (f32, u8, f32) {
     let (ta, tb, tc, td) = (k.x_hat(a), k.x_hat(b), k.x_hat(c), k.x_hat(d));
-    let (mut best, mut best_t, mut idx) = (relu(k.affine(ta)), ta, 0u8);
-    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(tb)), tb, 1);
-    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(tc)), tc, 2);
-    pick(&mut best, &mut best_t, &mut idx, relu(k.affine(td)), td, 3);
-    // The ReLU passes a gradient where its input is > 0, i.e. where its output is.
-    let code = if best > 0.0 { idx } else { INACTIVE };
+    let (mut best, mut best_t, mut idx) = (k.act(k.affine(ta)), ta, 0u8);
+    pick(&mut best, &mut best_t, &mut idx, k.act(k.affine(tb)), tb, 1);
+    pick(&mut best, &mut best_t, &mut idx, k.act(k.affine(tc)), tc, 2);
+    pick(&mut best, &mut best_t, &mut idx, k.act(k.affine(td)), td, 3);
+    // The ReLU passes a gradient where its input is > 0, i.e. where its output is (and, for
+    // ReLU6, below the cap: an output at the cap had an input at or above it).
+    let code = if k.on(best) { idx } else { INACTIVE };
     (best, code, best_t)
 }
 
@@ -779,7 +830,7 @@ fn dense_sums_impl(dy: &[f32], xs: &[f32], k: &Coef) -> (f64, f64) {
     for (d, x) in cd.zip(cx) {
         for i in 0..LANES {
             let t = k.x_hat(x[i]);
-            let on = k.affine(t) > 0.0;
+            let on = k.on(k.affine(t));
             let g = d[i] as f64;
             s1[i] += if on { g } else { 0.0 };
             s2[i] += if on { g * t as f64 } else { 0.0 };
@@ -788,7 +839,7 @@ fn dense_sums_impl(dy: &[f32], xs: &[f32], k: &Coef) -> (f64, f64) {
     let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
     for (&d, &x) in rd.iter().zip(rx) {
         let t = k.x_hat(x);
-        if k.affine(t) > 0.0 {
+        if k.on(k.affine(t)) {
             r1 += d as f64;
             r2 += d as f64 * t as f64;
         }
@@ -866,12 +917,12 @@ fn dense_dx_plane_impl(coef: &Coef, d: &DxConst, xp: Option<&[f32]>, dyp: &[f32]
     if d.batch {
         for ((o, &g), &v) in o.iter_mut().zip(dyp).zip(xp) {
             let t = coef.x_hat(v);
-            let dh = if coef.affine(t) > 0.0 { g } else { 0.0 };
+            let dh = if coef.on(coef.affine(t)) { g } else { 0.0 };
             *o = k * (dh - a - t * b);
         }
     } else {
         for ((o, &g), &v) in o.iter_mut().zip(dyp).zip(xp) {
-            let dh = if coef.affine(coef.x_hat(v)) > 0.0 {
+            let dh = if coef.on(coef.affine(coef.x_hat(v))) {
                 g
             } else {
                 0.0

@@ -445,10 +445,11 @@ const ABS: f32 = 1e-5;
 
 fn bn_golden_layer(g: &Golden, beta_shift: f32) -> BnReluPool {
     let mut layer = BnReluPoolConfig {
-        num_features: 3,
+        num_features: g.shape("gamma")[0],
         eps: g.meta_f32("eps"),
         momentum: g.meta_f32("momentum"),
         pool: false,
+        activation: Activation::Relu,
     }
     .init()
     .unwrap();

@@ -18,7 +18,7 @@
 //!   [`max_pool2d_backward`] (and their `_into` variants [`max_pool2d_forward_into`],
 //!   [`max_pool2d_backward_into`]), [`global_avg_pool_forward`], [`global_avg_pool_backward`].
 //! - Activation: [`relu_forward`], [`relu_forward_inplace`], [`relu_backward`],
-//!   [`relu_backward_inplace`].
+//!   [`relu_backward_inplace`]; ReLU6 [`relu6_forward_inplace`], [`relu6_backward_inplace`].
 //!
 //! ## Memory
 //! Buffers of 256 KiB and more are recycled through a process-wide pool (a dropped
@@ -76,6 +76,9 @@ pub use recycle::{
     pool_limit_bytes, pooled_bytes, release_pooled_buffers, set_pool_limit_bytes,
     DEFAULT_POOL_LIMIT_BYTES, MIN_POOLED_BYTES,
 };
-pub use relu::{relu_backward, relu_backward_inplace, relu_forward, relu_forward_inplace};
+pub use relu::{
+    relu6_backward_inplace, relu6_forward_inplace, relu_backward, relu_backward_inplace,
+    relu_forward, relu_forward_inplace,
+};
 pub use tensor::Tensor4;
 pub use workspace::ConvWorkspace;

@@ -299,6 +299,42 @@ pub fn relu_forward(x: &Tensor4) -> Tensor4 {
     y
 }
 
+/// ReLU6 forward element by element; same contract as
+/// [`relu6_forward_inplace`](crate::relu6_forward_inplace), out of place.
+///
+/// ```
+/// use fracture_tensor::{naive, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 1, 3], vec![-1.0, 3.0, 9.0]).unwrap();
+/// assert_eq!(naive::relu6_forward(&x).as_slice(), &[0.0, 3.0, 6.0]);
+/// ```
+pub fn relu6_forward(x: &Tensor4) -> Tensor4 {
+    let mut y = x.clone();
+    for v in y.as_slice_mut() {
+        *v = v.clamp(0.0, 6.0);
+    }
+    y
+}
+
+/// ReLU6 backward element by element: `dy` where `0 < y < 6`, else 0; same contract as
+/// [`relu6_backward_inplace`](crate::relu6_backward_inplace), out of place.
+///
+/// ```
+/// use fracture_tensor::{naive, Tensor4};
+/// let y = Tensor4::from_vec([1, 1, 1, 3], vec![0.0, 3.0, 6.0]).unwrap();
+/// let dy = Tensor4::from_vec([1, 1, 1, 3], vec![1.0; 3]).unwrap();
+/// assert_eq!(naive::relu6_backward(&y, &dy).unwrap().as_slice(), &[0.0, 1.0, 0.0]);
+/// ```
+pub fn relu6_backward(y: &Tensor4, dy: &Tensor4) -> Result<Tensor4> {
+    check_same_shape("naive::relu6_backward", y, dy)?;
+    let mut dx = dy.clone();
+    for (d, &v) in dx.as_slice_mut().iter_mut().zip(y.as_slice()) {
+        if !(v > 0.0 && v < 6.0) {
+            *d = 0.0;
+        }
+    }
+    Ok(dx)
+}
+
 /// ReLU backward element by element; same contract as [`relu_backward`](crate::relu_backward).
 ///
 /// ```
