@@ -8,8 +8,8 @@
 //!   eval-with-grad); [`Param`], [`Buffer`].
 //! - Layers, each built from a `*Config` with `Default` and `init`: [`Conv2d`],
 //!   [`BatchNorm2d`], [`Relu`], [`MaxPool2d`], [`GlobalAvgPool`], [`Dropout`], [`Linear`],
-//!   [`Flatten`], [`ResidualBlock`], composed in a [`Sequential`]; an [`Ensemble`] averages the
-//!   outputs of several networks.
+//!   [`Flatten`], [`ResidualBlock`], [`InvertedResidual`] (EfficientNet's MBConv), composed in a
+//!   [`Sequential`]; an [`Ensemble`] averages the outputs of several networks.
 //! - [`loss`]: [`CrossEntropyLoss`], [`softmax`].
 //! - [`optim`]: [`optim::Sgd`], [`optim::AdamW`], [`optim::LrSchedule`],
 //!   [`optim::clip_grad_norm`], serialisable [`optim::OptimizerState`].
@@ -52,6 +52,7 @@ pub mod flatten;
 pub mod global_avg_max_pool;
 pub mod global_avg_pool;
 pub mod init;
+pub mod inverted_residual;
 pub mod layer;
 pub mod linear;
 pub mod loss;
@@ -71,10 +72,11 @@ pub use error::{LayersError, Result};
 pub use flatten::Flatten;
 pub use global_avg_max_pool::GlobalAvgMaxPool;
 pub use global_avg_pool::GlobalAvgPool;
-pub use layer::{join_name, Buffer, Layer, Mode, Param, RngStream};
+pub use inverted_residual::{InvertedResidual, InvertedResidualConfig};
+pub use layer::{find_in, join_name, Buffer, Layer, Mode, Param, RngStream};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{log_softmax, softmax, CrossEntropyLoss};
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
-pub use relu::Relu;
+pub use relu::{Activation, Relu};
 pub use residual::{ResidualBlock, ResidualBlockConfig};
 pub use sequential::Sequential;

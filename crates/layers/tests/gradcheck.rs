@@ -548,3 +548,65 @@ fn cross_entropy_gradient() {
         assert_eq!(misses, 0);
     }
 }
+
+/// ReLU6, with inputs kept away from both kinks (0 and 6).
+#[test]
+fn relu6() {
+    let mut x = away_from_zero([2, 3, 4, 4], 40, 0.05);
+    for v in x.as_slice_mut() {
+        *v *= 8.0; // spread over both sides of 6
+        if (*v - 6.0).abs() < 0.05 {
+            *v += 0.2;
+        }
+    }
+    assert!(x.as_slice().iter().any(|&v| v > 6.0));
+    gradcheck(
+        "relu6",
+        &mut Relu::relu6(),
+        &x,
+        Mode::Train,
+        Mode::Train,
+        &SMOOTH,
+    );
+}
+
+/// The batch-norm weight gradients of the expansion are small beside the objective, so f32
+/// noise needs a larger step than [`KINKED`]'s.
+const KINKED_WIDE: Check = Check {
+    eps: 1e-3,
+    ..KINKED
+};
+
+#[test]
+fn inverted_residual_shortcut_with_drop_path() {
+    let mut block = InvertedResidualConfig::new(3, 3, 4, 3, 1)
+        .with_drop_path(0.4)
+        .init(&mut rng(41))
+        .unwrap();
+    assert!(block.config().has_shortcut());
+    gradcheck(
+        "inverted residual/shortcut",
+        &mut block,
+        &rand_tensor([3, 3, 5, 5], 42),
+        Mode::Train,
+        Mode::Train,
+        &KINKED_WIDE,
+    );
+}
+
+#[test]
+fn inverted_residual_stride2_k5_no_expansion() {
+    for expand in [1, 6] {
+        let mut block = InvertedResidualConfig::new(2, 4, expand, 5, 2)
+            .init(&mut rng(43))
+            .unwrap();
+        gradcheck(
+            &format!("inverted residual/stride 2, expand {expand}"),
+            &mut block,
+            &rand_tensor([2, 2, 7, 7], 44),
+            Mode::Train,
+            Mode::Train,
+            &KINKED,
+        );
+    }
+}
