@@ -129,14 +129,20 @@ impl AdamW {
 }
 
 impl Optimizer for AdamW {
-    fn step(&mut self, model: &mut dyn Layer, lr: f32) -> Result<()> {
+    fn step_groups(
+        &mut self,
+        model: &mut dyn Layer,
+        lr: f32,
+        scale: &dyn Fn(&str) -> f32,
+    ) -> Result<()> {
         let mut params = model.named_params_mut();
-        validate("AdamW", &params, lr, &self.state, |s| &s.shape)?;
-        let lr = lr as f64;
+        validate("AdamW", &params, lr, scale, &self.state, |s| &s.shape)?;
+        let base_lr = lr as f64;
         let (b1, b2) = (self.config.beta1 as f64, self.config.beta2 as f64);
         let eps = self.config.eps as f64;
-        let decay = 1.0 - lr * self.config.weight_decay as f64;
         for (name, p) in params.iter_mut() {
+            let lr = base_lr * scale(name) as f64;
+            let decay = 1.0 - lr * self.config.weight_decay as f64;
             let st = self.state.entry(name.clone()).or_insert_with(|| AdamParam {
                 step: 0,
                 shape: p.torch_shape().to_vec(),

@@ -41,7 +41,20 @@ pub trait Optimizer: Send {
     /// One update of every parameter of `model` with learning rate `lr`. Validates everything
     /// (lr, gradient sizes, state sizes, no state for unknown parameters) before changing
     /// anything.
-    fn step(&mut self, model: &mut dyn Layer, lr: f32) -> Result<()>;
+    fn step(&mut self, model: &mut dyn Layer, lr: f32) -> Result<()> {
+        self.step_groups(model, lr, &|_| 1.0)
+    }
+
+    /// As [`Optimizer::step`], with parameter `name`'s learning rate `lr * scale(name)`:
+    /// parameter groups, as PyTorch's `param_groups` (e.g. a lower rate for pretrained layers
+    /// than for a new classifier). Weight decay follows each parameter's own rate. Scales must
+    /// be finite and `>= 0`.
+    fn step_groups(
+        &mut self,
+        model: &mut dyn Layer,
+        lr: f32,
+        scale: &dyn Fn(&str) -> f32,
+    ) -> Result<()>;
 
     /// The optimizer's state (per-parameter buffers and step counts, and its config as JSON).
     fn state(&self) -> OptimizerState;
@@ -97,6 +110,7 @@ fn validate<T>(
     kind: &'static str,
     params: &[(String, &mut Param)],
     lr: f32,
+    scale: &dyn Fn(&str) -> f32,
     state: &BTreeMap<String, T>,
     shape_of: impl Fn(&T) -> &[usize],
 ) -> Result<()> {
@@ -108,6 +122,13 @@ fn validate<T>(
     }
     let mut known = 0;
     for (name, p) in params {
+        let k = scale(name);
+        if !(k.is_finite() && k >= 0.0) {
+            return Err(LayersError::config(
+                kind,
+                format!("learning-rate scale of {name} must be finite and >= 0, got {k}"),
+            ));
+        }
         if p.grad.len() != p.value.len() {
             return Err(LayersError::Param {
                 name: name.clone(),

@@ -122,15 +122,21 @@ impl Sgd {
 }
 
 impl Optimizer for Sgd {
-    fn step(&mut self, model: &mut dyn Layer, lr: f32) -> Result<()> {
+    fn step_groups(
+        &mut self,
+        model: &mut dyn Layer,
+        lr: f32,
+        scale: &dyn Fn(&str) -> f32,
+    ) -> Result<()> {
         let mut params = model.named_params_mut();
-        validate("SGD", &params, lr, &self.state, |s| &s.shape)?;
-        let lr = lr as f64;
+        validate("SGD", &params, lr, scale, &self.state, |s| &s.shape)?;
+        let base_lr = lr as f64;
         let mu = self.config.momentum as f64;
         let damp = 1.0 - self.config.dampening as f64;
         let wd = self.config.weight_decay as f64;
         let nesterov = self.config.nesterov;
         for (name, p) in params.iter_mut() {
+            let lr = base_lr * scale(name) as f64;
             let st = self.state.entry(name.clone()).or_insert_with(|| SgdParam {
                 step: 0,
                 shape: p.torch_shape().to_vec(),
