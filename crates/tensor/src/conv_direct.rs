@@ -138,8 +138,77 @@ fn sub_cols(g: &Plane, rh: usize) -> (usize, usize) {
     (j0, j1)
 }
 
+/// For horizontal stride 2, the sub-plane rows `(phase 0, phase 1)` of one padded row as
+/// `(even input columns, odd input columns)` with their first positions: input column `ix`
+/// sits at padded column `ix + pw`, i.e. phase `(ix + pw) % 2`, position `(ix + pw) / 2`.
+fn stride2_targets<'a, T>(
+    pw: usize,
+    r0: &'a mut [T],
+    r1: &'a mut [T],
+) -> [(&'a mut [T], usize); 2] {
+    if pw.is_multiple_of(2) {
+        [(r0, pw / 2), (r1, pw / 2)]
+    } else {
+        [(r1, pw / 2), (r0, pw / 2 + 1)]
+    }
+}
+
+/// [`prep_plane`] for horizontal stride 2: reads each input row once, as column pairs.
+fn prep_plane_sw2(g: &Plane, x: &[f32], buf: &mut [f32]) {
+    let sub = g.plh * g.pl;
+    for (rv, pair) in buf.chunks_exact_mut(2 * sub).enumerate() {
+        let (s0, s1) = pair.split_at_mut(sub);
+        let rows = s0.chunks_exact_mut(g.pl).zip(s1.chunks_exact_mut(g.pl));
+        for ((r0, r1), iy) in rows.zip(sub_rows(g, rv)) {
+            r0.fill(0.0);
+            r1.fill(0.0);
+            let Some(iy) = iy else { continue };
+            let row = &x[iy * g.w..(iy + 1) * g.w];
+            let [(ev, e0), (od, o0)] = stride2_targets(g.pw, r0, r1);
+            let (ev, od) = (&mut ev[e0..], &mut od[o0..]);
+            let mut pairs = row.chunks_exact(2);
+            for ((p, e), o) in (&mut pairs).zip(ev.iter_mut()).zip(od.iter_mut()) {
+                *e = p[0];
+                *o = p[1];
+            }
+            if let [last] = pairs.remainder() {
+                ev[g.w / 2] = *last;
+            }
+        }
+    }
+}
+
+/// [`unprep_plane`] for horizontal stride 2: writes each row once, as column pairs.
+fn unprep_plane_sw2(g: &Plane, buf: &[f32], x: &mut [f32]) {
+    let sub = g.plh * g.pl;
+    for (rv, pair) in buf.chunks_exact(2 * sub).enumerate() {
+        let (s0, s1) = pair.split_at(sub);
+        let rows = s0.chunks_exact(g.pl).zip(s1.chunks_exact(g.pl));
+        for ((r0, r1), iy) in rows.zip(sub_rows(g, rv)) {
+            let Some(iy) = iy else { continue };
+            let row = &mut x[iy * g.w..(iy + 1) * g.w];
+            let (ev, od) = if g.pw.is_multiple_of(2) {
+                (&r0[g.pw / 2..], &r1[g.pw / 2..])
+            } else {
+                (&r1[g.pw / 2..], &r0[g.pw / 2 + 1..])
+            };
+            let mut pairs = row.chunks_exact_mut(2);
+            for ((p, &e), &o) in (&mut pairs).zip(ev).zip(od) {
+                p[0] = e;
+                p[1] = o;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = ev[g.w / 2];
+            }
+        }
+    }
+}
+
 /// Copies one input plane (`H x W`) into the zero-padded phase-split buffer.
 fn prep_plane(g: &Plane, x: &[f32], buf: &mut [f32]) {
+    if g.sw == 2 {
+        return prep_plane_sw2(g, x, buf);
+    }
     let mut subs = buf.chunks_exact_mut(g.plh * g.pl);
     for rv in 0..g.sh {
         for rh in 0..g.sw {
@@ -155,8 +224,10 @@ fn prep_plane(g: &Plane, x: &[f32], buf: &mut [f32]) {
                 if g.sw == 1 {
                     brow[j0..j1].copy_from_slice(&row[j0 + rh - g.pw..j1 + rh - g.pw]);
                 } else {
-                    for (j, v) in brow[j0..j1].iter_mut().enumerate() {
-                        *v = row[(j0 + j) * g.sw + rh - g.pw];
+                    // Strided iterators: no index arithmetic or bounds check per element.
+                    let src = row[j0 * g.sw + rh - g.pw..].iter().step_by(g.sw);
+                    for (v, &s) in brow[j0..j1].iter_mut().zip(src) {
+                        *v = s;
                     }
                 }
                 brow[j1..].fill(0.0);
@@ -168,6 +239,9 @@ fn prep_plane(g: &Plane, x: &[f32], buf: &mut [f32]) {
 /// Copies the interior of a phase-split buffer back to a plane (`H x W`): the inverse of
 /// [`prep_plane`] (padding positions are dropped).
 fn unprep_plane(g: &Plane, buf: &[f32], x: &mut [f32]) {
+    if g.sw == 2 {
+        return unprep_plane_sw2(g, buf, x);
+    }
     let mut subs = buf.chunks_exact(g.plh * g.pl);
     for rv in 0..g.sh {
         for rh in 0..g.sw {
@@ -179,8 +253,9 @@ fn unprep_plane(g: &Plane, buf: &[f32], x: &mut [f32]) {
                 if g.sw == 1 {
                     row[j0 + rh - g.pw..j1 + rh - g.pw].copy_from_slice(&brow[j0..j1]);
                 } else {
-                    for (j, &v) in brow[j0..j1].iter().enumerate() {
-                        row[(j0 + j) * g.sw + rh - g.pw] = v;
+                    let dst = row[j0 * g.sw + rh - g.pw..].iter_mut().step_by(g.sw);
+                    for (d, &v) in dst.zip(&brow[j0..j1]) {
+                        *d = v;
                     }
                 }
             }
@@ -507,6 +582,8 @@ mod tests {
             (4, 5, [3, 3], [0, 0], 1),
             (1, 1, [2, 2], [2, 2], 5),
             (6, 9, [1, 2], [0, 2], 3),
+            (4, 6, [2, 2], [1, 1], 3),
+            (7, 8, [2, 2], [0, 0], 2),
         ] {
             let p = ConvParams {
                 stride: s,
