@@ -1,7 +1,7 @@
 //! # fracture-tensor
 //!
 //! NCHW f32 tensors and the CPU kernels of fracture-nn, each with its backward pass: im2col +
-//! GEMM convolution, max pooling, global average pooling and ReLU, plus a checked wrapper over
+//! GEMM convolution (and a direct kernel for grouped and depthwise convolution), max pooling, global average pooling and ReLU, plus a checked wrapper over
 //! `matrixmultiply`'s sgemm. The fast kernels run in parallel with `rayon` and give bit-identical
 //! results whatever the number of threads. [`naive`] holds an obviously-correct nested-loop
 //! version of every kernel, the oracle the fast ones are tested against.
@@ -11,9 +11,12 @@
 //!   `as_slice`, `as_slice_mut`, `array`, `array_mut`, `into_vec`, `reshape`). 2-D activations are
 //!   `[N, F, 1, 1]`.
 //! - [`TensorError`], [`Result`]: the crate's error type; bad input never panics.
-//! - Convolution: [`ConvParams`], [`conv2d_output_shape`], [`ConvWorkspace`],
-//!   [`conv2d_forward`], [`conv2d_backward`] returning [`Conv2dGrads`], and
+//! - Convolution: [`ConvParams`] (stride, padding and `groups`, PyTorch's semantics: weight
+//!   `[O, C / groups, KH, KW]`; `groups == C` is depthwise), [`conv2d_output_shape`],
+//!   [`ConvWorkspace`], [`conv2d_forward`], [`conv2d_backward`] returning [`Conv2dGrads`], and
 //!   [`conv2d_forward_into`] / [`conv2d_backward_into`], which reuse the caller's output buffers.
+//!   One group runs im2col + GEMM; more groups run a direct kernel vectorised along contiguous
+//!   (flattened) output planes, parallel over `(image, channel)` planes.
 //! - Pooling: [`PoolParams`], [`max_pool2d_output_shape`], [`max_pool2d_forward`],
 //!   [`max_pool2d_backward`] (and their `_into` variants [`max_pool2d_forward_into`],
 //!   [`max_pool2d_backward_into`]), [`global_avg_pool_forward`], [`global_avg_pool_backward`].
