@@ -40,6 +40,7 @@ impl Trainer {
             },
             out_dir: self.out_dir.join(format!("member-{i}")),
             stop_after: self.stop_after,
+            init: self.init.clone(),
         }
     }
 

@@ -665,6 +665,10 @@ impl GradCam {
     /// assert_eq!(GradCam::default_targets(&pooled), ["blocks.2", "blocks.1"]);
     /// ```
     pub fn default_targets(model: &ModelConfig) -> Vec<String> {
+        if model.block == BlockKind::EfficientNetLite0 {
+            // The last feature map before pooling: the head's batch norm + ReLU6.
+            return vec!["_bn1".to_string()];
+        }
         let stages = model.widths.len();
         // Side of each stage's target map: plain stages convolve at full size and pool after
         // the target; residual ones follow a stride-2 stem and halve from stage 1 on.
@@ -673,13 +677,13 @@ impl GradCam {
         let mut side = match model.block {
             BlockKind::Plain => model.image_size,
             BlockKind::Residual if model.stem_pool => half_up(model.image_size) / 2,
-            BlockKind::Residual => half_up(model.image_size),
+            BlockKind::Residual | BlockKind::EfficientNetLite0 => half_up(model.image_size),
         };
         for i in 0..stages {
             if i > 0 {
                 side = match model.block {
                     BlockKind::Plain => side / 2,
-                    BlockKind::Residual => half_up(side),
+                    BlockKind::Residual | BlockKind::EfficientNetLite0 => half_up(side),
                 };
             }
             sides.push(side);
@@ -698,6 +702,7 @@ impl GradCam {
             .map(|i| match model.block {
                 BlockKind::Plain => format!("blocks.{i}.2"),
                 BlockKind::Residual => format!("blocks.{}", (i + 1) * model.blocks_per_stage - 1),
+                BlockKind::EfficientNetLite0 => unreachable!("returned above"),
             })
             .collect()
     }
@@ -879,6 +884,11 @@ impl GradCam {
 /// (components joined by [`SEP`]). Weights are placeholders until [`copy_state`].
 fn unfold(model: &ModelConfig) -> Result<Sequential> {
     model.validate()?;
+    if model.block == BlockKind::EfficientNetLite0 {
+        // No fused pooling hides a feature map: the model's own network is the one Grad-CAM
+        // runs, its top-level layers (`_bn1`, `_blocks`, ...) the targets.
+        return model.build(0);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut net = Sequential::new();
     let slot = |parts: &[&str]| parts.join(&SEP.to_string());
@@ -902,6 +912,7 @@ fn unfold(model: &ModelConfig) -> Result<Sequential> {
                 c = w;
             }
         }
+        BlockKind::EfficientNetLite0 => unreachable!("returned above"),
         BlockKind::Residual => {
             let w0 = model.widths[0];
             let stem = Conv2dConfig::new(model.in_channels, w0, 3)

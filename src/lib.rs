@@ -48,6 +48,8 @@ pub mod error;
 pub mod gradcam;
 pub mod model;
 pub mod overlay;
+pub mod pretrained;
+pub mod summary;
 pub mod trainer;
 pub mod tta;
 

