@@ -8,7 +8,12 @@
 //! Protocol: batch 32, `--warmup` untimed steps, then `--steps` timed steps each timed alone,
 //! thread counts interleaved (1, 2, 1, 2, ...), one rayon pool per count.
 //!
+//! `--model lite0` times EfficientNet-Lite0 instead (`ModelConfig::lite0`, gray input, 2
+//! classes, as `torch_reference.py --model lite0`), whose training step is AdamW (lr 1e-3,
+//! weight decay 1e-4); its JSON lines gain `"model": "lite0"`.
+//!
 //! Run: `cargo run --release --example bench_reference -- --sizes 128,224 --threads 1,2`
+//! or `cargo run --release --example bench_reference -- --model lite0 --sizes 224`
 //!
 //! It prints one JSON line per (size, mode, threads), as the PyTorch script does, with
 //! `"impl": "fracture-nn"`:
@@ -16,7 +21,7 @@
 
 use std::time::Instant;
 
-use fracture_nn::layers::optim::{Optimizer, Sgd, SgdConfig};
+use fracture_nn::layers::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use fracture_nn::layers::{CrossEntropyLoss, Layer, Mode};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::ModelConfig;
@@ -30,6 +35,7 @@ struct Args {
     batch: usize,
     steps: usize,
     warmup: usize,
+    lite0: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -40,6 +46,7 @@ fn parse_args() -> anyhow::Result<Args> {
         batch: 32,
         steps: 20,
         warmup: 3,
+        lite0: false,
     };
     let list = |v: &str| -> anyhow::Result<Vec<usize>> {
         v.split(',').map(|s| Ok(s.trim().parse()?)).collect()
@@ -56,8 +63,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--batch" => a.batch = v.parse()?,
             "--steps" => a.steps = v.parse()?,
             "--warmup" => a.warmup = v.parse()?,
+            "--model" => {
+                a.lite0 = match v.as_str() {
+                    "lite0" => true,
+                    "reference" => false,
+                    other => anyhow::bail!("unknown --model {other} (reference or lite0)"),
+                }
+            }
             other => anyhow::bail!(
-                "unknown flag {other} (--sizes, --threads, --modes, --batch, --steps, --warmup)"
+                "unknown flag {other} (--sizes, --threads, --modes, --batch, --steps, --warmup, --model)"
             ),
         }
     }
@@ -89,11 +103,20 @@ fn main() -> anyhow::Result<()> {
                 "inference" => false,
                 other => anyhow::bail!("unknown mode {other}"),
             };
-            let mut net = ModelConfig::reference(size).build(0)?;
-            let mut opt = Sgd::new(SgdConfig {
-                momentum: 0.9,
-                ..Default::default()
-            })?;
+            let (model, mut opt, lr): (_, Box<dyn Optimizer>, f32) = if a.lite0 {
+                let opt = AdamW::new(AdamWConfig {
+                    weight_decay: 1e-4,
+                    ..Default::default()
+                })?;
+                (ModelConfig::lite0(size), Box::new(opt), 1e-3)
+            } else {
+                let opt = Sgd::new(SgdConfig {
+                    momentum: 0.9,
+                    ..Default::default()
+                })?;
+                (ModelConfig::reference(size), Box::new(opt), 0.01)
+            };
+            let mut net = model.build(0)?;
             let x: Vec<f32> = (0..a.batch * size * size)
                 .map(|_| rng.sample(StandardNormal))
                 .collect();
@@ -106,7 +129,7 @@ fn main() -> anyhow::Result<()> {
                     let (_, dlogits) = loss.forward_backward(&logits, &y)?;
                     net.zero_grad();
                     net.backward_params_only(&dlogits)?;
-                    opt.step(net, 0.01)?;
+                    opt.step(net, lr)?;
                 } else {
                     net.forward(&x, Mode::Eval)?;
                 }
@@ -131,16 +154,17 @@ fn main() -> anyhow::Result<()> {
                     v.iter().copied().fold(f64::INFINITY, f64::min),
                     v.iter().copied().fold(0.0, f64::max),
                 );
-                println!(
-                    "{}",
-                    serde_json::json!({
+                let mut line = serde_json::json!({
                         "impl": "fracture-nn", "size": size, "batch": a.batch, "mode": mode, "threads": t,
                         "img_per_s_median": (median(v) * 100.0).round() / 100.0,
                         "img_per_s_min": (min * 100.0).round() / 100.0,
                         "img_per_s_max": (max * 100.0).round() / 100.0,
                         "steps": a.steps,
-                    })
-                );
+                });
+                if a.lite0 {
+                    line["model"] = "lite0".into();
+                }
+                println!("{line}");
             }
         }
     }

