@@ -937,6 +937,10 @@ impl Layer for BnReluPool {
         self.kind_str()
     }
 
+    fn forward_owned(&mut self, x: Tensor4, mode: Mode) -> Result<Tensor4> {
+        BnReluPool::forward_owned(self, x, mode)
+    }
+
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
         let (y, cache) = self.run(x, mode, true)?;
         self.cache = cache;

@@ -197,6 +197,24 @@ impl Conv2d {
         self.bias.as_mut()
     }
 
+    fn forward_inner(&mut self, x: &Tensor4) -> Result<Tensor4> {
+        if x.shape()[1] != self.config.in_channels {
+            return Err(LayersError::shape(
+                "Conv2d",
+                format!("input [N, {}, H, W]", self.config.in_channels),
+                &x.shape(),
+            ));
+        }
+        let b = self.bias.as_ref().map(|b| b.value.as_slice());
+        Ok(conv2d_forward(
+            x,
+            &self.weight.value,
+            b,
+            self.config.params(),
+            &mut self.workspace,
+        )?)
+    }
+
     fn backward_inner(&mut self, dy: &Tensor4, need_dx: bool) -> Result<Option<Tensor4>> {
         let x = self
             .cache
@@ -224,22 +242,27 @@ impl Layer for Conv2d {
     }
 
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
-        if x.shape()[1] != self.config.in_channels {
-            return Err(LayersError::shape(
-                "Conv2d",
-                format!("input [N, {}, H, W]", self.config.in_channels),
-                &x.shape(),
-            ));
-        }
-        let b = self.bias.as_ref().map(|b| b.value.as_slice());
-        let y = conv2d_forward(
-            x,
-            &self.weight.value,
-            b,
-            self.config.params(),
-            &mut self.workspace,
-        )?;
+        let y = self.forward_inner(x)?;
         self.cache = if mode.caches() { Some(x.clone()) } else { None };
+        Ok(y)
+    }
+
+    /// Keeps `x` as the backward cache without a copy.
+    ///
+    /// ```
+    /// use fracture_layers::{Conv2dConfig, Layer, Mode};
+    /// use fracture_tensor::Tensor4;
+    /// use rand::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// let mut conv = Conv2dConfig::new(2, 3, 3).with_padding(1).init(&mut rng).unwrap();
+    /// let x = Tensor4::from_vec([1, 2, 4, 4], (0..32).map(|v| v as f32).collect()).unwrap();
+    /// let y = conv.forward(&x, Mode::Train).unwrap();
+    /// assert_eq!(conv.forward_owned(x, Mode::Train).unwrap(), y);
+    /// assert_eq!(conv.backward(&y).unwrap().shape(), [1, 2, 4, 4]);
+    /// ```
+    fn forward_owned(&mut self, x: Tensor4, mode: Mode) -> Result<Tensor4> {
+        let y = self.forward_inner(&x)?;
+        self.cache = mode.caches().then_some(x);
         Ok(y)
     }
 

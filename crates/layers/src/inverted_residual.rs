@@ -264,11 +264,14 @@ impl Layer for InvertedResidual {
             }
             None => None,
         };
-        let d = self.depthwise.forward(h.as_ref().unwrap_or(x), mode)?;
-        drop(h);
+        // Each intermediate is owned and handed to the next layer, which keeps it as its
+        // backward cache without a copy.
+        let d = match h {
+            Some(h) => self.depthwise.forward_owned(h, mode)?,
+            None => self.depthwise.forward(x, mode)?,
+        };
         let d = self.bn1.forward_owned(d, mode)?;
-        let p = self.project.forward(&d, mode)?;
-        drop(d);
+        let p = self.project.forward_owned(d, mode)?;
         let mut y = self.bn2.forward(&p, mode)?;
         drop(p);
         if self.config.has_shortcut() {

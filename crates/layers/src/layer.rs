@@ -213,6 +213,13 @@ pub trait Layer: Send {
     /// Computes the output; caches inputs for `backward` when `mode.caches()`.
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4>;
 
+    /// As [`Layer::forward`], taking the input by value: a layer that caches its input for
+    /// backward keeps this one without a copy. [`crate::Sequential`] hands every layer after the
+    /// first the previous layer's output this way. Default: `forward(&x, mode)`.
+    fn forward_owned(&mut self, x: Tensor4, mode: Mode) -> Result<Tensor4> {
+        self.forward(&x, mode)
+    }
+
     /// Given `dy = dL/d(output)`, accumulates parameter gradients and returns `dL/d(input)`.
     /// Consumes the cache of the last forward pass.
     fn backward(&mut self, dy: &Tensor4) -> Result<Tensor4>;

@@ -152,7 +152,7 @@ impl Layer for Sequential {
         };
         let mut h = first.forward(x, mode)?;
         for (_, layer) in iter {
-            h = layer.forward(&h, mode)?;
+            h = layer.forward_owned(h, mode)?;
         }
         Ok(h)
     }
