@@ -412,7 +412,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             let folder =
                 ImageFolder::load(root, &LoadOptions::new(image_size).with_policy(policy))?;
             report_skipped(&folder);
-            (folder, root.display().to_string())
+            // The folder's name and a fingerprint of its file list, never this machine's path.
+            let desc = folder.describe();
+            (folder, desc)
         }
     };
     let train = folder.take_split(Split::Train)?;

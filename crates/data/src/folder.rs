@@ -530,6 +530,42 @@ impl ImageFolder {
         })
     }
 
+    /// What a model file records about its data, without an absolute path of this machine:
+    /// the root's folder name and a fingerprint (64-bit FNV-1a, hex) of every loaded file's
+    /// path relative to the root, split and label, in load order, e.g.
+    /// `fracatlas (3918 files, list fnv1a 0x…)`. The same folder anywhere gives the same text.
+    ///
+    /// ```
+    /// use fracture_data::phantom::PhantomConfig;
+    /// let a = PhantomConfig { size: 16, train: 4, val: 2, test: 2, ..Default::default() }.folder().unwrap();
+    /// let d = a.describe();
+    /// assert!(d.contains("8 files") && d.contains("fnv1a"), "{d}");
+    /// assert_eq!(d, a.clone().describe());
+    /// ```
+    pub fn describe(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                hash ^= b as u64;
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        let mut files = 0;
+        for split in self.splits.iter().flatten() {
+            for (path, label) in split.paths().iter().zip(split.labels()) {
+                let rel = path.strip_prefix(&self.root).unwrap_or(path);
+                eat(rel.to_string_lossy().as_bytes());
+                eat(&[0, *label as u8, 0]);
+                files += 1;
+            }
+        }
+        let name = self
+            .root
+            .file_name()
+            .map_or_else(|| self.root.to_string_lossy(), |n| n.to_string_lossy());
+        format!("{name} ({files} files, list fnv1a {hash:#018x})")
+    }
+
     /// The dataset root.
     pub fn root(&self) -> &Path {
         &self.root
