@@ -240,9 +240,10 @@ impl ModelConfig {
     /// use fracture_nn::ModelConfig;
     /// use fracture_nn::layers::Layer;
     /// let net = ModelConfig::lite0(224).build(0)?;
-    /// // 4,694,073 ImageNet parameters, less the 1000-class classifier and two of the stem's
-    /// // three input channels (32 x 3 x 3 weights each), plus a 2-class classifier.
-    /// assert_eq!(net.num_params(), 4_694_073 - 1_281_000 - 2 * 288 + 2_562);
+    /// // The 4,652,008 trainable ImageNet parameters (4,694,073 values with the batch-norm
+    /// // statistics), less the 1000-class classifier and two of the stem's three input
+    /// // channels (32 x 3 x 3 weights each), plus a 2-class classifier.
+    /// assert_eq!(net.num_params(), 4_652_008 - 1_281_000 - 2 * 288 + 2_562);
     /// # Ok::<(), fracture_nn::Error>(())
     /// ```
     pub fn lite0(image_size: usize) -> Self {
