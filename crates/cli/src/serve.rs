@@ -479,12 +479,14 @@ fn upload(
     body: Bytes,
     name: Option<String>,
 ) -> Result<(Bytes, String), ApiError> {
-    let content_type = headers
+    // The media type is compared in lower case; the boundary keeps its case.
+    let raw_type = headers
         .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
+        .map(|v| v.to_str().unwrap_or(""));
+    let content_type = raw_type.map(str::to_ascii_lowercase);
     let (bytes, name) = match content_type.as_deref() {
         Some(ct) if ct.starts_with("multipart/form-data") => {
-            let boundary = multipart::boundary(ct).ok_or_else(|| {
+            let boundary = multipart::boundary(raw_type.unwrap_or("")).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "multipart/form-data without a boundary",

@@ -93,14 +93,14 @@ fn predictions_match_the_cli_raw_and_multipart() {
     assert_eq!(v["label"], cli["label"]);
     assert!(v.get("heatmap").is_none());
 
-    let mut form = b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"synthetic.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    let mut form = b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"synthetic.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
     form.extend_from_slice(&png);
-    form.extend_from_slice(b"\r\n--b0undary--\r\n");
+    form.extend_from_slice(b"\r\n--B0undary--\r\n");
     let multi = request(
         server.addr,
         "POST",
         "/api/predict?heatmap=1",
-        &[("Content-Type", "multipart/form-data; boundary=b0undary")],
+        &[("Content-Type", "multipart/form-data; boundary=B0undary")],
         form,
     );
     assert_eq!(multi.status, 200);
