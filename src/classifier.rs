@@ -116,6 +116,136 @@ impl ClassifierMeta {
             tta: Tta::Off,
         }
     }
+
+    /// Largest channel width a model file may ask for (bounds what opening it allocates).
+    pub const MAX_WIDTH: usize = 4096;
+    /// Most stages a model file may ask for.
+    pub const MAX_STAGES: usize = 16;
+    /// Most ensemble members a model file may ask for.
+    pub const MAX_MEMBERS: usize = 64;
+    /// Most residual blocks per stage a model file may ask for.
+    pub const MAX_BLOCKS_PER_STAGE: usize = 64;
+
+    /// Checks every field, so that nothing downstream can panic or run away on a model file's
+    /// values: two distinct non-empty class names matching the network's outputs, a positive
+    /// class among them, a threshold in `[0, 1]`, a finite mean and a positive finite std, an
+    /// input size within [`PreprocessConfig::MAX_IMAGE_SIZE`] equal in the architecture and the
+    /// preprocessing, and an architecture of bounded size that builds. The error names the
+    /// field ([`Error::Config`] with `field `name`: ...`).
+    ///
+    /// ```
+    /// use fracture_nn::{ClassifierMeta, ModelConfig};
+    /// let mut meta = ClassifierMeta::new(ModelConfig::phantom(32), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+    /// meta.validate().unwrap();
+    /// meta.threshold = 5.0;
+    /// assert!(meta.validate().unwrap_err().to_string().contains("`threshold`"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let field =
+            |name: &str, what: String| Err(Error::Config(format!("field `{name}`: {what}")));
+        let m = &self.model;
+        if m.num_classes != 2 {
+            return field(
+                "model.num_classes",
+                format!("must be 2 (fractured or not), got {}", m.num_classes),
+            );
+        }
+        if self.class_names.len() != m.num_classes {
+            return field(
+                "class_names",
+                format!(
+                    "must hold {} names (one per network output), got {:?}",
+                    m.num_classes, self.class_names
+                ),
+            );
+        }
+        if self.class_names.iter().any(|n| n.trim().is_empty())
+            || self.class_names[0] == self.class_names[1]
+        {
+            return field(
+                "class_names",
+                format!("must be distinct and non-empty, got {:?}", self.class_names),
+            );
+        }
+        if self.positive_class >= self.class_names.len() {
+            return field(
+                "positive_class",
+                format!(
+                    "must index class_names (0..{}), got {}",
+                    self.class_names.len(),
+                    self.positive_class
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return field(
+                "threshold",
+                format!("must be a probability in [0, 1], got {}", self.threshold),
+            );
+        }
+        let n = self.normalization;
+        if !n.mean.is_finite() {
+            return field(
+                "normalization.mean",
+                format!("must be finite, got {}", n.mean),
+            );
+        }
+        if !(n.std.is_finite() && n.std > 0.0) {
+            return field(
+                "normalization.std",
+                format!("must be positive and finite, got {}", n.std),
+            );
+        }
+        if let Err(e) = self.preprocess.validate() {
+            return field("preprocess.image_size", e.to_string());
+        }
+        if m.image_size != self.preprocess.image_size {
+            return field(
+                "model.image_size",
+                format!(
+                    "{} differs from preprocess.image_size {}",
+                    m.image_size, self.preprocess.image_size
+                ),
+            );
+        }
+        if m.in_channels != 1 {
+            return field(
+                "model.in_channels",
+                format!("must be 1 (gray images), got {}", m.in_channels),
+            );
+        }
+        if m.widths.len() > Self::MAX_STAGES || m.widths.iter().any(|&w| w > Self::MAX_WIDTH) {
+            return field(
+                "model.widths",
+                format!(
+                    "at most {} stages of at most {} channels, got {:?}",
+                    Self::MAX_STAGES,
+                    Self::MAX_WIDTH,
+                    m.widths
+                ),
+            );
+        }
+        if m.members > Self::MAX_MEMBERS {
+            return field(
+                "model.members",
+                format!("at most {}, got {}", Self::MAX_MEMBERS, m.members),
+            );
+        }
+        if m.blocks_per_stage > Self::MAX_BLOCKS_PER_STAGE {
+            return field(
+                "model.blocks_per_stage",
+                format!(
+                    "at most {}, got {}",
+                    Self::MAX_BLOCKS_PER_STAGE,
+                    m.blocks_per_stage
+                ),
+            );
+        }
+        if let Err(e) = m.validate() {
+            return field("model", e.to_string());
+        }
+        Ok(())
+    }
 }
 
 /// A network with its metadata, ready to predict.
@@ -240,8 +370,20 @@ fn parse_meta(path: &Path, meta: &checkpoint::Metadata) -> Result<ClassifierMeta
         path: path.to_path_buf(),
         reason: format!("not a fracture-nn classifier: its metadata has no {META_KEY:?} entry"),
     })?;
-    serde_json::from_str(json).map_err(|e| Error::ModelFile {
+    let mut parsed: ClassifierMeta = serde_json::from_str(json).map_err(|e| Error::ModelFile {
         path: path.to_path_buf(),
         reason: format!("its {META_KEY:?} metadata is not valid: {e}"),
-    })
+    })?;
+    parsed.validate().map_err(|e| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "invalid model file: {}",
+            e.to_string().trim_start_matches("invalid configuration: ")
+        ),
+    })?;
+    // Decode limits from a file can only tighten the built-in ones (a crafted file must not
+    // switch off the decompression-bomb protection).
+    parsed.preprocess.limits =
+        fracture_data::DecodeLimits::default().tightened_by(&parsed.preprocess.limits);
+    Ok(parsed)
 }

@@ -69,6 +69,8 @@ struct ImportArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// Dataset root holding train/ and val/ (and optionally test/), each with fractured/ and
     /// not_fractured/. Without it, trains on synthetic phantoms generated in memory.
@@ -167,6 +169,8 @@ struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct EvalArgs {
     /// Model file (model.safetensors).
     #[arg(long)]
@@ -198,6 +202,8 @@ struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct PredictArgs {
     /// Model file (model.safetensors).
     #[arg(long)]
@@ -224,6 +230,8 @@ struct PredictArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct SynthArgs {
     /// Output root.
     #[arg(long)]
@@ -247,6 +255,7 @@ struct InfoArgs {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(*a),
@@ -264,6 +273,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A CLI whose output is piped into `head`, `grep -m1` or a closed socket must stop quietly
+/// when the reader goes away. Rust ignores SIGPIPE, which turns the closed pipe into a panic
+/// in `println!`; restoring the default action ends the process as every Unix tool does
+/// (status 141 in a shell, no message).
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; it only changes how the
+    // process reacts to SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `--threshold` must be a probability; checked before any work.
+fn check_threshold(threshold: Option<f64>) -> Result<()> {
+    if let Some(t) = threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold {t}: must be a probability in [0, 1] (P(fractured) at or above it is labelled positive)");
+        }
+    }
+    Ok(())
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -461,6 +493,7 @@ fn report_skipped(folder: &ImageFolder) {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
+    check_threshold(a.threshold)?;
     let split = parse_split(&a.split)?;
     let mut clf = Classifier::load(&a.model)?;
     let policy = if a.skip_bad {
@@ -478,9 +511,6 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         eprintln!("warning: skipped {f}");
     }
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    if !threshold.is_finite() && a.threshold.is_some() {
-        bail!("--threshold must be a finite number");
-    }
     let tta = match &a.tta {
         Some(t) => t.parse::<Tta>()?,
         None => clf.meta.tta,
@@ -586,11 +616,7 @@ fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
 
 fn predict(a: PredictArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
-    if let Some(t) = a.threshold {
-        if !(0.0..=1.0).contains(&t) {
-            bail!("--threshold must be in [0, 1], got {t}");
-        }
-    }
+    check_threshold(a.threshold)?;
     let mut clf = Classifier::load(&a.model)?;
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
     let files = collect_images(&a.paths);

@@ -50,6 +50,24 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
+    /// The stricter of `self` and `other`, field by field: limits read from a file can only
+    /// tighten the built-in ones, never raise them.
+    ///
+    /// ```
+    /// use fracture_data::DecodeLimits;
+    /// let raised = DecodeLimits { max_width: 1_000_000, max_height: 100, max_alloc: u64::MAX };
+    /// let t = DecodeLimits::default().tightened_by(&raised);
+    /// assert_eq!((t.max_width, t.max_height), (10_000, 100));
+    /// assert_eq!(t.max_alloc, DecodeLimits::default().max_alloc);
+    /// ```
+    pub fn tightened_by(&self, other: &DecodeLimits) -> DecodeLimits {
+        DecodeLimits {
+            max_width: self.max_width.min(other.max_width),
+            max_height: self.max_height.min(other.max_height),
+            max_alloc: self.max_alloc.min(other.max_alloc),
+        }
+    }
+
     fn to_image_limits(self) -> Limits {
         let mut limits = Limits::default();
         limits.max_image_width = Some(self.max_width);

@@ -1,0 +1,315 @@
+//! Issue 18, "no panic, hang or lost run on any input": every defect the issue reproduced,
+//! run through the real `fracture` binary on tiny phantoms. Each test failed before its fix.
+//!
+//! Model files with bad metadata are made by editing the JSON header of a real model file
+//! ([`tamper`]), so the library's own writer (which only writes valid files) is not involved.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fracture"))
+}
+
+fn fracture(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the fracture binary runs")
+}
+
+/// Runs `fracture args`, killing it (and failing the test) if it takes longer than `limit`:
+/// the hang tests must fail rather than block CI.
+fn fracture_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the fracture binary runs");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`fracture {}` still running after {limit:?} (hang); stderr: {}",
+                args.join(" "),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A phantom dataset and a model trained on it for one epoch.
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    let f = FIX.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let run = dir.path().join("run");
+        let out = fracture(&[
+            "synth",
+            "--out",
+            s(&data),
+            "--per-class",
+            "20",
+            "--size",
+            "32",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = fracture(&train_args(&data, &run, &[]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (dir, data.clone(), run.join("model.safetensors"))
+    });
+    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
+}
+
+fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--arch",
+        "plain",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A few phantom images copied into a fresh folder.
+fn image_folder(n: usize) -> tempfile::TempDir {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut srcs: Vec<PathBuf> = std::fs::read_dir(data.join("test/fractured"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    srcs.sort();
+    for (i, src) in srcs.iter().cycle().take(n).enumerate() {
+        std::fs::copy(src, dir.path().join(format!("img{i:02}.png"))).unwrap();
+    }
+    dir
+}
+
+/// Non-zero exit, no panic, and exactly one `error: ` line, the last, containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "not a clean failure: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "not one error line: {err}");
+    assert_eq!(err.trim_end().lines().last(), Some(errors[0]), "{err}");
+    assert!(errors[0].contains(needle), "{needle:?} not in {err}");
+}
+
+/// A copy of `model` (in `dir`) whose classifier metadata has been edited by `edit`.
+fn tamper(model: &Path, dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let bytes = std::fs::read(model).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta_str = header["__metadata__"]["fracture_nn"].as_str().unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(meta_str).unwrap();
+    edit(&mut meta);
+    header["__metadata__"]["fracture_nn"] = serde_json::json!(meta.to_string());
+    let mut h = header.to_string().into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    let path = dir.join("tampered.safetensors");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+// ---- Items 2 and 3: model metadata is validated once, on open, naming the field. ----
+
+#[test]
+fn bad_model_metadata_is_one_error_naming_the_field() {
+    let (_, model) = fixture();
+    let images = image_folder(1);
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 9] = [
+        ("positive_class", |m| m["positive_class"] = 7.into()),
+        ("class_names", |m| m["class_names"] = serde_json::json!([])),
+        ("class_names", |m| {
+            m["class_names"] = serde_json::json!(["a", "a"])
+        }),
+        ("threshold", |m| m["threshold"] = 5.0.into()),
+        ("threshold", |m| m["threshold"] = (-1.0).into()),
+        ("image_size", |m| {
+            m["model"]["image_size"] = 100000.into();
+            m["preprocess"]["image_size"] = 100000.into();
+        }),
+        ("normalization.std", |m| {
+            m["normalization"]["std"] = 0.0.into()
+        }),
+        ("model.widths", |m| {
+            m["model"]["widths"] = serde_json::json!([8, 1_000_000])
+        }),
+        ("model.image_size", |m| m["model"]["image_size"] = 64.into()),
+    ];
+    for (field, edit) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = tamper(model, dir.path(), edit);
+        for cmd in [
+            vec!["info", "--model", s(&bad)],
+            vec!["predict", "--model", s(&bad), s(images.path())],
+        ] {
+            let out = fracture(&cmd);
+            assert_one_line_error(&out, field);
+            assert!(text(&out.stderr).contains("tampered.safetensors"));
+            assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+        }
+    }
+}
+
+#[test]
+fn eval_refuses_a_threshold_outside_0_1_like_predict() {
+    let (data, model) = fixture();
+    for t in ["5", "-1", "NaN"] {
+        let eval = [
+            "eval",
+            "--model",
+            s(model),
+            "--data",
+            s(data),
+            "--threshold",
+            t,
+        ];
+        let predict = ["predict", "--model", s(model), s(data), "--threshold", t];
+        for args in [&eval[..], &predict[..]] {
+            assert_one_line_error(&fracture(args), "--threshold");
+        }
+    }
+}
+
+/// The CRC-32 of PNG chunks.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A tiny PNG whose header announces `w x h` pixels.
+fn png_announcing(w: u32, h: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        png.extend_from_slice(&body);
+        png.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    png
+}
+
+#[test]
+fn limits_in_a_model_file_cannot_raise_the_built_in_ones() {
+    let (_, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = tamper(model, dir.path(), |m| {
+        m["preprocess"]["limits"] = serde_json::json!({
+            "max_width": u32::MAX, "max_height": u32::MAX, "max_alloc": u64::MAX
+        });
+    });
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, png_announcing(100_000, 100_000)).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 500);
+    let out = fracture_within(
+        &["predict", "--model", s(&bad), s(&bomb)],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exceeds the limit of 10000x10000"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+// ---- Item 1: a closed pipe ends the process quietly. ----
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let (data, model) = fixture();
+    let images = image_folder(40);
+    for args in [
+        vec!["predict", "--model", s(model), s(images.path())],
+        vec!["eval", "--model", s(model), "--data", s(data)],
+    ] {
+        let mut child = bin()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the first line is written (as `head -1` would after it).
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            status.success() || status.signal() == Some(libc_sigpipe()),
+            "{args:?}: {status:?} {err}"
+        );
+    }
+}
+
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}
