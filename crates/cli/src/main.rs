@@ -16,6 +16,8 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+mod run_lock;
+
 use fracture_nn::{
     evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
     Trainer, Tta,
@@ -109,6 +111,9 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Replace the run already in --out (without it, a folder holding a run is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Architecture: plain (VGG-like), residual, or efficientnet-lite0 (default with
     /// --pretrained).
     #[arg(long)]
@@ -322,6 +327,7 @@ fn parse_split(s: &str) -> Result<Split> {
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
+    check_train_flags(&a)?;
     let on_phantoms = a.data.is_none();
     let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
     let arch: Option<BlockKind> = a.arch.as_deref().map(str::parse).transpose()?;
@@ -414,6 +420,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
                 .to_string(),
         ),
     };
+    // Held until the run ends: a second train on the same folder fails at once.
+    let _run_lock = run_lock::RunLock::claim(&out, a.resume, a.overwrite)?;
     let (mut folder, description) = match &a.data {
         None => {
             let cfg = PhantomConfig {
@@ -480,6 +488,79 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// The numeric training flags, checked before any data is loaded: each error names the flag,
+/// the value given and the accepted range.
+fn check_train_flags(a: &TrainArgs) -> Result<()> {
+    fn positive(flag: &str, v: Option<usize>, hint: &str) -> Result<()> {
+        if v == Some(0) {
+            bail!("{flag} 0: must be at least 1 ({hint})");
+        }
+        Ok(())
+    }
+    positive(
+        "--epochs",
+        a.epochs,
+        "the number of passes over the training images",
+    )?;
+    positive(
+        "--batch-size",
+        Some(a.batch_size),
+        "images per step, e.g. 32",
+    )?;
+    positive("--threads", a.threads, "worker threads")?;
+    positive("--members", a.members, "networks in the ensemble")?;
+    positive(
+        "--patience",
+        a.patience,
+        "epochs without improvement before stopping",
+    )?;
+    positive("--blocks", a.blocks, "residual blocks per stage")?;
+    positive(
+        "--image-size",
+        a.image_size,
+        "the square input side in pixels",
+    )?;
+    if let Some(w) = &a.widths {
+        if w.is_empty() || w.contains(&0) {
+            bail!("--widths {w:?}: every stage needs at least 1 channel, e.g. 32,64,128,256");
+        }
+    }
+    if let Some(lr) = a.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr {lr}: the learning rate must be positive and finite, e.g. 2e-3 (AdamW) or 0.05 (SGD)");
+        }
+    }
+    let unit = |flag: &str, v: Option<f32>, what: &str| -> Result<()> {
+        match v {
+            Some(v) if !(0.0..1.0).contains(&v) => bail!("{flag} {v}: {what} must lie in [0, 1)"),
+            _ => Ok(()),
+        }
+    };
+    unit("--dropout", a.dropout, "the dropout rate")?;
+    unit("--drop-path", a.drop_path, "the stochastic depth rate")?;
+    unit("--label-smoothing", a.label_smoothing, "label smoothing")?;
+    unit("--ema", a.ema, "the EMA decay")?;
+    if let Some(wd) = a.weight_decay {
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!(
+                "--weight-decay {wd}: the weight decay must be 0 or positive and finite, e.g. 1e-4"
+            );
+        }
+    }
+    if let Some(s) = a.backbone_lr_scale {
+        if !(s.is_finite() && s >= 0.0) {
+            bail!("--backbone-lr-scale {s}: must be 0 or positive and finite, e.g. 0.1");
+        }
+    }
+    if a.data.is_none() && a.phantoms < MIN_PHANTOMS {
+        bail!("--phantoms {}: too few to train and validate on; use at least {MIN_PHANTOMS} (half of them fractured)", a.phantoms);
+    }
+    Ok(())
+}
+
+/// Fewest training phantoms: enough for both classes in every split and a few batches.
+const MIN_PHANTOMS: usize = 20;
 
 fn report_skipped(folder: &ImageFolder) {
     let s = folder.summary();

@@ -101,6 +101,15 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a s
     args
 }
 
+/// `args` with the value of `flag` set to `value` (added if absent).
+fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a str> {
+    match args.iter().position(|a| *a == flag) {
+        Some(i) => args[i + 1] = value,
+        None => args.extend_from_slice(&[flag, value]),
+    }
+    args
+}
+
 /// A few phantom images copied into a fresh folder.
 fn image_folder(n: usize) -> tempfile::TempDir {
     let (data, _) = fixture();
@@ -141,7 +150,7 @@ fn tamper(model: &Path, dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -
     edit(&mut meta);
     header["__metadata__"]["fracture_nn"] = serde_json::json!(meta.to_string());
     let mut h = header.to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -312,4 +321,157 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
 #[cfg(unix)]
 fn libc_sigpipe() -> i32 {
     13
+}
+
+// ---- Item 6: no lost or mixed runs. ----
+
+#[test]
+fn train_refuses_a_folder_holding_a_run_unless_resume_or_overwrite() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = fracture(&train_args(data, &run, &[]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = run.join("model.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    let out = fracture(&train_args(data, &run, &["--seed", "5"]));
+    assert_one_line_error(&out, "already holds a run");
+    assert!(text(&out.stderr).contains("--overwrite"));
+    assert_eq!(
+        std::fs::read(&model).unwrap(),
+        before,
+        "the finished run was touched"
+    );
+    let out = fracture(&train_args(data, &run, &["--seed", "5", "--overwrite"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(std::fs::read(&model).unwrap(), before);
+    assert!(!run.join(".lock").exists(), "the lock outlives the run");
+}
+
+#[test]
+fn a_second_train_on_a_locked_folder_fails_at_once_naming_the_holder() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    // A live holder: this test process.
+    let me = std::process::id();
+    std::fs::write(run.join(".lock"), format!("{me}\n")).unwrap();
+    let out = fracture_within(&train_args(data, &run, &[]), Duration::from_secs(30));
+    assert_one_line_error(&out, &format!("process id {me}"));
+    assert!(!run.join("model.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(run.join(".lock")).unwrap().trim(),
+        me.to_string(),
+        "the holder's lock was taken away"
+    );
+}
+
+#[test]
+fn a_stale_lock_from_a_dead_process_is_taken_over() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(run.join(".lock"), format!("{dead}\n")).unwrap();
+    let out = fracture(&train_args(data, &run, &[]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no longer runs"));
+    assert!(run.join("model.safetensors").exists());
+    assert!(!run.join(".lock").exists());
+}
+
+#[test]
+fn two_trains_at_once_on_one_folder_never_both_succeed() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = with(train_args(data, &run, &[]), "--epochs", "3");
+    let a = bin()
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let b = bin()
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{} / {}", text(&a.stderr), text(&b.stderr));
+    let loser = if a.status.success() { &b } else { &a };
+    let err = text(&loser.stderr);
+    assert!(
+        err.contains("is in use by another") || err.contains("already holds a run"),
+        "{err}"
+    );
+}
+
+// ---- Item 7: output places are checked before the work. ----
+
+#[test]
+fn train_into_an_unwritable_folder_fails_before_training() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    // Under a regular file: no folder can be created there (even by root).
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let run = file.join("run");
+    let out = fracture(&train_args(data, &run, &[]));
+    assert_one_line_error(&out, "cannot create the run folder");
+    assert!(
+        !text(&out.stderr).contains("train "),
+        "data was loaded first"
+    );
+}
+
+// ---- Item 9: bad numbers are one clear line, before the data loads. ----
+
+#[test]
+fn bad_training_numbers_fail_before_the_data_loads_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-data");
+    let run = dir.path().join("run");
+    for (flag, value) in [
+        ("--lr", "-1"),
+        ("--lr", "0"),
+        ("--lr", "NaN"),
+        ("--epochs", "0"),
+        ("--batch-size", "0"),
+        ("--dropout", "1.5"),
+        ("--weight-decay", "-0.1"),
+        ("--label-smoothing", "-0.5"),
+    ] {
+        let out = fracture(&with(train_args(&missing, &run, &[]), flag, value));
+        assert_one_line_error(&out, &format!("{flag} {value}"));
+        assert!(!run.exists(), "{flag}: a run folder was left behind");
+    }
+}
+
+// ---- Item 10: tiny phantom runs and empty folders. ----
+
+#[test]
+fn phantoms_1_is_refused_and_a_failed_train_leaves_no_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = fracture(&[
+        "train",
+        "--phantoms",
+        "1",
+        "--out",
+        s(&run),
+        "--epochs",
+        "1",
+    ]);
+    assert_one_line_error(&out, "--phantoms 1");
+    let missing = dir.path().join("no-such-data");
+    let out = fracture(&train_args(&missing, &run, &[]));
+    assert!(!out.status.success());
+    assert!(!run.exists(), "a failed train left an empty run folder");
 }
