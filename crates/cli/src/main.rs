@@ -17,6 +17,7 @@ use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, S
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
 mod run_lock;
+mod walk;
 
 use fracture_nn::{
     evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
@@ -576,6 +577,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
     check_threshold(a.threshold)?;
     let split = parse_split(&a.split)?;
+    if let Some(png) = &a.roc_png {
+        check_writable_file(png, "--roc-png")?;
+    }
     let mut clf = Classifier::load(&a.model)?;
     let policy = if a.skip_bad {
         BadFilePolicy::Skip
@@ -600,11 +604,8 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
-    if let Some(png) = &a.roc_png {
-        let roc = roc_curve(&labels, &ev.scores)?;
-        let point = (1.0 - report.specificity, report.sensitivity);
-        plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
-    }
+    // The curve comes after the report: a failure to draw it must not lose the numbers.
+    let point = (1.0 - report.specificity, report.sensitivity);
     if a.json {
         let kappa = report.cohen_kappa;
         let mut v = serde_json::to_value(report)?;
@@ -654,45 +655,58 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             );
         }
     }
+    if let Some(png) = &a.roc_png {
+        let roc = roc_curve(&labels, &ev.scores)?;
+        plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
-
-/// Files named on the command line are taken as they are (decoding is by content); folders are
-/// searched recursively for files with an image extension, in sorted order.
-fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                out.push((dir.to_path_buf(), Some(format!("cannot read folder: {e}"))));
-                return;
-            }
-        };
-        let mut items: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        items.sort();
-        for p in items {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                out.push((p, None));
+/// A path as printed by `predict`: UTF-8 names as they are, except that a backslash, tab,
+/// newline or other control character is escaped (`\\`, `\t`, `\n`, `\xNN`) so that each
+/// result stays one tab-separated line, and bytes that are not UTF-8 are written as `\xNN`
+/// instead of being replaced.
+fn escape_path(p: &Path) -> String {
+    #[cfg(unix)]
+    let bytes: &[u8] = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
+    #[cfg(not(unix))]
+    let owned = p.to_string_lossy().into_owned().into_bytes();
+    #[cfg(not(unix))]
+    let bytes: &[u8] = &owned;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
             }
         }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut out);
-        } else {
-            out.push((p.clone(), None));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
     out
+}
+
+/// A warning for an input that gives the network nothing to look at: every pixel the same
+/// (an empty, all-black or all-white image, or a 1x1 one stretched to the input size).
+fn degenerate_input(gray: &[u8]) -> Option<String> {
+    let first = *gray.first()?;
+    gray.iter()
+        .all(|&v| v == first)
+        .then(|| format!("degenerate input: every pixel is {first}, so the label means nothing"))
+}
+
+/// P(fractured) for one file, preprocessed exactly as `Classifier::predict_file` does, and a
+/// warning if the input is degenerate.
+fn classify_file(clf: &mut Classifier, path: &Path) -> Result<(f64, Option<String>)> {
+    let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
+    let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
+    Ok((clf.predict_batch(&x, 1)?[0], degenerate_input(&gray)))
 }
 
 fn predict(a: PredictArgs) -> Result<ExitCode> {
@@ -700,77 +714,116 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
     check_threshold(a.threshold)?;
     let mut clf = Classifier::load(&a.model)?;
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    let files = collect_images(&a.paths);
+    // The overlay folder is made (and shown writable) before any work, and is not searched:
+    // a second run must not classify the first run's overlays.
+    if let Some(dir) = &a.heatmap {
+        check_writable_dir(dir, "heatmap folder")?;
+    }
+    let files = walk::collect_images(&a.paths, a.heatmap.as_deref());
     if files.is_empty() {
         bail!("no image files found in the given folder(s)");
     }
     let mut cam = match &a.heatmap {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the heatmap folder {}", dir.display()))?;
-            Some((GradCam::new(&clf)?, dir, HashSet::new()))
-        }
+        Some(dir) => Some((GradCam::new(&clf)?, dir, HashSet::new())),
         None => None,
     };
     let mut failed = 0usize;
     for (path, early_error) in files {
+        let shown = escape_path(&path);
         let result = match (early_error, &mut cam) {
             (Some(e), _) => Err(e),
-            (None, None) => clf
-                .predict_file(&path)
-                .map(|p| (p, None))
-                .map_err(|e| e.to_string()),
+            (None, None) => classify_file(&mut clf, &path)
+                .map(|(p, note)| (p, note, None))
+                .map_err(|e| format!("{e:#}")),
             (None, Some((cam, dir, used))) => {
                 predict_with_heatmap(&mut clf, cam, &path, dir, used, threshold)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("{e:#}"))
             }
         };
         match result {
-            Ok((p, heat)) => {
+            Ok((p, note, heat)) => {
                 let label = clf.label(p, Some(threshold)).to_string();
+                if let Some(Err(e)) = &heat {
+                    failed += 1;
+                    eprintln!("{shown}: error: {e}");
+                }
                 if a.json {
-                    let mut v = serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label});
-                    if let Some((png, peak)) = &heat {
-                        v["heatmap"] = serde_json::json!(png.display().to_string());
-                        v["peak"] = serde_json::json!(peak);
+                    let mut v =
+                        serde_json::json!({"path": shown, "p_fractured": p, "label": label});
+                    match &heat {
+                        Some(Ok((png, peak))) => {
+                            v["heatmap"] = serde_json::json!(escape_path(png));
+                            v["peak"] = serde_json::json!(peak);
+                        }
+                        Some(Err(e)) => v["heatmap_error"] = serde_json::json!(e),
+                        None => {}
+                    }
+                    if let Some(n) = &note {
+                        v["warning"] = serde_json::json!(n);
                     }
                     println!("{v}");
-                } else if let Some((png, peak)) = &heat {
-                    let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
-                    println!(
-                        "{}\tP(fractured) = {p:.4}\t{label}\theatmap {} (peak {peak})",
-                        path.display(),
-                        png.display()
-                    );
                 } else {
-                    println!("{}\tP(fractured) = {p:.4}\t{label}", path.display());
+                    let mut line = format!("{shown}\tP(fractured) = {p:.4}\t{label}");
+                    if let Some(Ok((png, peak))) = &heat {
+                        let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
+                        line += &format!("\theatmap {} (peak {peak})", escape_path(png));
+                    }
+                    if let Some(n) = &note {
+                        line += &format!("\twarning: {n}");
+                    }
+                    println!("{line}");
                 }
             }
             Err(e) => {
                 failed += 1;
                 if a.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"path": path.display().to_string(), "error": e})
-                    );
+                    println!("{}", serde_json::json!({"path": shown, "error": e}));
                 } else {
-                    eprintln!("{}: error: {e}", path.display());
+                    eprintln!("{shown}: error: {e}");
                 }
             }
         }
     }
     if failed > 0 {
-        eprintln!("error: {failed} file(s) could not be classified");
+        eprintln!("error: {failed} file(s) could not be classified or explained");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// P(fractured) and, with --heatmap, the overlay PNG written and the heatmap's peak.
-type Explained = (f64, Option<(PathBuf, Option<[usize; 2]>)>);
+/// Creates `dir` if needed and shows that a file can be written in it, before any work.
+fn check_writable_dir(dir: &Path, what: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the {what} {}", dir.display()))?;
+    let probe = dir.join(format!(".fracture-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write into the {what} {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Creates (or truncates) `file` to show it can be written, before any work.
+fn check_writable_file(file: &Path, flag: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(file)
+        .with_context(|| format!("{flag} {}: cannot write this file", file.display()))?;
+    Ok(())
+}
+
+/// P(fractured), a warning if the input is degenerate, and with --heatmap the overlay PNG
+/// written and the heatmap's peak (or why it could not be written).
+type Explained = (
+    f64,
+    Option<String>,
+    Option<std::result::Result<(PathBuf, Option<[usize; 2]>), String>>,
+);
 
 /// An image's P(fractured) (exactly as `predict_file` computes it) and its Grad-CAM overlay,
 /// written to `dir` under a name derived from the file name and not yet `used` in this run.
+/// A failure to write the overlay keeps the probability.
 fn predict_with_heatmap(
     clf: &mut Classifier,
     cam: &mut GradCam,
@@ -782,6 +835,7 @@ fn predict_with_heatmap(
     let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
     let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
     let p = clf.predict_batch(&x, 1)?[0];
+    let note = degenerate_input(&gray);
     let heat = cam.heatmap(&x)?;
     let stem = path
         .file_stem()
@@ -794,14 +848,16 @@ fn predict_with_heatmap(
     }
     used.insert(png.clone());
     let probability = Probability { p, threshold };
-    save_overlay(
+    let written = save_overlay(
         &png,
         &gray,
         &heat,
         Some(probability),
         &OverlayConfig::default(),
-    )?;
-    Ok((p, Some((png, heat.peak))))
+    )
+    .map(|()| (png, heat.peak))
+    .map_err(|e| e.to_string());
+    Ok((p, note, Some(written)))
 }
 
 fn synth(a: SynthArgs) -> Result<ExitCode> {

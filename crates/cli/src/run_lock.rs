@@ -8,8 +8,6 @@
 //! is removed when the [`RunLock`] is dropped, together with the folder itself if this run
 //! created it and left nothing in it (a run that failed before writing anything).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -84,7 +82,7 @@ fn run_files(dir: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("cannot read the run folder {}", dir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != LOCK_FILE)
+        .filter(|n| !n.starts_with(LOCK_FILE))
         .collect();
     names.sort();
     if names.len() > 4 {
@@ -96,14 +94,27 @@ fn run_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Creates `lock` exclusively with this process's id, taking over a stale one once.
+///
+/// The id is written to a private file first, which is then hard-linked to the lock name: the
+/// link either fails (a lock exists) or creates the lock with its content complete, so another
+/// process never reads a half-written lock and mistakes it for a stale one.
 fn take_lock(lock: &Path, dir: &Path) -> Result<()> {
+    let mine = dir.join(format!("{LOCK_FILE}.{}", std::process::id()));
+    std::fs::write(&mine, format!("{}\n", std::process::id())).with_context(|| {
+        format!(
+            "cannot write the lock file {} (is the run folder writable?)",
+            mine.display()
+        )
+    })?;
+    let result = link_lock(&mine, lock, dir);
+    let _ = std::fs::remove_file(&mine);
+    result
+}
+
+fn link_lock(mine: &Path, lock: &Path, dir: &Path) -> Result<()> {
     for attempt in 0..2 {
-        match OpenOptions::new().write(true).create_new(true).open(lock) {
-            Ok(mut f) => {
-                writeln!(f, "{}", std::process::id())
-                    .with_context(|| format!("cannot write the lock file {}", lock.display()))?;
-                return Ok(());
-            }
+        match std::fs::hard_link(mine, lock) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt == 0 => {
                 let content = std::fs::read_to_string(lock).unwrap_or_default();
                 match content.trim().parse::<u32>() {

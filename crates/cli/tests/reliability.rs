@@ -475,3 +475,230 @@ fn phantoms_1_is_refused_and_a_failed_train_leaves_no_empty_folder() {
     assert!(!out.status.success());
     assert!(!run.exists(), "a failed train left an empty run folder");
 }
+
+// ---- Item 4: no hang on FIFOs, no blow-up on symbolic link loops. ----
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_are_skipped_not_opened() {
+    let (data, model) = fixture();
+    let limit = Duration::from_secs(60);
+    // Named directly: an error for that file, no hang.
+    let dir = image_folder(2);
+    let fifo = dir.path().join("pipe.png");
+    mkfifo(&fifo);
+    let out = fracture_within(&["predict", "--model", s(model), s(&fifo)], limit);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Inside a predict folder: skipped with a warning, the images are classified.
+    let out = fracture_within(&["predict", "--model", s(model), s(dir.path())], limit);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+    assert!(
+        text(&out.stderr).contains("warning: skipping"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Inside a training class folder: skipped as unreadable.
+    let copy = tempfile::tempdir().unwrap();
+    let root = copy.path().join("data");
+    copy_tree(data, &root);
+    mkfifo(&root.join("train/fractured/pipe.png"));
+    let run = copy.path().join("run");
+    let out = fracture_within(&train_args(&root, &run, &[]), Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pipe.png"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn symlink_loops_visit_each_image_once() {
+    use std::os::unix::fs::symlink;
+    let (_, model) = fixture();
+    let dir = image_folder(3);
+    let d = dir.path();
+    // A link to the folder itself, and two branches pointing at each other.
+    symlink(".", d.join("self")).unwrap();
+    std::fs::create_dir(d.join("a")).unwrap();
+    std::fs::create_dir(d.join("b")).unwrap();
+    symlink("../b", d.join("a/to_b")).unwrap();
+    symlink("../a", d.join("b/to_a")).unwrap();
+    symlink("../img00.png", d.join("a/link.png")).unwrap();
+    let out = fracture_within(
+        &["predict", "--model", s(model), s(d)],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "each real image once: {lines:#?}");
+}
+
+// ---- Item 5: reads are bounded. ----
+
+#[cfg(unix)]
+#[test]
+fn predict_on_dev_zero_and_a_huge_sparse_file_reads_almost_nothing() {
+    let (_, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse.png");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let mut png_sparse = b"\x89PNG\r\n\x1a\n".to_vec();
+    png_sparse.resize(64, 0);
+    let big = dir.path().join("big.png");
+    std::fs::write(&big, &png_sparse).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    for (file, needle) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (sparse.as_path(), "not a recognised image"),
+        (big.as_path(), "exceeds the limit"),
+    ] {
+        let out = fracture_within(
+            &["predict", "--model", s(model), s(file)],
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
+    }
+}
+
+// ---- Item 7: results are not thrown away for an unwritable output. ----
+
+#[test]
+fn unwritable_outputs_fail_before_the_work() {
+    let (data, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let roc = file.join("roc.png");
+    let out = fracture(&[
+        "eval",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--roc-png",
+        s(&roc),
+    ]);
+    assert_one_line_error(&out, "--roc-png");
+    assert!(text(&out.stdout).is_empty());
+    let images = image_folder(2);
+    let heat = file.join("heat");
+    let out = fracture(&[
+        "predict",
+        "--model",
+        s(model),
+        "--heatmap",
+        s(&heat),
+        s(images.path()),
+    ]);
+    assert_one_line_error(&out, "heatmap folder");
+}
+
+// ---- Item 10: overlays, odd file names, degenerate inputs. ----
+
+#[test]
+fn predict_heatmap_inside_the_input_folder_does_not_classify_its_overlays() {
+    let (_, model) = fixture();
+    let images = image_folder(2);
+    let heat = images.path().join("heat");
+    for _ in 0..2 {
+        let out = fracture(&[
+            "predict",
+            "--model",
+            s(model),
+            "--heatmap",
+            s(&heat),
+            s(images.path()),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).lines().count(),
+            2,
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn odd_file_names_stay_one_escaped_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_, model) = fixture();
+    let images = image_folder(1);
+    let src = images.path().join("img00.png");
+    let tabbed = images.path().join("a\tb\nc.png");
+    std::fs::copy(&src, &tabbed).unwrap();
+    let latin1 = images
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    std::fs::copy(&src, &latin1).unwrap();
+    let out = fracture(&["predict", "--model", s(model), s(images.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines.iter().all(|l| l.split('\t').count() == 3), "{stdout}");
+    assert!(stdout.contains("a\\tb\\nc.png"), "{stdout}");
+    assert!(stdout.contains("caf\\xe9.png"), "{stdout}");
+    let out = fracture(&["predict", "--json", "--model", s(model), s(images.path())]);
+    for l in text(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+    assert!(text(&out.stdout).contains("caf\\\\xe9.png"));
+}
+
+#[test]
+fn degenerate_inputs_are_flagged() {
+    let (_, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    image::GrayImage::new(1, 1)
+        .save(dir.path().join("dot.png"))
+        .unwrap();
+    image::GrayImage::new(50, 40)
+        .save(dir.path().join("black.png"))
+        .unwrap();
+    let out = fracture(&["predict", "--model", s(model), s(dir.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("degenerate input").count(), 2, "{stdout}");
+    let out = fracture(&["predict", "--json", "--model", s(model), s(dir.path())]);
+    for l in text(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["warning"].as_str().unwrap().contains("degenerate"), "{v}");
+    }
+}
