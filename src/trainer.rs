@@ -823,6 +823,11 @@ impl Trainer {
         sizes: SplitSizes,
     ) -> Result<TrainOutcome> {
         let mut clf = Classifier::load(&self.model_path())?;
+        // The model file names the classes it was trained on (label order: the positive class
+        // is label 0, `fracture_metrics::FRACTURED`).
+        if val.classes().len() == clf.meta.model.num_classes {
+            clf.meta.class_names = val.classes().to_vec();
+        }
         clf.meta.provenance = self.provenance(&state);
         clf.meta.provenance.epochs = state.epochs_done;
         let cal = calibrate(&mut clf, &self.config, val, test)?;

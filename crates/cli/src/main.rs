@@ -115,6 +115,10 @@ struct TrainArgs {
     /// Replace the run already in --out (without it, a folder holding a run is refused).
     #[arg(long)]
     overwrite: bool,
+    /// The class folder that is the positive (fractured) class, when the class folders are
+    /// not named fractured and not_fractured.
+    #[arg(long, value_name = "NAME")]
+    positive_class: Option<String>,
     /// Architecture: plain (VGG-like), residual, or efficientnet-lite0 (default with
     /// --pretrained).
     #[arg(long)]
@@ -434,7 +438,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
                 ..PhantomConfig::default()
             };
             eprintln!(
-                "training on synthetic phantoms: {} train / {} val / {} test at {} px (use --data DIR for real X-rays)",
+                "training on synthetic phantoms: {} train / {} val / {} test at {} px, positive class fractured (use --data DIR for real X-rays)",
                 cfg.train, cfg.val, cfg.test, cfg.size
             );
             let desc = format!(
@@ -449,7 +453,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             } else {
                 BadFilePolicy::Skip
             };
-            eprintln!("loading {} at {image_size} px ...", root.display());
+            let (positive, negative) = class_folders(root, a.positive_class.as_deref())?;
+            eprintln!(
+                "loading {} at {image_size} px; positive class {positive:?}, negative {negative:?} ...",
+                root.display()
+            );
             let folder =
                 ImageFolder::load(root, &LoadOptions::new(image_size).with_policy(policy))?;
             report_skipped(&folder);
@@ -459,6 +467,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let train = folder.take_split(Split::Train)?;
     let val = folder.take_split(Split::Val)?;
     let test = folder.take_split(Split::Test).ok();
+    let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
     eprintln!(
         "train {} images {:?}, val {} images {:?}; writing to {}",
         train.len(),
@@ -554,10 +563,110 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
             bail!("--backbone-lr-scale {s}: must be 0 or positive and finite, e.g. 0.1");
         }
     }
+    if a.data.is_none() && a.positive_class.is_some() {
+        bail!("--positive-class applies to --data folders only (phantoms are fractured/not_fractured)");
+    }
     if a.data.is_none() && a.phantoms < MIN_PHANTOMS {
         bail!("--phantoms {}: too few to train and validate on; use at least {MIN_PHANTOMS} (half of them fractured)", a.phantoms);
     }
     Ok(())
+}
+
+/// The positive and negative class folder names of `<root>/train`, read before any image
+/// loads: exactly two classes, named fractured and not_fractured unless `positive` names one.
+fn class_folders(root: &Path, positive: Option<&str>) -> Result<(String, String)> {
+    let train = root.join("train");
+    let mut names: Vec<String> = std::fs::read_dir(&train)
+        .with_context(|| {
+            format!(
+                "--data {}: cannot read its train folder (expected {}/train/<class>/<images>)",
+                root.display(),
+                root.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    if names.len() != 2 {
+        bail!(
+            "--data {}: {} has {} class folder(s) {names:?}; a fracture classifier needs exactly two, fractured/ and not_fractured/ (or two others with --positive-class NAME)",
+            root.display(),
+            train.display(),
+            names.len()
+        );
+    }
+    let positive = match positive {
+        Some(p) if names.iter().any(|n| n == p) => p.to_string(),
+        Some(p) => bail!(
+            "--positive-class {p:?}: not one of the class folders {names:?} in {}",
+            train.display()
+        ),
+        None if names == fracture_nn::data::CLASS_NAMES => names[0].clone(),
+        None => bail!(
+            "--data {}: class folders {names:?} are not fractured/ and not_fractured/; say which one is positive with --positive-class NAME",
+            root.display()
+        ),
+    };
+    let negative = names
+        .into_iter()
+        .find(|n| *n != positive)
+        .unwrap_or_default();
+    Ok((positive, negative))
+}
+
+/// The splits relabelled so that the positive class is label 0 (the trainer's positive
+/// label), when `--positive-class` names the folder that sorts second.
+fn positive_first(
+    train: DatasetSplit,
+    val: DatasetSplit,
+    test: Option<DatasetSplit>,
+    positive: Option<&str>,
+) -> Result<(DatasetSplit, DatasetSplit, Option<DatasetSplit>)> {
+    let Some(p) = positive else {
+        return Ok((train, val, test));
+    };
+    if train.classes().first().map(String::as_str) == Some(p) {
+        return Ok((train, val, test));
+    }
+    Ok((
+        swap_classes(train)?,
+        swap_classes(val)?,
+        test.map(swap_classes).transpose()?,
+    ))
+}
+
+/// A two-class split with its class order reversed (label 0 becomes 1 and 1 becomes 0).
+fn swap_classes(s: DatasetSplit) -> Result<DatasetSplit> {
+    let classes: Vec<String> = s.classes().iter().rev().cloned().collect();
+    let labels = s.labels().iter().map(|&l| 1 - l.min(1)).collect();
+    Ok(DatasetSplit::new(
+        s.split(),
+        classes,
+        s.image_size(),
+        s.images().to_vec(),
+        labels,
+        s.paths().to_vec(),
+    )?)
+}
+
+/// `data` labelled in the model's class order: its class folders must be the model's classes
+/// (in either order; a model trained with --positive-class has its positive class first).
+fn align_classes(data: DatasetSplit, model_classes: &[String], dir: &Path) -> Result<DatasetSplit> {
+    if data.classes() == model_classes {
+        return Ok(data);
+    }
+    let reversed: Vec<String> = model_classes.iter().rev().cloned().collect();
+    if data.classes() == reversed.as_slice() {
+        return swap_classes(data);
+    }
+    bail!(
+        "{}: class folders {:?} are not the model's classes {model_classes:?}; evaluate on data laid out like the training data",
+        dir.display(),
+        data.classes()
+    )
 }
 
 /// Fewest training phantoms: enough for both classes in every split and a few batches.
@@ -592,6 +701,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     };
     let split_dir = a.data.join(split.dir_name());
     let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)?;
+    let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }

@@ -702,3 +702,109 @@ fn degenerate_inputs_are_flagged() {
         assert!(v["warning"].as_str().unwrap().contains("degenerate"), "{v}");
     }
 }
+
+// ---- Item 8: no silent label inversion. ----
+
+/// The fixture's data with its class folders renamed in every split.
+fn renamed_classes(root: &Path, renames: &[(&str, &str)]) {
+    let (data, _) = fixture();
+    copy_tree(data, root);
+    for split in ["train", "val", "test"] {
+        for (from, to) in renames {
+            let d = root.join(split);
+            if to.is_empty() {
+                std::fs::remove_dir_all(d.join(from)).unwrap();
+            } else {
+                std::fs::rename(d.join(from), d.join(to)).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_class_names_need_positive_class_and_it_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    // `normal` sorts first: without a check it would silently become the positive class.
+    renamed_classes(
+        &root,
+        &[("fractured", "positive"), ("not_fractured", "normal")],
+    );
+    let run = dir.path().join("run");
+    let out = fracture(&train_args(&root, &run, &[]));
+    assert_one_line_error(&out, "--positive-class");
+    assert!(!run.exists());
+    let out = fracture(&train_args(&root, &run, &["--positive-class", "nope"]));
+    assert_one_line_error(&out, "not one of the class folders");
+    let out = fracture(&train_args(&root, &run, &["--positive-class", "positive"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = text(&out.stderr).lines().next().unwrap_or("").to_string();
+    assert!(
+        first.contains("positive class \"positive\""),
+        "first line: {first}"
+    );
+    let info = fracture(&["info", "--model", s(&run.join("model.safetensors"))]);
+    let info = text(&info.stdout);
+    assert!(info.contains("(positive: positive)"), "{info}");
+    // The known names announce their positive class too.
+    let (data, _) = fixture();
+    let run2 = dir.path().join("run2");
+    let out = fracture(&train_args(data, &run2, &[]));
+    let first = text(&out.stderr).lines().next().unwrap_or("").to_string();
+    assert!(first.contains("positive class \"fractured\""), "{first}");
+}
+
+#[test]
+fn one_or_three_classes_are_one_clear_error_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    renamed_classes(&one, &[("not_fractured", "")]);
+    let out = fracture(&train_args(&one, &dir.path().join("r1"), &[]));
+    assert_one_line_error(&out, "1 class folder(s)");
+    let three = dir.path().join("three");
+    copy_tree(&fixture().0, &three);
+    for split in ["train", "val", "test"] {
+        copy_tree(
+            &three.join(split).join("fractured"),
+            &three.join(split).join("other"),
+        );
+    }
+    let out = fracture(&train_args(&three, &dir.path().join("r3"), &[]));
+    assert_one_line_error(&out, "3 class folder(s)");
+    assert!(
+        !text(&out.stderr).contains("loading"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn eval_of_a_positive_class_model_uses_the_models_class_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    renamed_classes(
+        &root,
+        &[("fractured", "positive"), ("not_fractured", "normal")],
+    );
+    let run = dir.path().join("run");
+    let out = fracture(&train_args(&root, &run, &["--positive-class", "positive"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = run.join("model.safetensors");
+    let out = fracture(&[
+        "eval",
+        "--json",
+        "--model",
+        s(&model),
+        "--data",
+        s(&root),
+        "--threshold",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    // Threshold 0 labels everything positive: 4 of the 8 test images are `positive`.
+    assert_eq!(v["confusion"]["tp"], 4, "{v}");
+    assert_eq!(v["confusion"]["fp"], 4, "{v}");
+    let out = fracture(&["eval", "--model", s(&model), "--data", s(&fixture().0)]);
+    assert_one_line_error(&out, "not the model's classes");
+}
