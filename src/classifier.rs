@@ -311,6 +311,7 @@ impl Classifier {
             reason: format!("its architecture cannot be built: {e}"),
         })?;
         checkpoint::load_model(path, &mut net)?;
+        check_finite(path, &net)?;
         Ok(Classifier { net, meta })
     }
 
@@ -356,6 +357,31 @@ impl Classifier {
             .get(idx)
             .map(String::as_str)
             .unwrap_or("?")
+    }
+}
+
+/// Refuses weights holding NaN or infinity: they would only surface later as a NaN logit.
+fn check_finite(path: &Path, net: &Sequential) -> Result<()> {
+    use fracture_layers::Layer;
+    let mut bad: Option<String> = None;
+    net.visit_params_ref("", &mut |name, p| {
+        if bad.is_none() && p.value.as_slice().iter().any(|v| !v.is_finite()) {
+            bad = Some(name.to_string());
+        }
+    });
+    net.visit_buffers_ref("", &mut |name, b| {
+        if bad.is_none() && b.value.as_slice().iter().any(|v| !v.is_finite()) {
+            bad = Some(name.to_string());
+        }
+    });
+    match bad {
+        Some(name) => Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor {name:?} holds NaN or infinite values (a damaged file, or weights of a diverged run); retrain or use another model file"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 

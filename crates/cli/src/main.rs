@@ -278,11 +278,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the chain of causes joined by ": ".
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line joined by ": ", leaving out a cause whose text the
+/// line already holds (errors that print their source would otherwise repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// A CLI whose output is piped into `head`, `grep -m1` or a closed socket must stop quietly
@@ -700,7 +716,13 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         policy,
     };
     let split_dir = a.data.join(split.dir_name());
-    let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)?;
+    let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)
+        .map_err(|e| match fracture_nn::data::BadFileKind::of(&e) {
+            Some(_) => anyhow::anyhow!(
+                "{e} (pass --skip-bad to leave unreadable images out of the evaluation)"
+            ),
+            None => e.into(),
+        })?;
     let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");

@@ -808,3 +808,108 @@ fn eval_of_a_positive_class_model_uses_the_models_class_order() {
     let out = fracture(&["eval", "--model", s(&model), "--data", s(&fixture().0)]);
     assert_one_line_error(&out, "not the model's classes");
 }
+
+// ---- Item 9: one clear line per mistake. ----
+
+#[test]
+fn a_missing_file_is_named_once_not_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    for args in [
+        vec!["info", "--model", s(&missing)],
+        vec!["predict", "--model", s(&missing), s(dir.path())],
+    ] {
+        let out = fracture(&args);
+        assert_one_line_error(&out, "nope.safetensors");
+        let err = text(&out.stderr);
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn eval_stopping_on_a_corrupt_file_suggests_skip_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    copy_tree(&fixture().0, &root);
+    std::fs::write(
+        root.join("test/fractured/zz.png"),
+        b"\x89PNG\r\n\x1a\nbroken",
+    )
+    .unwrap();
+    let model = &fixture().1;
+    let out = fracture(&["eval", "--model", s(model), "--data", s(&root)]);
+    assert_one_line_error(&out, "--skip-bad");
+    let out = fracture(&[
+        "eval",
+        "--model",
+        s(model),
+        "--data",
+        s(&root),
+        "--skip-bad",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn nan_weights_are_refused_on_open() {
+    let (_, model) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(model).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // Every tensor's first float (and more) becomes NaN.
+    for v in bytes[8 + n..].chunks_exact_mut(4) {
+        v.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let bad = dir.path().join("nan.safetensors");
+    std::fs::write(&bad, bytes).unwrap();
+    let images = image_folder(1);
+    for args in [
+        vec!["info", "--model", s(&bad)],
+        vec!["predict", "--model", s(&bad), s(images.path())],
+    ] {
+        assert_one_line_error(&fracture(&args), "NaN or infinite");
+    }
+}
+
+#[test]
+fn a_divergence_in_epoch_1_does_not_promise_a_checkpoint() {
+    let e = fracture_nn::Error::NonFiniteLoss {
+        epoch: 1,
+        batch: 3,
+        loss: f32::NAN,
+    };
+    let msg = e.to_string();
+    assert!(!msg.contains("checkpoint is kept"), "{msg}");
+    assert!(
+        msg.contains("no checkpoint") && msg.contains("--lr"),
+        "{msg}"
+    );
+    let e = fracture_nn::Error::NonFiniteLoss {
+        epoch: 4,
+        batch: 1,
+        loss: f32::INFINITY,
+    };
+    assert!(e.to_string().contains("last finished epoch is kept"));
+}
+
+#[test]
+fn a_refused_resume_names_the_changed_setting() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = fracture(&train_args(data, &run, &[]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let args = with(
+        with(train_args(data, &run, &["--resume"]), "--epochs", "2"),
+        "--batch-size",
+        "4",
+    );
+    let out = fracture(&args);
+    assert_one_line_error(&out, "batch_size: 8 -> 4");
+    let args = with(
+        with(train_args(data, &run, &["--resume"]), "--epochs", "2"),
+        "--widths",
+        "8,8",
+    );
+    assert_one_line_error(&fracture(&args), "widths: [8,16] -> [8,8]");
+}
