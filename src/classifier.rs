@@ -122,9 +122,27 @@ impl ClassifierMeta {
     /// Most stages a model file may ask for.
     pub const MAX_STAGES: usize = 16;
     /// Most ensemble members a model file may ask for.
-    pub const MAX_MEMBERS: usize = 64;
+    pub const MAX_MEMBERS: usize = 16;
     /// Most residual blocks per stage a model file may ask for.
     pub const MAX_BLOCKS_PER_STAGE: usize = 64;
+    /// Largest input side a model file may ask for (activations grow with its square).
+    pub const MAX_MODEL_IMAGE_SIZE: usize = 1024;
+    /// Most convolution weights (a bound from widths, blocks and members) a model file may ask
+    /// for; EfficientNet-Lite0 has about 3.4 million parameters in all.
+    pub const MAX_CONV_WEIGHTS: u128 = 64_000_000;
+
+    /// An upper estimate of the 3x3 convolution weights of `m`: every stage as if each of its
+    /// blocks held three full 3x3 convolutions, times the ensemble members.
+    fn conv_weight_bound(m: &ModelConfig) -> u128 {
+        let mut prev = m.in_channels.max(1) as u128;
+        let mut total = 0u128;
+        for &w in &m.widths {
+            let w = w as u128;
+            total += prev * w * 9 + 3 * (m.blocks_per_stage.max(1) as u128) * w * w * 9;
+            prev = w;
+        }
+        total * m.members.max(1) as u128
+    }
 
     /// Checks every field, so that nothing downstream can panic or run away on a model file's
     /// values: two distinct non-empty class names matching the network's outputs, a positive
@@ -238,6 +256,31 @@ impl ClassifierMeta {
                     "at most {}, got {}",
                     Self::MAX_BLOCKS_PER_STAGE,
                     m.blocks_per_stage
+                ),
+            );
+        }
+        if m.image_size > Self::MAX_MODEL_IMAGE_SIZE {
+            return field(
+                "model.image_size",
+                format!(
+                    "at most {} px, got {}",
+                    Self::MAX_MODEL_IMAGE_SIZE,
+                    m.image_size
+                ),
+            );
+        }
+        if m.block != crate::BlockKind::EfficientNetLite0
+            && Self::conv_weight_bound(m) > Self::MAX_CONV_WEIGHTS
+        {
+            return field(
+                "model.widths",
+                format!(
+                    "{:?} with {} block(s) per stage and {} member(s) would need up to {} weights (at most {})",
+                    m.widths,
+                    m.blocks_per_stage,
+                    m.members,
+                    Self::conv_weight_bound(m),
+                    Self::MAX_CONV_WEIGHTS
                 ),
             );
         }
