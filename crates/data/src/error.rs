@@ -72,6 +72,20 @@ pub enum DataError {
         max_alloc: u64,
     },
 
+    /// The file is larger than the decoder may allocate ([`crate::DecodeLimits::max_alloc`]);
+    /// it is not read past that size.
+    #[error(
+        "{path}: file of {size} bytes or more exceeds the limit of {max} bytes (see DecodeLimits)"
+    )]
+    FileTooLarge {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its size (at least).
+        size: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+
     /// The dataset root does not follow `<root>/{train,val,test}/<class>/<files>`.
     #[error("{path}: wrong dataset layout: {reason} (expected <root>/{{train,val,test}}/<class>/<image files>)")]
     WrongLayout {
@@ -141,6 +155,7 @@ impl DataError {
             | DataError::UnknownFormat { path }
             | DataError::Corrupt { path, .. }
             | DataError::TooLarge { path, .. }
+            | DataError::FileTooLarge { path, .. }
             | DataError::WrongLayout { path, .. }
             | DataError::MissingSplit { path, .. }
             | DataError::EmptyClassFolder { path }

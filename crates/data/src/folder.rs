@@ -153,7 +153,9 @@ impl BadFileKind {
             DataError::Io { .. } => Some(BadFileKind::Unreadable),
             DataError::UnknownFormat { .. } => Some(BadFileKind::UnknownFormat),
             DataError::Corrupt { .. } => Some(BadFileKind::Corrupt),
-            DataError::TooLarge { .. } => Some(BadFileKind::TooLarge),
+            DataError::TooLarge { .. } | DataError::FileTooLarge { .. } => {
+                Some(BadFileKind::TooLarge)
+            }
             _ => None,
         }
     }
