@@ -537,12 +537,18 @@ impl Trainer {
             }
         }
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
-        let normalization = match &self.init {
-            None => Normalization::from_train(&train)?,
-            Some(path) => match Classifier::read_meta(path) {
-                Ok(meta) => meta.normalization,
-                Err(_) => crate::pretrained::PRETRAINED_NORMALIZATION,
-            },
+        // A fracture-nn model file as the starting point must be valid as a whole (its own
+        // normalisation and classifier are kept); anything else is foreign weights.
+        let init_meta = match &self.init {
+            Some(path) if crate::pretrained::is_model_file(path) => {
+                Some(Classifier::read_meta(path)?)
+            }
+            _ => None,
+        };
+        let normalization = match (&self.init, &init_meta) {
+            (None, _) => Normalization::from_train(&train)?,
+            (Some(_), Some(meta)) => meta.normalization,
+            (Some(_), None) => crate::pretrained::PRETRAINED_NORMALIZATION,
         };
         let counts = train.class_counts();
         let weights = cfg.class_weights.resolve(&counts)?;
@@ -561,7 +567,7 @@ impl Trainer {
             let source = crate::pretrained::read_tensors(path)?;
             // A fracture-nn model file keeps its (trained) classifier; foreign weights get a
             // new one for the two classes.
-            let classifier = if Classifier::read_meta(path).is_ok() {
+            let classifier = if init_meta.is_some() {
                 crate::pretrained::ClassifierInit::Load
             } else {
                 crate::pretrained::ClassifierInit::Replace
