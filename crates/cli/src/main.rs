@@ -215,9 +215,11 @@ struct EvalArgs {
 // Negative numbers reach validation, which says what is wrong with them.
 #[command(allow_negative_numbers = true)]
 struct PredictArgs {
-    /// Model file (model.safetensors).
+    /// Model file (model.safetensors). Default: the committed FracAtlas model,
+    /// `models/fracatlas.safetensors` (looked up in the current folder, then in the source tree
+    /// this binary was built from).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Images, or folders searched recursively for image files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -843,10 +845,30 @@ fn classify_file(clf: &mut Classifier, path: &Path) -> Result<(f64, Option<Strin
     Ok((clf.predict_batch(&x, 1)?[0], degenerate_input(&gray)))
 }
 
-fn predict(a: PredictArgs) -> Result<ExitCode> {
+/// The model `predict` uses without `--model`: `models/fracatlas.safetensors` in the current
+/// folder, else in the source tree this binary was built from.
+fn default_model() -> Result<PathBuf> {
+    let rel = Path::new("models").join("fracatlas.safetensors");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&rel);
+    [rel.clone(), built]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no --model given and the default model {} is not here (run from the repository, or pass --model FILE)",
+                rel.display()
+            )
+        })
+}
+
+fn predict(mut a: PredictArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
     check_threshold(a.threshold)?;
-    let mut clf = Classifier::load(&a.model)?;
+    let model = match a.model.take() {
+        Some(m) => m,
+        None => default_model()?,
+    };
+    let mut clf = Classifier::load(&model)?;
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
     // The overlay folder is made (and shown writable) before any work, and is not searched:
     // a second run must not classify the first run's overlays.
