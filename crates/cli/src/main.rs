@@ -548,10 +548,13 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "dcm",
+];
 
 /// Files named on the command line are taken as they are (decoding is by content); folders are
-/// searched recursively for files with an image extension, in sorted order.
+/// searched recursively for files with an image extension, or none if the content is DICOM
+/// (as archives export them), in sorted order.
 fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
     fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>) {
         let entries = match std::fs::read_dir(dir) {
@@ -570,6 +573,7 @@ fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                || (p.extension().is_none() && fracture_nn::data::dicom::is_dicom_file(&p))
             {
                 out.push((p, None));
             }
@@ -625,6 +629,9 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
                 let label = clf.label(p, Some(threshold)).to_string();
                 if a.json {
                     let mut v = serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label});
+                    if let Ok(Some(uid)) = fracture_nn::data::dicom::sop_instance_uid(&path) {
+                        v["sop_instance_uid"] = serde_json::json!(uid); // DICOM: match back to the archive
+                    }
                     if let Some((png, peak)) = &heat {
                         v["heatmap"] = serde_json::json!(png.display().to_string());
                         v["peak"] = serde_json::json!(peak);
