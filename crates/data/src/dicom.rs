@@ -294,7 +294,7 @@ fn too_large(path: &Path, limits: &DecodeLimits, width: u32, height: u32) -> Dat
     }
 }
 
-fn element<'a>(obj: &'a DefaultDicomObject, tag: Tag) -> Option<&'a InMemElement> {
+fn element(obj: &DefaultDicomObject, tag: Tag) -> Option<&InMemElement> {
     obj.element_opt(tag).ok().flatten()
 }
 
@@ -648,7 +648,7 @@ impl Frame<'_> {
                     _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64,
                 };
                 let v = (raw >> shift) & mask;
-                if signed && v >> (stored - 1) & 1 == 1 {
+                if signed && (v >> (stored - 1)) & 1 == 1 {
                     v as i64 - (1i64 << stored)
                 } else {
                     v as i64
@@ -811,6 +811,7 @@ impl Voi {
                 };
                 y.clamp(0.0, 1.0)
             }
+            Voi::Table { data, .. } if data.is_empty() => x.clamp(0.0, 1.0),
             Voi::Table { first, bits, data } => {
                 let i = (x - first).round().clamp(0.0, (data.len() - 1) as f64) as usize;
                 let top = ((1u32 << (*bits).clamp(1, 16)) - 1) as f64;
