@@ -849,7 +849,9 @@ fn classify_file(clf: &mut Classifier, path: &Path) -> Result<(f64, Option<Strin
 /// folder, else in the source tree this binary was built from.
 fn default_model() -> Result<PathBuf> {
     let rel = Path::new("models").join("fracatlas.safetensors");
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&rel);
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(&rel);
     [rel.clone(), built]
         .into_iter()
         .find(|p| p.is_file())
@@ -906,6 +908,9 @@ fn predict(mut a: PredictArgs) -> Result<ExitCode> {
                 if a.json {
                     let mut v =
                         serde_json::json!({"path": shown, "p_fractured": p, "label": label});
+                    if let Ok(Some(uid)) = fracture_nn::data::dicom::sop_instance_uid(&path) {
+                        v["sop_instance_uid"] = serde_json::json!(uid); // DICOM: match back to the archive
+                    }
                     match &heat {
                         Some(Ok((png, peak))) => {
                             v["heatmap"] = serde_json::json!(escape_path(png));

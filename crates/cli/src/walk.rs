@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// File extensions searched for inside folders (decoding itself is by content).
-pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "dcm",
+];
 
 /// A file to classify, or the reason a named path cannot be.
 pub type Found = (PathBuf, Option<String>);
@@ -102,7 +104,11 @@ impl Walk {
     }
 }
 
+/// An image by its extension, or an extension-less DICOM file (as archives export them).
 fn has_image_extension(p: &Path) -> bool {
+    if p.extension().is_none() {
+        return fracture_nn::data::dicom::is_dicom_file(p);
+    }
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

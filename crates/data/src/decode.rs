@@ -7,6 +7,10 @@
 //! `convert("L")`), and transparent pixels are composited over black (the empty background of a
 //! radiograph).
 //!
+//! DICOM files (the `DICM` magic at byte 128, or at byte 0 without the preamble) go through
+//! [`crate::dicom`] and its display pipeline (modality LUT, VOI window, MONOCHROME1 inversion)
+//! under the same limits.
+//!
 //! Protection against decompression bombs: the header's dimensions are checked against
 //! [`DecodeLimits`] before any pixel is decoded, and the decoder itself runs with the same limits
 //! (including a cap on its allocations). Files are read with a bound: only regular files are
@@ -94,7 +98,8 @@ impl DecodeLimits {
 /// Reads `path` and decodes it by content into an 8-bit luminance image.
 ///
 /// Errors: [`DataError::Io`] if the file cannot be read, [`DataError::UnknownFormat`] if the
-/// content is not an image, [`DataError::TooLarge`] above `limits`, [`DataError::Corrupt`] for
+/// content is not an image, [`DataError::NotAnImage`] for a DICOM object without pixel data,
+/// [`DataError::Unsupported`] for a DICOM compression without a built-in codec, [`DataError::TooLarge`] above `limits`, [`DataError::Corrupt`] for
 /// damaged or truncated data. Every error names `path`.
 ///
 /// ```
@@ -184,6 +189,9 @@ pub fn decode_luma8_from_memory(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<GrayImage> {
+    if crate::dicom::is_dicom(bytes) {
+        return crate::dicom::decode_dicom(bytes, path, limits);
+    }
     let format = guess_format(bytes, path)?;
     let format_name = format!("{format:?}").to_uppercase();
     let corrupt = |reason: String| DataError::Corrupt {

@@ -31,14 +31,36 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    /// The file's content is not a recognised image format (PNG, JPEG, GIF, BMP, TIFF, WebP).
+    /// The file's content is not a recognised image format (PNG, JPEG, GIF, BMP, TIFF, WebP,
+    /// DICOM).
     #[error(
-        "{path}: not a recognised image (expected PNG, JPEG, GIF, BMP, TIFF or WebP data; \
+        "{path}: not a recognised image (expected PNG, JPEG, GIF, BMP, TIFF, WebP or DICOM data; \
          the content is checked, not the extension)"
     )]
     UnknownFormat {
         /// The file whose content was not recognised.
         path: PathBuf,
+    },
+
+    /// A file of a recognised format that holds no image: a DICOM object without pixel data
+    /// (RT plan, structured report, waveform, DICOMDIR, ...).
+    #[error("{path}: not an image: {reason}")]
+    NotAnImage {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the file holds instead.
+        reason: String,
+    },
+
+    /// An image in an encoding this build cannot decode (for DICOM: a transfer syntax without
+    /// a built-in pure-Rust codec, such as JPEG-LS; or a photometric interpretation that is not
+    /// monochrome, RGB or YBR).
+    #[error("{path}: unsupported image encoding: {reason}")]
+    Unsupported {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is not supported (for DICOM, naming the transfer syntax).
+        reason: String,
     },
 
     /// The image data is corrupt or truncated, or the decoder rejected it.
@@ -153,6 +175,8 @@ impl DataError {
         match self {
             DataError::Io { path, .. }
             | DataError::UnknownFormat { path }
+            | DataError::NotAnImage { path, .. }
+            | DataError::Unsupported { path, .. }
             | DataError::Corrupt { path, .. }
             | DataError::TooLarge { path, .. }
             | DataError::FileTooLarge { path, .. }
