@@ -10,7 +10,9 @@ use fracture_nn::layers::Layer;
 use fracture_nn::{BlockKind, Classifier};
 
 fn model_path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(file)
 }
 
 /// The fine-tuned EfficientNet-Lite0 (`models/fracatlas.safetensors`, the default model).

@@ -10,7 +10,9 @@ use std::path::Path;
 use fracture_nn::data::Split;
 use fracture_nn::layers::Layer;
 use fracture_nn::pretrained::PRETRAINED_NORMALIZATION;
-use fracture_nn::{evaluate_split, Classifier, ClassifierMeta, GradCam, ModelConfig, TrainConfig, Trainer};
+use fracture_nn::{
+    evaluate_split, Classifier, ClassifierMeta, GradCam, ModelConfig, TrainConfig, Trainer,
+};
 
 const SIZE: usize = 32;
 
@@ -27,7 +29,12 @@ fn pretrained(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-fn run(dir: &Path, init: &Path, stop_after: Option<usize>, resume: bool) -> fracture_nn::TrainOutcome {
+fn run(
+    dir: &Path,
+    init: &Path,
+    stop_after: Option<usize>,
+    resume: bool,
+) -> fracture_nn::TrainOutcome {
     let mut data = common::phantoms(SIZE, 48, 5);
     let cfg = TrainConfig {
         epochs: 2,
@@ -61,7 +68,10 @@ fn lite0_fine_tunes_resumes_evaluates_and_explains() {
     run(&split, &init, None, true);
     let a = common::tensors(&full.join("last.safetensors"), &model());
     let b = common::tensors(&split.join("last.safetensors"), &model());
-    assert_eq!(a, b, "killed after one epoch and resumed, the weights must be those of one run");
+    assert_eq!(
+        a, b,
+        "killed after one epoch and resumed, the weights must be those of one run"
+    );
 
     // The backbone started from the file: the first block's depthwise weights moved from the
     // pretrained values, but not far (two epochs at half the rate).
@@ -78,7 +88,10 @@ fn lite0_fine_tunes_resumes_evaluates_and_explains() {
         .zip(w1.value.as_slice())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
-    assert!(moved < 0.5, "the pretrained weights were overwritten (max change {moved})");
+    assert!(
+        moved < 0.5,
+        "the pretrained weights were overwritten (max change {moved})"
+    );
 
     // Evaluation through the saved file gives the run's own validation figures.
     let mut data = common::phantoms(SIZE, 48, 5);
