@@ -116,8 +116,9 @@ pub fn decode_luma8(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
     decode_luma8_from_memory(&bytes, path, limits)
 }
 
-/// Bytes sniffed before the rest of a file is read.
-const SNIFF_BYTES: usize = 32;
+/// Bytes sniffed before the rest of a file is read: enough for DICOM's `DICM` magic, which
+/// follows a 128-byte preamble.
+const SNIFF_BYTES: usize = 132;
 
 /// Reads an image file with a bound: regular files only, the format sniffed from the first
 /// [`SNIFF_BYTES`] before anything else is read, at most `limits.max_alloc` bytes in all.
@@ -154,7 +155,9 @@ pub fn read_image_bytes(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
         .take(SNIFF_BYTES as u64)
         .read_to_end(&mut bytes)
         .map_err(io)?;
-    guess_format(&bytes, path)?;
+    if !crate::dicom::is_dicom(&bytes) {
+        guess_format(&bytes, path)?;
+    }
     if meta.len() > cap {
         return Err(DataError::FileTooLarge {
             path: path.to_path_buf(),
