@@ -121,7 +121,7 @@ pub fn decode_luma8(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
 const SNIFF_BYTES: usize = 132;
 
 /// Reads an image file with a bound: regular files only, the format sniffed from the first
-/// [`SNIFF_BYTES`] before anything else is read, at most `limits.max_alloc` bytes in all.
+/// 132 bytes before anything else is read, at most `limits.max_alloc` bytes in all.
 ///
 /// ```
 /// use fracture_data::{decode::read_image_bytes, DataError, DecodeLimits};
