@@ -116,6 +116,179 @@ impl ClassifierMeta {
             tta: Tta::Off,
         }
     }
+
+    /// Largest channel width a model file may ask for (bounds what opening it allocates).
+    pub const MAX_WIDTH: usize = 4096;
+    /// Most stages a model file may ask for.
+    pub const MAX_STAGES: usize = 16;
+    /// Most ensemble members a model file may ask for.
+    pub const MAX_MEMBERS: usize = 16;
+    /// Most residual blocks per stage a model file may ask for.
+    pub const MAX_BLOCKS_PER_STAGE: usize = 64;
+    /// Largest input side a model file may ask for (activations grow with its square).
+    pub const MAX_MODEL_IMAGE_SIZE: usize = 1024;
+    /// Most convolution weights (a bound from widths, blocks and members) a model file may ask
+    /// for; EfficientNet-Lite0 has about 3.4 million parameters in all.
+    pub const MAX_CONV_WEIGHTS: u128 = 64_000_000;
+
+    /// An upper estimate of the 3x3 convolution weights of `m`: every stage as if each of its
+    /// blocks held three full 3x3 convolutions, times the ensemble members.
+    fn conv_weight_bound(m: &ModelConfig) -> u128 {
+        let mut prev = m.in_channels.max(1) as u128;
+        let mut total = 0u128;
+        for &w in &m.widths {
+            let w = w as u128;
+            total += prev * w * 9 + 3 * (m.blocks_per_stage.max(1) as u128) * w * w * 9;
+            prev = w;
+        }
+        total * m.members.max(1) as u128
+    }
+
+    /// Checks every field, so that nothing downstream can panic or run away on a model file's
+    /// values: two distinct non-empty class names matching the network's outputs, a positive
+    /// class among them, a threshold in `[0, 1]`, a finite mean and a positive finite std, an
+    /// input size within [`PreprocessConfig::MAX_IMAGE_SIZE`] equal in the architecture and the
+    /// preprocessing, and an architecture of bounded size that builds. The error names the
+    /// field ([`Error::Config`] with `field `name`: ...`).
+    ///
+    /// ```
+    /// use fracture_nn::{ClassifierMeta, ModelConfig};
+    /// let mut meta = ClassifierMeta::new(ModelConfig::phantom(32), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+    /// meta.validate().unwrap();
+    /// meta.threshold = 5.0;
+    /// assert!(meta.validate().unwrap_err().to_string().contains("`threshold`"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let field =
+            |name: &str, what: String| Err(Error::Config(format!("field `{name}`: {what}")));
+        let m = &self.model;
+        if m.num_classes != 2 {
+            return field(
+                "model.num_classes",
+                format!("must be 2 (fractured or not), got {}", m.num_classes),
+            );
+        }
+        if self.class_names.len() != m.num_classes {
+            return field(
+                "class_names",
+                format!(
+                    "must hold {} names (one per network output), got {:?}",
+                    m.num_classes, self.class_names
+                ),
+            );
+        }
+        if self.class_names.iter().any(|n| n.trim().is_empty())
+            || self.class_names[0] == self.class_names[1]
+        {
+            return field(
+                "class_names",
+                format!("must be distinct and non-empty, got {:?}", self.class_names),
+            );
+        }
+        if self.positive_class >= self.class_names.len() {
+            return field(
+                "positive_class",
+                format!(
+                    "must index class_names (0..{}), got {}",
+                    self.class_names.len(),
+                    self.positive_class
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return field(
+                "threshold",
+                format!("must be a probability in [0, 1], got {}", self.threshold),
+            );
+        }
+        let n = self.normalization;
+        if !n.mean.is_finite() {
+            return field(
+                "normalization.mean",
+                format!("must be finite, got {}", n.mean),
+            );
+        }
+        if !(n.std.is_finite() && n.std > 0.0) {
+            return field(
+                "normalization.std",
+                format!("must be positive and finite, got {}", n.std),
+            );
+        }
+        if let Err(e) = self.preprocess.validate() {
+            return field("preprocess.image_size", e.to_string());
+        }
+        if m.image_size != self.preprocess.image_size {
+            return field(
+                "model.image_size",
+                format!(
+                    "{} differs from preprocess.image_size {}",
+                    m.image_size, self.preprocess.image_size
+                ),
+            );
+        }
+        if m.in_channels != 1 {
+            return field(
+                "model.in_channels",
+                format!("must be 1 (gray images), got {}", m.in_channels),
+            );
+        }
+        if m.widths.len() > Self::MAX_STAGES || m.widths.iter().any(|&w| w > Self::MAX_WIDTH) {
+            return field(
+                "model.widths",
+                format!(
+                    "at most {} stages of at most {} channels, got {:?}",
+                    Self::MAX_STAGES,
+                    Self::MAX_WIDTH,
+                    m.widths
+                ),
+            );
+        }
+        if m.members > Self::MAX_MEMBERS {
+            return field(
+                "model.members",
+                format!("at most {}, got {}", Self::MAX_MEMBERS, m.members),
+            );
+        }
+        if m.blocks_per_stage > Self::MAX_BLOCKS_PER_STAGE {
+            return field(
+                "model.blocks_per_stage",
+                format!(
+                    "at most {}, got {}",
+                    Self::MAX_BLOCKS_PER_STAGE,
+                    m.blocks_per_stage
+                ),
+            );
+        }
+        if m.image_size > Self::MAX_MODEL_IMAGE_SIZE {
+            return field(
+                "model.image_size",
+                format!(
+                    "at most {} px, got {}",
+                    Self::MAX_MODEL_IMAGE_SIZE,
+                    m.image_size
+                ),
+            );
+        }
+        if m.block != crate::BlockKind::EfficientNetLite0
+            && Self::conv_weight_bound(m) > Self::MAX_CONV_WEIGHTS
+        {
+            return field(
+                "model.widths",
+                format!(
+                    "{:?} with {} block(s) per stage and {} member(s) would need up to {} weights (at most {})",
+                    m.widths,
+                    m.blocks_per_stage,
+                    m.members,
+                    Self::conv_weight_bound(m),
+                    Self::MAX_CONV_WEIGHTS
+                ),
+            );
+        }
+        if let Err(e) = m.validate() {
+            return field("model", e.to_string());
+        }
+        Ok(())
+    }
 }
 
 /// A network with its metadata, ready to predict.
@@ -181,6 +354,7 @@ impl Classifier {
             reason: format!("its architecture cannot be built: {e}"),
         })?;
         checkpoint::load_model(path, &mut net)?;
+        check_finite(path, &net)?;
         Ok(Classifier { net, meta })
     }
 
@@ -229,6 +403,31 @@ impl Classifier {
     }
 }
 
+/// Refuses weights holding NaN or infinity: they would only surface later as a NaN logit.
+fn check_finite(path: &Path, net: &Sequential) -> Result<()> {
+    use fracture_layers::Layer;
+    let mut bad: Option<String> = None;
+    net.visit_params_ref("", &mut |name, p| {
+        if bad.is_none() && p.value.as_slice().iter().any(|v| !v.is_finite()) {
+            bad = Some(name.to_string());
+        }
+    });
+    net.visit_buffers_ref("", &mut |name, b| {
+        if bad.is_none() && b.value.as_slice().iter().any(|v| !v.is_finite()) {
+            bad = Some(name.to_string());
+        }
+    });
+    match bad {
+        Some(name) => Err(Error::ModelFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor {name:?} holds NaN or infinite values (a damaged file, or weights of a diverged run); retrain or use another model file"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The safetensors metadata entries describing a classifier.
 pub(crate) fn meta_entries(meta: &ClassifierMeta) -> checkpoint::Metadata {
     let json = serde_json::to_string(meta).expect("ClassifierMeta serialises");
@@ -240,8 +439,20 @@ fn parse_meta(path: &Path, meta: &checkpoint::Metadata) -> Result<ClassifierMeta
         path: path.to_path_buf(),
         reason: format!("not a fracture-nn classifier: its metadata has no {META_KEY:?} entry"),
     })?;
-    serde_json::from_str(json).map_err(|e| Error::ModelFile {
+    let mut parsed: ClassifierMeta = serde_json::from_str(json).map_err(|e| Error::ModelFile {
         path: path.to_path_buf(),
         reason: format!("its {META_KEY:?} metadata is not valid: {e}"),
-    })
+    })?;
+    parsed.validate().map_err(|e| Error::ModelFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "invalid model file: {}",
+            e.to_string().trim_start_matches("invalid configuration: ")
+        ),
+    })?;
+    // Decode limits from a file can only tighten the built-in ones (a crafted file must not
+    // switch off the decompression-bomb protection).
+    parsed.preprocess.limits =
+        fracture_data::DecodeLimits::default().tightened_by(&parsed.preprocess.limits);
+    Ok(parsed)
 }

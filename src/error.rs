@@ -39,8 +39,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss} (the last good checkpoint is kept; lower the learning rate)")]
+    /// The loss became NaN or infinite; the checkpoint of the last finished epoch, if any, is
+    /// kept.
+    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss} ({}); lower the learning rate (--lr) or check the data", kept_note(*epoch))]
     NonFiniteLoss {
         /// Epoch (from 1).
         epoch: usize,
@@ -79,6 +80,15 @@ pub enum Error {
     /// Computing metrics failed.
     #[error(transparent)]
     Metrics(#[from] fracture_metrics::MetricsError),
+}
+
+/// What survives a divergence in `epoch` (from 1): epochs before it saved a checkpoint.
+fn kept_note(epoch: usize) -> &'static str {
+    if epoch > 1 {
+        "the checkpoint of the last finished epoch is kept"
+    } else {
+        "no epoch of this run finished, so it saved no checkpoint"
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -132,6 +132,24 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, SourceTensor>> {
     Ok(out)
 }
 
+/// `true` when `path` is a safetensors file whose metadata names it a fracture-nn model file
+/// (the [`crate::META_KEY`] entry), whether or not that metadata is valid.
+///
+/// ```
+/// use fracture_nn::{pretrained::is_model_file, Classifier, ClassifierMeta, ModelConfig};
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("m.safetensors");
+/// Classifier::new(ClassifierMeta::new(ModelConfig::phantom(16), Default::default()), 0)?.save(&path)?;
+/// assert!(is_model_file(&path));
+/// assert!(!is_model_file(&dir.path().join("missing.pth")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn is_model_file(path: &Path) -> bool {
+    is_safetensors(path)
+        && fracture_layers::checkpoint::read_metadata(path)
+            .is_ok_and(|m| m.contains_key(crate::META_KEY))
+}
+
 /// `true` when the file starts as a safetensors file does: an 8-byte little-endian header
 /// length followed by `{`.
 fn is_safetensors(path: &Path) -> bool {

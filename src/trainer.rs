@@ -537,12 +537,18 @@ impl Trainer {
             }
         }
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
-        let normalization = match &self.init {
-            None => Normalization::from_train(&train)?,
-            Some(path) => match Classifier::read_meta(path) {
-                Ok(meta) => meta.normalization,
-                Err(_) => crate::pretrained::PRETRAINED_NORMALIZATION,
-            },
+        // A fracture-nn model file as the starting point must be valid as a whole (its own
+        // normalisation and classifier are kept); anything else is foreign weights.
+        let init_meta = match &self.init {
+            Some(path) if crate::pretrained::is_model_file(path) => {
+                Some(Classifier::read_meta(path)?)
+            }
+            _ => None,
+        };
+        let normalization = match (&self.init, &init_meta) {
+            (None, _) => Normalization::from_train(&train)?,
+            (Some(_), Some(meta)) => meta.normalization,
+            (Some(_), None) => crate::pretrained::PRETRAINED_NORMALIZATION,
         };
         let counts = train.class_counts();
         let weights = cfg.class_weights.resolve(&counts)?;
@@ -561,7 +567,7 @@ impl Trainer {
             let source = crate::pretrained::read_tensors(path)?;
             // A fracture-nn model file keeps its (trained) classifier; foreign weights get a
             // new one for the two classes.
-            let classifier = if Classifier::read_meta(path).is_ok() {
+            let classifier = if init_meta.is_some() {
                 crate::pretrained::ClassifierInit::Load
             } else {
                 crate::pretrained::ClassifierInit::Replace
@@ -823,6 +829,11 @@ impl Trainer {
         sizes: SplitSizes,
     ) -> Result<TrainOutcome> {
         let mut clf = Classifier::load(&self.model_path())?;
+        // The model file names the classes it was trained on (label order: the positive class
+        // is label 0, `fracture_metrics::FRACTURED`).
+        if val.classes().len() == clf.meta.model.num_classes {
+            clf.meta.class_names = val.classes().to_vec();
+        }
         clf.meta.provenance = self.provenance(&state);
         clf.meta.provenance.epochs = state.epochs_done;
         let cal = calibrate(&mut clf, &self.config, val, test)?;
@@ -886,16 +897,19 @@ impl Trainer {
                 "there is no last checkpoint in this output directory".into(),
             ));
         }
-        let meta = checkpoint::load_model(&path, net)?;
+        // The settings are compared before the weights are loaded, so that a changed
+        // architecture is reported as such rather than as a tensor shape mismatch.
+        let meta = checkpoint::read_metadata(&path)?;
         let json = meta
             .get(STATE_KEY)
             .ok_or_else(|| resume_err("it holds no training state (is it a model file?)".into()))?;
         let state: RunState = serde_json::from_str(json)
             .map_err(|e| resume_err(format!("unreadable training state: {e}")))?;
         if state.model != fresh.model {
-            return Err(resume_err(
-                "it was trained with another architecture".into(),
-            ));
+            return Err(resume_err(format!(
+                "it was trained with another architecture ({}); resume with the original settings or start a new run",
+                changed_fields(&state.model, &fresh.model)
+            )));
         }
         let mut a = state.config.clone();
         let mut b = fresh.config.clone();
@@ -906,11 +920,12 @@ impl Trainer {
             c.verbose = false;
         }
         if a != b {
-            return Err(resume_err(
-                "it was trained with other settings (only --epochs may change when resuming)"
-                    .into(),
-            ));
+            return Err(resume_err(format!(
+                "it was trained with other settings ({}); only --epochs and --patience may change when resuming",
+                changed_fields(&a, &b)
+            )));
         }
+        checkpoint::load_model(&path, net)?;
         let opt_state = checkpoint::load_optimizer_state(self.last_optim_path())?;
         opt.load_state(opt_state)?;
         let opt_meta = checkpoint::read_metadata(self.last_optim_path())?;
@@ -1076,4 +1091,26 @@ pub fn evaluate_split(
         mean_loss: loss_sum / n,
         accuracy: correct as f64 / n,
     })
+}
+
+/// The top-level fields that differ between two serialisable settings, as `name: was -> now`.
+fn changed_fields<T: Serialize>(was: &T, now: &T) -> String {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(was), serde_json::to_value(now))
+    else {
+        return "unknown setting".into();
+    };
+    let diffs: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            let now = b.get(k).map_or("(absent)".to_string(), |n| n.to_string());
+            format!("{k}: {v} -> {now}")
+        })
+        .collect();
+    if diffs.is_empty() {
+        "unknown setting".into()
+    } else {
+        diffs.join(", ")
+    }
 }

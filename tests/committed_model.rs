@@ -9,18 +9,35 @@ use fracture_nn::data::Normalization;
 use fracture_nn::layers::Layer;
 use fracture_nn::{BlockKind, Classifier};
 
-fn model_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fracatlas.safetensors")
+fn model_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(file)
 }
 
+/// The fine-tuned EfficientNet-Lite0 (`models/fracatlas.safetensors`, the default model).
 #[test]
 fn the_committed_fracatlas_model_loads_and_predicts_a_probability() {
-    let mut clf = Classifier::load(&model_path()).expect("models/fracatlas.safetensors loads");
+    let clf = check("fracatlas.safetensors", BlockKind::EfficientNetLite0);
+    assert_eq!(
+        clf.meta.normalization,
+        fracture_nn::pretrained::PRETRAINED_NORMALIZATION
+    );
+}
+
+/// The from-scratch residual network (`models/fracatlas-scratch.safetensors`).
+#[test]
+fn the_from_scratch_fracatlas_model_still_loads_and_predicts() {
+    check("fracatlas-scratch.safetensors", BlockKind::Residual);
+}
+
+fn check(file: &str, block: BlockKind) -> Classifier {
+    let mut clf = Classifier::load(&model_path(file)).expect("the committed model loads");
     let meta = clf.meta.clone();
 
-    // What docs/RESULTS.md says of it: a residual network on FracAtlas, classes in folder
+    // What docs/RESULTS.md says of it: its architecture on FracAtlas, classes in folder
     // order with fractured as the positive class, a threshold chosen on validation.
-    assert_eq!(meta.model.block, BlockKind::Residual);
+    assert_eq!(meta.model.block, block);
     assert_eq!(meta.class_names, ["fractured", "not_fractured"]);
     assert_eq!(meta.positive_class, 0);
     assert_eq!(meta.preprocess.image_size, meta.model.image_size);
@@ -49,4 +66,5 @@ fn the_committed_fracatlas_model_loads_and_predicts_a_probability() {
     let p = clf.predict_batch(&x, 2).unwrap();
     assert_eq!(p.len(), 2);
     assert!(p.iter().all(|v| (0.0..=1.0).contains(v)), "{p:?}");
+    clf
 }

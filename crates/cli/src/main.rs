@@ -18,6 +18,9 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+mod run_lock;
+mod walk;
+
 use fracture_nn::{
     evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
     Trainer, Tta,
@@ -73,6 +76,8 @@ struct ImportArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// Dataset root holding train/ and val/ (and optionally test/), each with fractured/ and
     /// not_fractured/. Without it, trains on synthetic phantoms generated in memory.
@@ -111,6 +116,13 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Replace the run already in --out (without it, a folder holding a run is refused).
+    #[arg(long)]
+    overwrite: bool,
+    /// The class folder that is the positive (fractured) class, when the class folders are
+    /// not named fractured and not_fractured.
+    #[arg(long, value_name = "NAME")]
+    positive_class: Option<String>,
     /// Architecture: plain (VGG-like), residual, or efficientnet-lite0 (default with
     /// --pretrained).
     #[arg(long)]
@@ -171,6 +183,8 @@ struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct EvalArgs {
     /// Model file (model.safetensors).
     #[arg(long)]
@@ -202,10 +216,14 @@ struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct PredictArgs {
-    /// Model file (model.safetensors).
+    /// Model file (model.safetensors). Default: the committed FracAtlas model,
+    /// `models/fracatlas.safetensors` (looked up in the current folder, then in the source tree
+    /// this binary was built from).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Images, or folders searched recursively for image files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -228,6 +246,8 @@ struct PredictArgs {
 }
 
 #[derive(Args, Debug)]
+// Negative numbers reach validation, which says what is wrong with them.
+#[command(allow_negative_numbers = true)]
 struct SynthArgs {
     /// Output root.
     #[arg(long)]
@@ -251,6 +271,7 @@ struct InfoArgs {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(*a),
@@ -264,11 +285,50 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the chain of causes joined by ": ".
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line joined by ": ", leaving out a cause whose text the
+/// line already holds (errors that print their source would otherwise repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// A CLI whose output is piped into `head`, `grep -m1` or a closed socket must stop quietly
+/// when the reader goes away. Rust ignores SIGPIPE, which turns the closed pipe into a panic
+/// in `println!`; restoring the default action ends the process as every Unix tool does
+/// (status 141 in a shell, no message).
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; it only changes how the
+    // process reacts to SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `--threshold` must be a probability; checked before any work.
+fn check_threshold(threshold: Option<f64>) -> Result<()> {
+    if let Some(t) = threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold {t}: must be a probability in [0, 1] (P(fractured) at or above it is labelled positive)");
+        }
+    }
+    Ok(())
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -295,6 +355,7 @@ fn parse_split(s: &str) -> Result<Split> {
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
+    check_train_flags(&a)?;
     let on_phantoms = a.data.is_none();
     let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
     let arch: Option<BlockKind> = a.arch.as_deref().map(str::parse).transpose()?;
@@ -387,6 +448,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
                 .to_string(),
         ),
     };
+    // Held until the run ends: a second train on the same folder fails at once.
+    let _run_lock = run_lock::RunLock::claim(&out, a.resume, a.overwrite)?;
     let (mut folder, description) = match &a.data {
         None => {
             let cfg = PhantomConfig {
@@ -398,7 +461,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
                 ..PhantomConfig::default()
             };
             eprintln!(
-                "training on synthetic phantoms: {} train / {} val / {} test at {} px (use --data DIR for real X-rays)",
+                "training on synthetic phantoms: {} train / {} val / {} test at {} px, positive class fractured (use --data DIR for real X-rays)",
                 cfg.train, cfg.val, cfg.test, cfg.size
             );
             let desc = format!(
@@ -413,7 +476,11 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             } else {
                 BadFilePolicy::Skip
             };
-            eprintln!("loading {} at {image_size} px ...", root.display());
+            let (positive, negative) = class_folders(root, a.positive_class.as_deref())?;
+            eprintln!(
+                "loading {} at {image_size} px; positive class {positive:?}, negative {negative:?} ...",
+                root.display()
+            );
             let folder =
                 ImageFolder::load(root, &LoadOptions::new(image_size).with_policy(policy))?;
             report_skipped(&folder);
@@ -425,6 +492,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let train = folder.take_split(Split::Train)?;
     let val = folder.take_split(Split::Val)?;
     let test = folder.take_split(Split::Test).ok();
+    let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
     eprintln!(
         "train {} images {:?}, val {} images {:?}; writing to {}",
         train.len(),
@@ -456,6 +524,179 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The numeric training flags, checked before any data is loaded: each error names the flag,
+/// the value given and the accepted range.
+fn check_train_flags(a: &TrainArgs) -> Result<()> {
+    fn positive(flag: &str, v: Option<usize>, hint: &str) -> Result<()> {
+        if v == Some(0) {
+            bail!("{flag} 0: must be at least 1 ({hint})");
+        }
+        Ok(())
+    }
+    positive(
+        "--epochs",
+        a.epochs,
+        "the number of passes over the training images",
+    )?;
+    positive(
+        "--batch-size",
+        Some(a.batch_size),
+        "images per step, e.g. 32",
+    )?;
+    positive("--threads", a.threads, "worker threads")?;
+    positive("--members", a.members, "networks in the ensemble")?;
+    positive(
+        "--patience",
+        a.patience,
+        "epochs without improvement before stopping",
+    )?;
+    positive("--blocks", a.blocks, "residual blocks per stage")?;
+    positive(
+        "--image-size",
+        a.image_size,
+        "the square input side in pixels",
+    )?;
+    if let Some(w) = &a.widths {
+        if w.is_empty() || w.contains(&0) {
+            bail!("--widths {w:?}: every stage needs at least 1 channel, e.g. 32,64,128,256");
+        }
+    }
+    if let Some(lr) = a.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr {lr}: the learning rate must be positive and finite, e.g. 2e-3 (AdamW) or 0.05 (SGD)");
+        }
+    }
+    let unit = |flag: &str, v: Option<f32>, what: &str| -> Result<()> {
+        match v {
+            Some(v) if !(0.0..1.0).contains(&v) => bail!("{flag} {v}: {what} must lie in [0, 1)"),
+            _ => Ok(()),
+        }
+    };
+    unit("--dropout", a.dropout, "the dropout rate")?;
+    unit("--drop-path", a.drop_path, "the stochastic depth rate")?;
+    unit("--label-smoothing", a.label_smoothing, "label smoothing")?;
+    unit("--ema", a.ema, "the EMA decay")?;
+    if let Some(wd) = a.weight_decay {
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!(
+                "--weight-decay {wd}: the weight decay must be 0 or positive and finite, e.g. 1e-4"
+            );
+        }
+    }
+    if let Some(s) = a.backbone_lr_scale {
+        if !(s.is_finite() && s >= 0.0) {
+            bail!("--backbone-lr-scale {s}: must be 0 or positive and finite, e.g. 0.1");
+        }
+    }
+    if a.data.is_none() && a.positive_class.is_some() {
+        bail!("--positive-class applies to --data folders only (phantoms are fractured/not_fractured)");
+    }
+    if a.data.is_none() && a.phantoms < MIN_PHANTOMS {
+        bail!("--phantoms {}: too few to train and validate on; use at least {MIN_PHANTOMS} (half of them fractured)", a.phantoms);
+    }
+    Ok(())
+}
+
+/// The positive and negative class folder names of `<root>/train`, read before any image
+/// loads: exactly two classes, named fractured and not_fractured unless `positive` names one.
+fn class_folders(root: &Path, positive: Option<&str>) -> Result<(String, String)> {
+    let train = root.join("train");
+    let mut names: Vec<String> = std::fs::read_dir(&train)
+        .with_context(|| {
+            format!(
+                "--data {}: cannot read its train folder (expected {}/train/<class>/<images>)",
+                root.display(),
+                root.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    if names.len() != 2 {
+        bail!(
+            "--data {}: {} has {} class folder(s) {names:?}; a fracture classifier needs exactly two, fractured/ and not_fractured/ (or two others with --positive-class NAME)",
+            root.display(),
+            train.display(),
+            names.len()
+        );
+    }
+    let positive = match positive {
+        Some(p) if names.iter().any(|n| n == p) => p.to_string(),
+        Some(p) => bail!(
+            "--positive-class {p:?}: not one of the class folders {names:?} in {}",
+            train.display()
+        ),
+        None if names == fracture_nn::data::CLASS_NAMES => names[0].clone(),
+        None => bail!(
+            "--data {}: class folders {names:?} are not fractured/ and not_fractured/; say which one is positive with --positive-class NAME",
+            root.display()
+        ),
+    };
+    let negative = names
+        .into_iter()
+        .find(|n| *n != positive)
+        .unwrap_or_default();
+    Ok((positive, negative))
+}
+
+/// The splits relabelled so that the positive class is label 0 (the trainer's positive
+/// label), when `--positive-class` names the folder that sorts second.
+fn positive_first(
+    train: DatasetSplit,
+    val: DatasetSplit,
+    test: Option<DatasetSplit>,
+    positive: Option<&str>,
+) -> Result<(DatasetSplit, DatasetSplit, Option<DatasetSplit>)> {
+    let Some(p) = positive else {
+        return Ok((train, val, test));
+    };
+    if train.classes().first().map(String::as_str) == Some(p) {
+        return Ok((train, val, test));
+    }
+    Ok((
+        swap_classes(train)?,
+        swap_classes(val)?,
+        test.map(swap_classes).transpose()?,
+    ))
+}
+
+/// A two-class split with its class order reversed (label 0 becomes 1 and 1 becomes 0).
+fn swap_classes(s: DatasetSplit) -> Result<DatasetSplit> {
+    let classes: Vec<String> = s.classes().iter().rev().cloned().collect();
+    let labels = s.labels().iter().map(|&l| 1 - l.min(1)).collect();
+    Ok(DatasetSplit::new(
+        s.split(),
+        classes,
+        s.image_size(),
+        s.images().to_vec(),
+        labels,
+        s.paths().to_vec(),
+    )?)
+}
+
+/// `data` labelled in the model's class order: its class folders must be the model's classes
+/// (in either order; a model trained with --positive-class has its positive class first).
+fn align_classes(data: DatasetSplit, model_classes: &[String], dir: &Path) -> Result<DatasetSplit> {
+    if data.classes() == model_classes {
+        return Ok(data);
+    }
+    let reversed: Vec<String> = model_classes.iter().rev().cloned().collect();
+    if data.classes() == reversed.as_slice() {
+        return swap_classes(data);
+    }
+    bail!(
+        "{}: class folders {:?} are not the model's classes {model_classes:?}; evaluate on data laid out like the training data",
+        dir.display(),
+        data.classes()
+    )
+}
+
+/// Fewest training phantoms: enough for both classes in every split and a few batches.
+const MIN_PHANTOMS: usize = 20;
+
 fn report_skipped(folder: &ImageFolder) {
     let s = folder.summary();
     if !s.skipped.is_empty() {
@@ -468,7 +709,11 @@ fn report_skipped(folder: &ImageFolder) {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
+    check_threshold(a.threshold)?;
     let split = parse_split(&a.split)?;
+    if let Some(png) = &a.roc_png {
+        check_writable_file(png, "--roc-png")?;
+    }
     let mut clf = Classifier::load(&a.model)?;
     let policy = if a.skip_bad {
         BadFilePolicy::Skip
@@ -480,14 +725,18 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         policy,
     };
     let split_dir = a.data.join(split.dir_name());
-    let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)?;
+    let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)
+        .map_err(|e| match fracture_nn::data::BadFileKind::of(&e) {
+            Some(_) => anyhow::anyhow!(
+                "{e} (pass --skip-bad to leave unreadable images out of the evaluation)"
+            ),
+            None => e.into(),
+        })?;
+    let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    if !threshold.is_finite() && a.threshold.is_some() {
-        bail!("--threshold must be a finite number");
-    }
     let tta = match &a.tta {
         Some(t) => t.parse::<Tta>()?,
         None => clf.meta.tta,
@@ -496,11 +745,8 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
-    if let Some(png) = &a.roc_png {
-        let roc = roc_curve(&labels, &ev.scores)?;
-        let point = (1.0 - report.specificity, report.sensitivity);
-        plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
-    }
+    // The curve comes after the report: a failure to draw it must not lose the numbers.
+    let point = (1.0 - report.specificity, report.sensitivity);
     if a.json {
         let kappa = report.cohen_kappa;
         let mut v = serde_json::to_value(report)?;
@@ -550,127 +796,200 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             );
         }
     }
+    if let Some(png) = &a.roc_png {
+        let roc = roc_curve(&labels, &ev.scores)?;
+        plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
-
-/// Files named on the command line are taken as they are (decoding is by content); folders are
-/// searched recursively for files with an image extension, in sorted order.
-fn collect_images(paths: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                out.push((dir.to_path_buf(), Some(format!("cannot read folder: {e}"))));
-                return;
-            }
-        };
-        let mut items: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        items.sort();
-        for p in items {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                out.push((p, None));
+/// A path as printed by `predict`: UTF-8 names as they are, except that a backslash, tab,
+/// newline or other control character is escaped (`\\`, `\t`, `\n`, `\xNN`) so that each
+/// result stays one tab-separated line, and bytes that are not UTF-8 are written as `\xNN`
+/// instead of being replaced.
+fn escape_path(p: &Path) -> String {
+    #[cfg(unix)]
+    let bytes: &[u8] = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
+    #[cfg(not(unix))]
+    let owned = p.to_string_lossy().into_owned().into_bytes();
+    #[cfg(not(unix))]
+    let bytes: &[u8] = &owned;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
             }
         }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut out);
-        } else {
-            out.push((p.clone(), None));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
     out
 }
 
-fn predict(a: PredictArgs) -> Result<ExitCode> {
+/// A warning for an input that gives the network nothing to look at: every pixel the same
+/// (an empty, all-black or all-white image, or a 1x1 one stretched to the input size).
+fn degenerate_input(gray: &[u8]) -> Option<String> {
+    let first = *gray.first()?;
+    gray.iter()
+        .all(|&v| v == first)
+        .then(|| format!("degenerate input: every pixel is {first}, so the label means nothing"))
+}
+
+/// P(fractured) for one file, preprocessed exactly as `Classifier::predict_file` does, and a
+/// warning if the input is degenerate.
+fn classify_file(clf: &mut Classifier, path: &Path) -> Result<(f64, Option<String>)> {
+    let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
+    let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
+    Ok((clf.predict_batch(&x, 1)?[0], degenerate_input(&gray)))
+}
+
+/// The model `predict` uses without `--model`: `models/fracatlas.safetensors` in the current
+/// folder, else in the source tree this binary was built from.
+fn default_model() -> Result<PathBuf> {
+    let rel = Path::new("models").join("fracatlas.safetensors");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(&rel);
+    [rel.clone(), built]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no --model given and the default model {} is not here (run from the repository, or pass --model FILE)",
+                rel.display()
+            )
+        })
+}
+
+fn predict(mut a: PredictArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
-    if let Some(t) = a.threshold {
-        if !(0.0..=1.0).contains(&t) {
-            bail!("--threshold must be in [0, 1], got {t}");
-        }
-    }
-    let mut clf = Classifier::load(&a.model)?;
+    check_threshold(a.threshold)?;
+    let model = match a.model.take() {
+        Some(m) => m,
+        None => default_model()?,
+    };
+    let mut clf = Classifier::load(&model)?;
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    let files = collect_images(&a.paths);
+    // The overlay folder is made (and shown writable) before any work, and is not searched:
+    // a second run must not classify the first run's overlays.
+    if let Some(dir) = &a.heatmap {
+        check_writable_dir(dir, "heatmap folder")?;
+    }
+    let files = walk::collect_images(&a.paths, a.heatmap.as_deref());
     if files.is_empty() {
         bail!("no image files found in the given folder(s)");
     }
     let mut cam = match &a.heatmap {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the heatmap folder {}", dir.display()))?;
-            Some((GradCam::new(&clf)?, dir, HashSet::new()))
-        }
+        Some(dir) => Some((GradCam::new(&clf)?, dir, HashSet::new())),
         None => None,
     };
     let mut failed = 0usize;
     for (path, early_error) in files {
+        let shown = escape_path(&path);
         let result = match (early_error, &mut cam) {
             (Some(e), _) => Err(e),
-            (None, None) => clf
-                .predict_file(&path)
-                .map(|p| (p, None))
-                .map_err(|e| e.to_string()),
+            (None, None) => classify_file(&mut clf, &path)
+                .map(|(p, note)| (p, note, None))
+                .map_err(|e| format!("{e:#}")),
             (None, Some((cam, dir, used))) => {
                 predict_with_heatmap(&mut clf, cam, &path, dir, used, threshold)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("{e:#}"))
             }
         };
         match result {
-            Ok((p, heat)) => {
+            Ok((p, note, heat)) => {
                 let label = clf.label(p, Some(threshold)).to_string();
+                if let Some(Err(e)) = &heat {
+                    failed += 1;
+                    eprintln!("{shown}: error: {e}");
+                }
                 if a.json {
-                    let mut v = serde_json::json!({"path": path.display().to_string(), "p_fractured": p, "label": label});
-                    if let Some((png, peak)) = &heat {
-                        v["heatmap"] = serde_json::json!(png.display().to_string());
-                        v["peak"] = serde_json::json!(peak);
+                    let mut v =
+                        serde_json::json!({"path": shown, "p_fractured": p, "label": label});
+                    if let Ok(Some(uid)) = fracture_nn::data::dicom::sop_instance_uid(&path) {
+                        v["sop_instance_uid"] = serde_json::json!(uid); // DICOM: match back to the archive
+                    }
+                    match &heat {
+                        Some(Ok((png, peak))) => {
+                            v["heatmap"] = serde_json::json!(escape_path(png));
+                            v["peak"] = serde_json::json!(peak);
+                        }
+                        Some(Err(e)) => v["heatmap_error"] = serde_json::json!(e),
+                        None => {}
+                    }
+                    if let Some(n) = &note {
+                        v["warning"] = serde_json::json!(n);
                     }
                     println!("{v}");
-                } else if let Some((png, peak)) = &heat {
-                    let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
-                    println!(
-                        "{}\tP(fractured) = {p:.4}\t{label}\theatmap {} (peak {peak})",
-                        path.display(),
-                        png.display()
-                    );
                 } else {
-                    println!("{}\tP(fractured) = {p:.4}\t{label}", path.display());
+                    let mut line = format!("{shown}\tP(fractured) = {p:.4}\t{label}");
+                    if let Some(Ok((png, peak))) = &heat {
+                        let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
+                        line += &format!("\theatmap {} (peak {peak})", escape_path(png));
+                    }
+                    if let Some(n) = &note {
+                        line += &format!("\twarning: {n}");
+                    }
+                    println!("{line}");
                 }
             }
             Err(e) => {
                 failed += 1;
                 if a.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"path": path.display().to_string(), "error": e})
-                    );
+                    println!("{}", serde_json::json!({"path": shown, "error": e}));
                 } else {
-                    eprintln!("{}: error: {e}", path.display());
+                    eprintln!("{shown}: error: {e}");
                 }
             }
         }
     }
     if failed > 0 {
-        eprintln!("error: {failed} file(s) could not be classified");
+        eprintln!("error: {failed} file(s) could not be classified or explained");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// P(fractured) and, with --heatmap, the overlay PNG written and the heatmap's peak.
-type Explained = (f64, Option<(PathBuf, Option<[usize; 2]>)>);
+/// Creates `dir` if needed and shows that a file can be written in it, before any work.
+fn check_writable_dir(dir: &Path, what: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the {what} {}", dir.display()))?;
+    let probe = dir.join(format!(".fracture-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write into the {what} {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Creates (or truncates) `file` to show it can be written, before any work.
+fn check_writable_file(file: &Path, flag: &str) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(file)
+        .with_context(|| format!("{flag} {}: cannot write this file", file.display()))?;
+    Ok(())
+}
+
+/// P(fractured), a warning if the input is degenerate, and with --heatmap the overlay PNG
+/// written and the heatmap's peak (or why it could not be written).
+type Explained = (
+    f64,
+    Option<String>,
+    Option<std::result::Result<(PathBuf, Option<[usize; 2]>), String>>,
+);
 
 /// An image's P(fractured) (exactly as `predict_file` computes it) and its Grad-CAM overlay,
 /// written to `dir` under a name derived from the file name and not yet `used` in this run.
+/// A failure to write the overlay keeps the probability.
 fn predict_with_heatmap(
     clf: &mut Classifier,
     cam: &mut GradCam,
@@ -682,6 +1001,7 @@ fn predict_with_heatmap(
     let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
     let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
     let p = clf.predict_batch(&x, 1)?[0];
+    let note = degenerate_input(&gray);
     let heat = cam.heatmap(&x)?;
     let stem = path
         .file_stem()
@@ -694,14 +1014,16 @@ fn predict_with_heatmap(
     }
     used.insert(png.clone());
     let probability = Probability { p, threshold };
-    save_overlay(
+    let written = save_overlay(
         &png,
         &gray,
         &heat,
         Some(probability),
         &OverlayConfig::default(),
-    )?;
-    Ok((p, Some((png, heat.peak))))
+    )
+    .map(|()| (png, heat.peak))
+    .map_err(|e| e.to_string());
+    Ok((p, note, Some(written)))
 }
 
 fn synth(a: SynthArgs) -> Result<ExitCode> {

@@ -554,6 +554,11 @@ fn infer(
     let p = w.clf.predict_batch(&x, 1).map_err(internal)?[0];
     let label = w.clf.label(p, Some(threshold)).to_string();
     let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold});
+    if let Ok(Some(uid)) =
+        fracture_nn::data::dicom::sop_instance_uid_from_memory(bytes, Path::new(name))
+    {
+        v["sop_instance_uid"] = json!(uid); // DICOM: match back to the archive, as predict --json does
+    }
     if heatmap {
         if w.cam.is_none() {
             w.cam = Some(GradCam::new(&w.clf).map_err(internal)?);

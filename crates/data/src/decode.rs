@@ -7,9 +7,16 @@
 //! `convert("L")`), and transparent pixels are composited over black (the empty background of a
 //! radiograph).
 //!
+//! DICOM files (the `DICM` magic at byte 128, or at byte 0 without the preamble) go through
+//! [`crate::dicom`] and its display pipeline (modality LUT, VOI window, MONOCHROME1 inversion)
+//! under the same limits.
+//!
 //! Protection against decompression bombs: the header's dimensions are checked against
 //! [`DecodeLimits`] before any pixel is decoded, and the decoder itself runs with the same limits
-//! (including a cap on its allocations). JPEGs must end with the end-of-image marker: a file cut
+//! (including a cap on its allocations). Files are read with a bound: only regular files are
+//! opened (a FIFO, device or socket would block or never end), the format is sniffed from the
+//! first bytes before the rest is read, and no more than [`DecodeLimits::max_alloc`] bytes are
+//! read at all ([`DataError::FileTooLarge`]). JPEGs must end with the end-of-image marker: a file cut
 //! short is reported as corrupt rather than silently padded with grey.
 
 use std::io::Cursor;
@@ -50,6 +57,24 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
+    /// The stricter of `self` and `other`, field by field: limits read from a file can only
+    /// tighten the built-in ones, never raise them.
+    ///
+    /// ```
+    /// use fracture_data::DecodeLimits;
+    /// let raised = DecodeLimits { max_width: 1_000_000, max_height: 100, max_alloc: u64::MAX };
+    /// let t = DecodeLimits::default().tightened_by(&raised);
+    /// assert_eq!((t.max_width, t.max_height), (10_000, 100));
+    /// assert_eq!(t.max_alloc, DecodeLimits::default().max_alloc);
+    /// ```
+    pub fn tightened_by(&self, other: &DecodeLimits) -> DecodeLimits {
+        DecodeLimits {
+            max_width: self.max_width.min(other.max_width),
+            max_height: self.max_height.min(other.max_height),
+            max_alloc: self.max_alloc.min(other.max_alloc),
+        }
+    }
+
     fn to_image_limits(self) -> Limits {
         let mut limits = Limits::default();
         limits.max_image_width = Some(self.max_width);
@@ -73,7 +98,8 @@ impl DecodeLimits {
 /// Reads `path` and decodes it by content into an 8-bit luminance image.
 ///
 /// Errors: [`DataError::Io`] if the file cannot be read, [`DataError::UnknownFormat`] if the
-/// content is not an image, [`DataError::TooLarge`] above `limits`, [`DataError::Corrupt`] for
+/// content is not an image, [`DataError::NotAnImage`] for a DICOM object without pixel data,
+/// [`DataError::Unsupported`] for a DICOM compression without a built-in codec, [`DataError::TooLarge`] above `limits`, [`DataError::Corrupt`] for
 /// damaged or truncated data. Every error names `path`.
 ///
 /// ```
@@ -86,11 +112,68 @@ impl DecodeLimits {
 /// assert_eq!(gray.get_pixel(0, 0).0[0], 76); // 0.299 * 255
 /// ```
 pub fn decode_luma8(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+    let bytes = read_image_bytes(path, limits)?;
+    decode_luma8_from_memory(&bytes, path, limits)
+}
+
+/// Bytes sniffed before the rest of a file is read: enough for DICOM's `DICM` magic, which
+/// follows a 128-byte preamble.
+const SNIFF_BYTES: usize = 132;
+
+/// Reads an image file with a bound: regular files only, the format sniffed from the first
+/// 132 bytes before anything else is read, at most `limits.max_alloc` bytes in all.
+///
+/// ```
+/// use fracture_data::{decode::read_image_bytes, DataError, DecodeLimits};
+/// let dir = tempfile::tempdir().unwrap();
+/// let zeros = dir.path().join("zeros.png");
+/// std::fs::write(&zeros, vec![0u8; 4096]).unwrap();
+/// let err = read_image_bytes(&zeros, &DecodeLimits::default()).unwrap_err();
+/// assert!(matches!(err, DataError::UnknownFormat { .. }));
+/// let err = read_image_bytes(dir.path(), &DecodeLimits::default()).unwrap_err();
+/// assert!(err.to_string().contains("not a regular file"));
+/// ```
+pub fn read_image_bytes(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    decode_luma8_from_memory(&bytes, path, limits)
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a writer appears.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, FIFO, device or socket); only image files are read",
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let cap = limits.max_alloc;
+    let mut bytes = Vec::with_capacity(SNIFF_BYTES);
+    let mut reader = file.take(cap.saturating_add(1));
+    (&mut reader)
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if !crate::dicom::is_dicom(&bytes) {
+        guess_format(&bytes, path)?;
+    }
+    if meta.len() > cap {
+        return Err(DataError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            max: cap,
+        });
+    }
+    reader.read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(DataError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            max: cap,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decodes image bytes by content into an 8-bit luminance image; `path` only names the source
@@ -109,6 +192,9 @@ pub fn decode_luma8_from_memory(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<GrayImage> {
+    if crate::dicom::is_dicom(bytes) {
+        return crate::dicom::decode_dicom(bytes, path, limits);
+    }
     let format = guess_format(bytes, path)?;
     let format_name = format!("{format:?}").to_uppercase();
     let corrupt = |reason: String| DataError::Corrupt {

@@ -31,14 +31,36 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    /// The file's content is not a recognised image format (PNG, JPEG, GIF, BMP, TIFF, WebP).
+    /// The file's content is not a recognised image format (PNG, JPEG, GIF, BMP, TIFF, WebP,
+    /// DICOM).
     #[error(
-        "{path}: not a recognised image (expected PNG, JPEG, GIF, BMP, TIFF or WebP data; \
+        "{path}: not a recognised image (expected PNG, JPEG, GIF, BMP, TIFF, WebP or DICOM data; \
          the content is checked, not the extension)"
     )]
     UnknownFormat {
         /// The file whose content was not recognised.
         path: PathBuf,
+    },
+
+    /// A file of a recognised format that holds no image: a DICOM object without pixel data
+    /// (RT plan, structured report, waveform, DICOMDIR, ...).
+    #[error("{path}: not an image: {reason}")]
+    NotAnImage {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the file holds instead.
+        reason: String,
+    },
+
+    /// An image in an encoding this build cannot decode (for DICOM: a transfer syntax without
+    /// a built-in pure-Rust codec, such as JPEG-LS; or a photometric interpretation that is not
+    /// monochrome, RGB or YBR).
+    #[error("{path}: unsupported image encoding: {reason}")]
+    Unsupported {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is not supported (for DICOM, naming the transfer syntax).
+        reason: String,
     },
 
     /// The image data is corrupt or truncated, or the decoder rejected it.
@@ -70,6 +92,20 @@ pub enum DataError {
         max_height: u32,
         /// The configured maximum decoder allocation in bytes.
         max_alloc: u64,
+    },
+
+    /// The file is larger than the decoder may allocate ([`crate::DecodeLimits::max_alloc`]);
+    /// it is not read past that size.
+    #[error(
+        "{path}: file of {size} bytes or more exceeds the limit of {max} bytes (see DecodeLimits)"
+    )]
+    FileTooLarge {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its size (at least).
+        size: u64,
+        /// The limit in bytes.
+        max: u64,
     },
 
     /// The dataset root does not follow `<root>/{train,val,test}/<class>/<files>`.
@@ -139,8 +175,11 @@ impl DataError {
         match self {
             DataError::Io { path, .. }
             | DataError::UnknownFormat { path }
+            | DataError::NotAnImage { path, .. }
+            | DataError::Unsupported { path, .. }
             | DataError::Corrupt { path, .. }
             | DataError::TooLarge { path, .. }
+            | DataError::FileTooLarge { path, .. }
             | DataError::WrongLayout { path, .. }
             | DataError::MissingSplit { path, .. }
             | DataError::EmptyClassFolder { path }

@@ -133,6 +133,9 @@ pub enum BadFileKind {
     Corrupt,
     /// Larger than the decode limits.
     TooLarge,
+    /// An image in an encoding this build cannot decode (e.g. a DICOM transfer syntax without
+    /// a built-in codec).
+    Unsupported,
 }
 
 impl fmt::Display for BadFileKind {
@@ -142,6 +145,7 @@ impl fmt::Display for BadFileKind {
             BadFileKind::UnknownFormat => "not an image",
             BadFileKind::Corrupt => "corrupt",
             BadFileKind::TooLarge => "too large",
+            BadFileKind::Unsupported => "unsupported encoding",
         })
     }
 }
@@ -151,9 +155,14 @@ impl BadFileKind {
     pub fn of(error: &DataError) -> Option<BadFileKind> {
         match error {
             DataError::Io { .. } => Some(BadFileKind::Unreadable),
-            DataError::UnknownFormat { .. } => Some(BadFileKind::UnknownFormat),
+            DataError::UnknownFormat { .. } | DataError::NotAnImage { .. } => {
+                Some(BadFileKind::UnknownFormat)
+            }
+            DataError::Unsupported { .. } => Some(BadFileKind::Unsupported),
             DataError::Corrupt { .. } => Some(BadFileKind::Corrupt),
-            DataError::TooLarge { .. } => Some(BadFileKind::TooLarge),
+            DataError::TooLarge { .. } | DataError::FileTooLarge { .. } => {
+                Some(BadFileKind::TooLarge)
+            }
             _ => None,
         }
     }

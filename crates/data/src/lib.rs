@@ -2,8 +2,10 @@
 //!
 //! Everything between files on disk and NCHW batches for fracture-nn:
 //!
-//! - [`decode`]: decoding by content (PNG, JPEG, GIF, BMP, TIFF, WebP) into 8-bit luminance,
-//!   with limits against decompression bombs;
+//! - [`decode`]: decoding by content (PNG, JPEG, GIF, BMP, TIFF, WebP, DICOM) into 8-bit
+//!   luminance, with limits against decompression bombs;
+//! - [`dicom`]: DICOM's display pipeline (modality LUT, VOI window, MONOCHROME1) and the SOP
+//!   Instance UID that matches a result back to the archive;
 //! - [`resize`] and [`preprocess`]: square resize (letterbox or stretch) and the one
 //!   preprocessing path shared by training and prediction ([`preprocess_file`]);
 //! - [`folder`]: `<root>/{train,val,test}/<class>/<files>` loaded once into memory, with a
@@ -30,6 +32,7 @@
 
 pub mod augment;
 pub mod decode;
+pub mod dicom;
 pub mod error;
 pub mod folder;
 pub mod loader;

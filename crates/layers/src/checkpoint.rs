@@ -247,11 +247,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Largest checkpoint file read (16 GiB): far above any model here, but a bound.
+pub const MAX_FILE_BYTES: u64 = 16 << 30;
+
+/// Reads a checkpoint file: regular files only (opening a FIFO would block), at most
+/// [`MAX_FILE_BYTES`].
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| LayersError::Io {
+    use std::io::Read;
+    let io = |source| LayersError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, FIFO, device or socket)",
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes exceed the checkpoint limit of {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(bytes)
 }
 
 /// A model's parameters and buffers (and dropout counters) as safetensors bytes, with the

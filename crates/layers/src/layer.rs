@@ -377,7 +377,7 @@ pub trait Layer: Send {
     }
 }
 
-/// The sub-layer of `layer` at a dotted path of local names (see [`Layer::find`]); local names
+/// The sub-layer of `layer` at a dotted path of local names; local names
 /// that hold dots themselves (`downsample.0`) are matched as a whole.
 ///
 /// ```
