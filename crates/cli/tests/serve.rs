@@ -59,10 +59,17 @@ fn page_model_and_health() {
         );
     }
     let m = get(server.addr, "/api/model").json();
-    assert_eq!(m["input_size"], 384);
+    // What the page describes is what the model file says.
+    let meta = fracture_nn::Classifier::read_meta(&committed_model()).unwrap();
+    assert_eq!(m["input_size"], meta.model.image_size);
+    assert_eq!(m["threshold"].as_f64(), Some(meta.threshold));
+    assert_eq!(m["val_auc"].as_f64(), meta.provenance.val_auc);
     assert!(m["val_auc"].as_f64().unwrap() > 0.5);
-    assert!(m["threshold"].as_f64().is_some());
-    assert!(m["architecture"].as_str().unwrap().contains("Residual"));
+    let arch = m["architecture"].as_str().unwrap();
+    match meta.model.block {
+        fracture_nn::BlockKind::EfficientNetLite0 => assert_eq!(arch, "EfficientNet-Lite0"),
+        other => assert!(arch.contains(&format!("{other:?}")), "{arch}"),
+    }
     assert_error(&get(server.addr, "/nope"), 404, "no such route");
     assert_error(&get(server.addr, "/api/predict"), 405, "method not allowed");
 }
