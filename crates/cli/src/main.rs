@@ -18,7 +18,9 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+mod audit;
 mod run_lock;
+mod split;
 mod walk;
 
 use fracture_nn::{
@@ -53,6 +55,10 @@ enum Command {
     Import(ImportArgs),
     /// Serve a web page and a JSON API (POST /api/predict) that classify uploaded X-rays.
     Serve(serve::ServeArgs),
+    /// Find exact and near copies within and across train/val/test and class folders (leakage).
+    Audit(audit::AuditArgs),
+    /// Split a folder of class folders into train/val/test by copy group, stratified by class.
+    Split(split::SplitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +287,8 @@ fn main() -> ExitCode {
         Command::Info(a) => info(a),
         Command::Import(a) => import(a),
         Command::Serve(a) => serve::run(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Split(a) => split::run(a),
     };
     match result {
         Ok(code) => code,
@@ -493,6 +501,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let val = folder.take_split(Split::Val)?;
     let test = folder.take_split(Split::Test).ok();
     let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
+    audit::warn_shared_images(&train, &val, test.as_ref());
     eprintln!(
         "train {} images {:?}, val {} images {:?}; writing to {}",
         train.len(),

@@ -633,12 +633,12 @@ impl ImageFolder {
 }
 
 /// The listing of one split folder before decoding.
-struct SplitScan {
-    dir: PathBuf,
-    classes: Vec<String>,
+pub(crate) struct SplitScan {
+    pub(crate) dir: PathBuf,
+    pub(crate) classes: Vec<String>,
     /// Per class: its folder and its files, sorted.
-    files: Vec<(PathBuf, Vec<PathBuf>)>,
-    ignored: Vec<PathBuf>,
+    pub(crate) files: Vec<(PathBuf, Vec<PathBuf>)>,
+    pub(crate) ignored: Vec<PathBuf>,
 }
 
 /// Sorted non-hidden entries of a folder.
@@ -659,7 +659,7 @@ fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn scan_split(dir: &Path) -> Result<SplitScan> {
+pub(crate) fn scan_split(dir: &Path) -> Result<SplitScan> {
     let meta = std::fs::metadata(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,

@@ -13,7 +13,8 @@
 //! - [`normalize`]: mean/std from the training split only, serialisable for checkpoints;
 //! - [`augment`]: seeded flips, rotation, crop, translation, brightness/contrast, noise;
 //! - [`loader`]: shuffled or balanced, prefetching batch loader;
-//! - [`phantom`]: synthetic X-ray phantoms, the built-in default dataset.
+//! - [`phantom`]: synthetic X-ray phantoms, the built-in default dataset;
+//! - [`audit`]: exact and near copies within and across splits, and a split by copy group.
 //!
 //! ```
 //! use fracture_data::{phantom::PhantomConfig, BatchLoader, LoaderConfig, Split};
@@ -30,6 +31,7 @@
 //! # Ok::<(), fracture_data::DataError>(())
 //! ```
 
+pub mod audit;
 pub mod augment;
 pub mod decode;
 pub mod dicom;

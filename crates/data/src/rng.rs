@@ -14,6 +14,8 @@ pub(crate) const DOMAIN_AUGMENT: u64 = 0x6175_676d_656e_7401;
 pub(crate) const DOMAIN_ORDER: u64 = 0x6f72_6465_7200_0002;
 /// Domain tag of phantom streams.
 pub(crate) const DOMAIN_PHANTOM: u64 = 0x7068_616e_746f_6d03;
+/// Domain tag of grouped-split streams (`fracture split`).
+pub(crate) const DOMAIN_SPLIT: u64 = 0x7370_6c69_7400_0004;
 
 /// A ChaCha8 generator keyed by `(seed, a, b, domain)`.
 pub(crate) fn derive_rng(seed: u64, a: u64, b: u64, domain: u64) -> ChaCha8Rng {
