@@ -148,7 +148,20 @@ pub fn sop_instance_uid(path: &Path) -> Result<Option<String>> {
         path: path.to_path_buf(),
         source,
     })?;
-    let Some(offset) = magic_offset(&bytes) else {
+    sop_instance_uid_from_memory(&bytes, path)
+}
+
+/// [`sop_instance_uid`] of a file already read into memory (`path` only names it in errors),
+/// so that a caller that decodes the bytes does not read the file twice.
+///
+/// ```
+/// use fracture_data::dicom::{sop_instance_uid_from_memory, SyntheticDicom};
+/// let bytes = SyntheticDicom::from_luma8(&[9], 1, 1, "1.2.3").to_bytes();
+/// assert_eq!(sop_instance_uid_from_memory(&bytes, "IM1".as_ref()).unwrap().as_deref(), Some("1.2.3"));
+/// assert_eq!(sop_instance_uid_from_memory(b"\x89PNG", "a.png".as_ref()).unwrap(), None);
+/// ```
+pub fn sop_instance_uid_from_memory(bytes: &[u8], path: &Path) -> Result<Option<String>> {
+    let Some(offset) = magic_offset(bytes) else {
         return Ok(None);
     };
     let obj = guarded(path, || {
