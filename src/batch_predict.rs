@@ -29,12 +29,12 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// let cfg = fracture_nn::batch_predict::StreamConfig::default();
-/// assert_eq!((cfg.batch_size, cfg.batches_ahead, cfg.keep_pixels), (16, 2, false));
+/// assert_eq!((cfg.batch_size, cfg.batches_ahead, cfg.keep_pixels), (8, 2, false));
 /// assert_eq!(cfg.threshold, None);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamConfig {
-    /// Images per forward pass (default 16).
+    /// Images per forward pass (default 8; memory grows with it).
     pub batch_size: usize,
     /// Decoded batches that may wait for the network (default 2).
     pub batches_ahead: usize,
@@ -48,7 +48,7 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
-            batch_size: 16,
+            batch_size: 8,
             batches_ahead: 2,
             keep_pixels: false,
             threshold: None,
