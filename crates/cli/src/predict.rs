@@ -88,6 +88,8 @@ struct Counts {
     scored: usize,
     failed: usize,
     positive: usize,
+    /// Scored images whose overlay could not be written.
+    overlay_failed: usize,
 }
 
 pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
@@ -106,6 +108,11 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
     if let Some(dir) = &a.heatmap {
         crate::check_writable_dir(dir, "heatmap folder")?;
     }
+    let mut walk = Walk::new(a.paths.clone(), a.heatmap.as_deref(), true).peekable();
+    if walk.peek().is_none() {
+        bail!("no image files found in the given folder(s)");
+    }
+    // Opened (and locked, or refused) before any work.
     let mut sink = match &a.out {
         None => Sink::Stdout { json: a.json },
         Some(out) => {
@@ -139,10 +146,6 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
         Sink::File(log) => Some(log.recorded_paths()),
         Sink::Stdout { .. } => None,
     };
-    let mut walk = Walk::new(a.paths.clone(), a.heatmap.as_deref(), true).peekable();
-    if walk.peek().is_none() {
-        bail!("no image files found in the given folder(s)");
-    }
     let skipped = Arc::new(Skipped::default());
     let bar = progress_bar(a.quiet);
     count_in_background(&a, recorded.clone(), &bar);
@@ -181,7 +184,7 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
         Sink::Stdout { .. } => None,
     };
     summary(&counts, &skipped, before, &positive_name, start);
-    let failed = counts.failed + skipped.failed.load(Ordering::Relaxed);
+    let failed = counts.failed + counts.overlay_failed + skipped.failed.load(Ordering::Relaxed);
     if failed > 0 {
         eprintln!("error: {failed} file(s) could not be classified or explained");
         return Ok(ExitCode::FAILURE);
@@ -192,7 +195,7 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
 /// Flags that only make sense together, checked before any work.
 fn check_flags(a: &PredictArgs) -> Result<()> {
     if a.batch_size == 0 {
-        bail!("--batch-size 0: must be at least 1 (images per forward pass, e.g. 16)");
+        bail!("--batch-size 0: must be at least 1 (images per forward pass, e.g. 8)");
     }
     if a.out.is_none() {
         for (set, flag) in [
@@ -309,7 +312,7 @@ fn batch_lines(
                 counts.positive += usize::from(scoring.positive);
                 let heat = cam.as_mut().map(|c| c.draw(&s.path, &scoring));
                 if let Some(Err(e)) = &heat {
-                    counts.failed += 1;
+                    counts.overlay_failed += 1;
                     bar.suspend(|| eprintln!("{shown}: error: {e}"));
                 }
                 if json {
@@ -435,6 +438,12 @@ fn summary(
         "predict: {} scored, {} failed, {} flagged as {positive} ({n} images in {secs:.1} s, {rate:.1} images/s)",
         c.scored, c.failed, c.positive
     );
+    if c.overlay_failed > 0 {
+        eprintln!(
+            "predict: {} overlay(s) could not be written (the images are scored)",
+            c.overlay_failed
+        );
+    }
     if let Some((path, before)) = file {
         let (ss, sf) = (
             skipped.scored.load(Ordering::Relaxed),
