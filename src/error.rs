@@ -58,6 +58,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A results file (`predict --out`) that cannot be used as asked: it holds lines and
+    /// neither resuming nor overwriting was asked for, a line is not a result, or another run
+    /// holds it.
+    #[error("{}: {reason}", path.display())]
+    ResultsFile {
+        /// The results file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// A member of an ensemble failed to train (its run directory keeps what it finished).
     #[error("ensemble member {index} ({}): {source}", dir.display())]
     Member {

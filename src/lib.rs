@@ -40,6 +40,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod batch_predict;
 pub mod classifier;
 pub mod curves;
 pub mod ema;
@@ -50,6 +51,7 @@ pub mod gradcam;
 pub mod model;
 pub mod overlay;
 pub mod pretrained;
+pub mod results_log;
 pub mod summary;
 pub mod trainer;
 pub mod tta;

@@ -5,7 +5,6 @@
 //!
 //! Research software, not a medical device.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -17,15 +16,16 @@ use fracture_nn::curves::plot_roc_curve;
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
-use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
 mod audit;
+mod predict;
 mod run_lock;
 mod split;
 mod walk;
 
+use predict::escape_path;
+
 use fracture_nn::{
-    evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
-    Trainer, Tta,
+    evaluate_split, BlockKind, Classifier, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -45,7 +45,7 @@ enum Command {
     /// Evaluate a model on one split of an image folder and print the classification report.
     Eval(EvalArgs),
     /// Classify images (files, or folders searched recursively) with P(fractured).
-    Predict(PredictArgs),
+    Predict(predict::PredictArgs),
     /// Write a synthetic phantom dataset in the {train,val,test}/{fractured,not_fractured} layout.
     Synth(SynthArgs),
     /// Print a model file's architecture, parameter count, input size and provenance.
@@ -224,36 +224,6 @@ struct EvalArgs {
 #[derive(Args, Debug)]
 // Negative numbers reach validation, which says what is wrong with them.
 #[command(allow_negative_numbers = true)]
-struct PredictArgs {
-    /// Model file (model.safetensors). Default: the committed FracAtlas model,
-    /// `models/fracatlas.safetensors` (looked up in the current folder, then in the source tree
-    /// this binary was built from).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Images, or folders searched recursively for image files.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    /// Threshold on P(fractured) (default: the model's operating threshold).
-    #[arg(long)]
-    threshold: Option<f64>,
-    /// One JSON object per line: {"path", "p_fractured", "label"} or {"path", "error"}; with
-    /// --heatmap also "heatmap" (the PNG written) and "peak" ([x, y] or null).
-    #[arg(long)]
-    json: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Write a Grad-CAM overlay PNG per image into DIR (named after the image:
-    /// `<stem>.gradcam.png`): the radiograph as the model sees it, the same with the heatmap of
-    /// the fractured log-odds blended in and its peak marked, and a bar showing P(fractured)
-    /// against the threshold. The peak is printed as [x, y] pixels of the model's input.
-    #[arg(long, value_name = "DIR")]
-    heatmap: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-// Negative numbers reach validation, which says what is wrong with them.
-#[command(allow_negative_numbers = true)]
 struct SynthArgs {
     /// Output root.
     #[arg(long)]
@@ -282,7 +252,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train(*a),
         Command::Eval(a) => eval(a),
-        Command::Predict(a) => predict(a),
+        Command::Predict(a) => predict::run(a),
         Command::Synth(a) => synth(a),
         Command::Info(a) => info(a),
         Command::Import(a) => import(a),
@@ -812,160 +782,6 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A path as printed by `predict`: UTF-8 names as they are, except that a backslash, tab,
-/// newline or other control character is escaped (`\\`, `\t`, `\n`, `\xNN`) so that each
-/// result stays one tab-separated line, and bytes that are not UTF-8 are written as `\xNN`
-/// instead of being replaced.
-fn escape_path(p: &Path) -> String {
-    #[cfg(unix)]
-    let bytes: &[u8] = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str());
-    #[cfg(not(unix))]
-    let owned = p.to_string_lossy().into_owned().into_bytes();
-    #[cfg(not(unix))]
-    let bytes: &[u8] = &owned;
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\t' => out.push_str("\\t"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// A warning for an input that gives the network nothing to look at: every pixel the same
-/// (an empty, all-black or all-white image, or a 1x1 one stretched to the input size).
-fn degenerate_input(gray: &[u8]) -> Option<String> {
-    let first = *gray.first()?;
-    gray.iter()
-        .all(|&v| v == first)
-        .then(|| format!("degenerate input: every pixel is {first}, so the label means nothing"))
-}
-
-/// P(fractured) for one file, preprocessed exactly as `Classifier::predict_file` does, and a
-/// warning if the input is degenerate.
-fn classify_file(clf: &mut Classifier, path: &Path) -> Result<(f64, Option<String>)> {
-    let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
-    let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
-    Ok((clf.predict_batch(&x, 1)?[0], degenerate_input(&gray)))
-}
-
-/// The model `predict` uses without `--model`: `models/fracatlas.safetensors` in the current
-/// folder, else in the source tree this binary was built from.
-fn default_model() -> Result<PathBuf> {
-    let rel = Path::new("models").join("fracatlas.safetensors");
-    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(&rel);
-    [rel.clone(), built]
-        .into_iter()
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "no --model given and the default model {} is not here (run from the repository, or pass --model FILE)",
-                rel.display()
-            )
-        })
-}
-
-fn predict(mut a: PredictArgs) -> Result<ExitCode> {
-    set_threads(a.threads)?;
-    check_threshold(a.threshold)?;
-    let model = match a.model.take() {
-        Some(m) => m,
-        None => default_model()?,
-    };
-    let mut clf = Classifier::load(&model)?;
-    let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    // The overlay folder is made (and shown writable) before any work, and is not searched:
-    // a second run must not classify the first run's overlays.
-    if let Some(dir) = &a.heatmap {
-        check_writable_dir(dir, "heatmap folder")?;
-    }
-    let files = walk::collect_images(&a.paths, a.heatmap.as_deref());
-    if files.is_empty() {
-        bail!("no image files found in the given folder(s)");
-    }
-    let mut cam = match &a.heatmap {
-        Some(dir) => Some((GradCam::new(&clf)?, dir, HashSet::new())),
-        None => None,
-    };
-    let mut failed = 0usize;
-    for (path, early_error) in files {
-        let shown = escape_path(&path);
-        let result = match (early_error, &mut cam) {
-            (Some(e), _) => Err(e),
-            (None, None) => classify_file(&mut clf, &path)
-                .map(|(p, note)| (p, note, None))
-                .map_err(|e| format!("{e:#}")),
-            (None, Some((cam, dir, used))) => {
-                predict_with_heatmap(&mut clf, cam, &path, dir, used, threshold)
-                    .map_err(|e| format!("{e:#}"))
-            }
-        };
-        match result {
-            Ok((p, note, heat)) => {
-                let label = clf.label(p, Some(threshold)).to_string();
-                if let Some(Err(e)) = &heat {
-                    failed += 1;
-                    eprintln!("{shown}: error: {e}");
-                }
-                if a.json {
-                    let mut v =
-                        serde_json::json!({"path": shown, "p_fractured": p, "label": label});
-                    if let Ok(Some(uid)) = fracture_nn::data::dicom::sop_instance_uid(&path) {
-                        v["sop_instance_uid"] = serde_json::json!(uid); // DICOM: match back to the archive
-                    }
-                    match &heat {
-                        Some(Ok((png, peak))) => {
-                            v["heatmap"] = serde_json::json!(escape_path(png));
-                            v["peak"] = serde_json::json!(peak);
-                        }
-                        Some(Err(e)) => v["heatmap_error"] = serde_json::json!(e),
-                        None => {}
-                    }
-                    if let Some(n) = &note {
-                        v["warning"] = serde_json::json!(n);
-                    }
-                    println!("{v}");
-                } else {
-                    let mut line = format!("{shown}\tP(fractured) = {p:.4}\t{label}");
-                    if let Some(Ok((png, peak))) = &heat {
-                        let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
-                        line += &format!("\theatmap {} (peak {peak})", escape_path(png));
-                    }
-                    if let Some(n) = &note {
-                        line += &format!("\twarning: {n}");
-                    }
-                    println!("{line}");
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                if a.json {
-                    println!("{}", serde_json::json!({"path": shown, "error": e}));
-                } else {
-                    eprintln!("{shown}: error: {e}");
-                }
-            }
-        }
-    }
-    if failed > 0 {
-        eprintln!("error: {failed} file(s) could not be classified or explained");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Creates `dir` if needed and shows that a file can be written in it, before any work.
 fn check_writable_dir(dir: &Path, what: &str) -> Result<()> {
     std::fs::create_dir_all(dir)
@@ -986,53 +802,6 @@ fn check_writable_file(file: &Path, flag: &str) -> Result<()> {
         .open(file)
         .with_context(|| format!("{flag} {}: cannot write this file", file.display()))?;
     Ok(())
-}
-
-/// P(fractured), a warning if the input is degenerate, and with --heatmap the overlay PNG
-/// written and the heatmap's peak (or why it could not be written).
-type Explained = (
-    f64,
-    Option<String>,
-    Option<std::result::Result<(PathBuf, Option<[usize; 2]>), String>>,
-);
-
-/// An image's P(fractured) (exactly as `predict_file` computes it) and its Grad-CAM overlay,
-/// written to `dir` under a name derived from the file name and not yet `used` in this run.
-/// A failure to write the overlay keeps the probability.
-fn predict_with_heatmap(
-    clf: &mut Classifier,
-    cam: &mut GradCam,
-    path: &Path,
-    dir: &Path,
-    used: &mut HashSet<PathBuf>,
-    threshold: f64,
-) -> Result<Explained> {
-    let gray = fracture_nn::data::load_resized(path, &clf.meta.preprocess)?;
-    let x = fracture_nn::data::standardise(&gray, &clf.meta.normalization);
-    let p = clf.predict_batch(&x, 1)?[0];
-    let note = degenerate_input(&gray);
-    let heat = cam.heatmap(&x)?;
-    let stem = path
-        .file_stem()
-        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-    let mut png = dir.join(format!("{stem}.gradcam.png"));
-    let mut k = 1;
-    while used.contains(&png) || png == path {
-        k += 1;
-        png = dir.join(format!("{stem}-{k}.gradcam.png"));
-    }
-    used.insert(png.clone());
-    let probability = Probability { p, threshold };
-    let written = save_overlay(
-        &png,
-        &gray,
-        &heat,
-        Some(probability),
-        &OverlayConfig::default(),
-    )
-    .map(|()| (png, heat.peak))
-    .map_err(|e| e.to_string());
-    Ok((p, note, Some(written)))
 }
 
 fn synth(a: SynthArgs) -> Result<ExitCode> {

@@ -151,13 +151,14 @@ pub fn sop_instance_uid(path: &Path) -> Result<Option<String>> {
     sop_instance_uid_from_memory(&bytes, path)
 }
 
-/// [`sop_instance_uid`] of bytes already in memory (an upload, say); `path` only names the
-/// source in errors.
+/// [`sop_instance_uid`] of a file already read into memory (`path` only names it in errors),
+/// so that a caller that decodes the bytes does not read the file twice.
 ///
 /// ```
-/// use fracture_data::dicom::sop_instance_uid_from_memory;
-/// let not_dicom = b"\x89PNG\r\n\x1a\n";
-/// assert_eq!(sop_instance_uid_from_memory(not_dicom, "upload".as_ref()).unwrap(), None);
+/// use fracture_data::dicom::{sop_instance_uid_from_memory, SyntheticDicom};
+/// let bytes = SyntheticDicom::from_luma8(&[9], 1, 1, "1.2.3").to_bytes();
+/// assert_eq!(sop_instance_uid_from_memory(&bytes, "IM1".as_ref()).unwrap().as_deref(), Some("1.2.3"));
+/// assert_eq!(sop_instance_uid_from_memory(b"\x89PNG", "a.png".as_ref()).unwrap(), None);
 /// ```
 pub fn sop_instance_uid_from_memory(bytes: &[u8], path: &Path) -> Result<Option<String>> {
     let Some(offset) = magic_offset(bytes) else {
