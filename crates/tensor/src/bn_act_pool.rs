@@ -322,7 +322,7 @@ pub(crate) fn check_forward(
             reason: "must be positive and finite".into(),
         });
     }
-    if !(params.cap > 0.0) {
+    if params.cap.is_nan() || params.cap <= 0.0 {
         return Err(TensorError::InvalidParameter {
             op,
             name: "cap",
@@ -370,8 +370,14 @@ pub(crate) fn check_dy(
 }
 
 /// Fused `BatchNorm2d -> ReLU/ReLU6 -> [MaxPool2d(2)]` forward of `x` (`[N, C, H, W]`), and the
-/// cache for [`bn_act_pool_backward`] when `cache` asks for one (see the [module docs](self) for
-/// the passes).
+/// cache for [`bn_act_pool_backward`] when `cache` asks for one.
+///
+/// One read of each channel for its batch statistics (with [`BnActStats::Batch`]), then one
+/// pass that writes only the output and what backward needs: with pooling one byte per output
+/// (which window position won, or that the activation blocked it) and `x_hat` there, and a copy
+/// of `x` when backward needs it (batch statistics, or no pooling) and `cache.copy_input`.
+/// Outputs equal the unfused kernels' bit for bit; the result does not depend on the number of
+/// threads.
 ///
 /// Errors: `gamma`, `beta` (and given statistics) not of `C` values, `eps` not positive and
 /// finite, `cap` not positive, pooling with `N == 0`, `H < 2` or `W < 2`, batch statistics with
