@@ -6,10 +6,10 @@
 //!   `r = (1 - momentum) * r + momentum * stat` with the **unbiased** variance `var_c * M / (M-1)`;
 //! - evaluation: the same with the running statistics in place of the batch's.
 //!
-//! Statistics are accumulated in f64, one channel per rayon task, each in a fixed order, so the
-//! result does not depend on the thread count.
+//! Statistics are accumulated in f64, one channel per rayon task, each in a fixed order
+//! ([`fracture_tensor::batch_norm_stats`]), so the result does not depend on the thread count.
 
-use fracture_tensor::Tensor4;
+use fracture_tensor::{batch_norm_stats, Tensor4};
 use rayon::prelude::*;
 
 use crate::error::{LayersError, Result};
@@ -241,52 +241,6 @@ fn lane_sums2(a: &[f32], b: &[f32]) -> (f64, f64) {
     (r1, r2)
 }
 
-/// Batch mean and biased variance of every channel, in one pass over the data: f64 sums of
-/// `x - k` and `(x - k)^2` with the shift `k` = the channel's first value, which keeps the
-/// `E[d^2] - E[d]^2` subtraction well conditioned (the shifted data algorithm).
-fn batch_stats(x: &Tensor4) -> Vec<(f64, f64)> {
-    let [n, c_total, h, w] = x.shape();
-    let hw = h * w;
-    let m = (n * hw) as f64;
-    let data = x.as_slice();
-    (0..c_total)
-        .into_par_iter()
-        .map(|c| {
-            let k = data[c * hw];
-            let (s1, s2) = channel_planes(data, n, c_total, hw, c)
-                .map(|p| shifted_sums(p, k))
-                .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
-            let d_mean = s1 / m;
-            (k as f64 + d_mean, (s2 / m - d_mean * d_mean).max(0.0))
-        })
-        .collect()
-}
-
-/// `(sum (x_i - k), sum (x_i - k)^2)` in f64, lane by lane. Always inlined, so that the fused
-/// [`crate::BnReluPool`], which computes the same statistics bit for bit, gets it compiled for
-/// AVX2 inside its dispatching wrapper.
-#[inline(always)]
-pub(crate) fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
-    let k = k as f64;
-    let (mut s1, mut s2) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for i in 0..LANES {
-            let d = c[i] as f64 - k;
-            s1[i] += d;
-            s2[i] += d * d;
-        }
-    }
-    let (mut r1, mut r2) = (s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
-    for &v in tail {
-        let d = v as f64 - k;
-        r1 += d;
-        r2 += d * d;
-    }
-    (r1, r2)
-}
-
 impl Layer for BatchNorm2d {
     fn kind(&self) -> &'static str {
         "BatchNorm2d"
@@ -311,7 +265,11 @@ impl Layer for BatchNorm2d {
                     &x.shape(),
                 ));
             }
-            let stats = batch_stats(x);
+            // Shared with the fused BnReluPool, so both agree bit for bit.
+            let stats: Vec<(f64, f64)> = batch_norm_stats(x)
+                .into_iter()
+                .map(|s| (s.mean, s.var))
+                .collect();
             let mom = self.config.momentum as f64;
             let unbias = m as f64 / (m - 1) as f64;
             let rm = self.running_mean.value.as_slice_mut();

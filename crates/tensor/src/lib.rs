@@ -22,6 +22,10 @@
 //!   [`max_pool2d_backward_into`]), [`global_avg_pool_forward`], [`global_avg_pool_backward`].
 //! - Activation: [`relu_forward`], [`relu_forward_inplace`], [`relu_backward`],
 //!   [`relu_backward_inplace`]; ReLU6 [`relu6_forward_inplace`], [`relu6_backward_inplace`].
+//! - Batch norm: [`batch_norm_stats`] ([`BatchStats`]); fused batch norm -> ReLU / ReLU6 ->
+//!   optional 2x2 max pool, [`bn_act_pool_forward`] ([`BnActPoolParams`], [`BnActStats`],
+//!   [`BnActCacheRequest`], [`BnActPoolOutput`], [`BnActPoolCache`]) and
+//!   [`bn_act_pool_backward`] ([`BnActPoolGrads`]).
 //!
 //! ## Memory
 //! Buffers of 256 KiB and more are recycled through a process-wide pool (a dropped
@@ -49,6 +53,9 @@
 //! # Ok::<(), TensorError>(())
 //! ```
 
+mod batch_stats;
+mod bn_act_pool;
+mod bn_act_pool_simd;
 mod conv;
 mod conv_direct;
 mod conv_gemm;
@@ -64,6 +71,11 @@ mod sum;
 mod tensor;
 mod workspace;
 
+pub use batch_stats::{batch_norm_stats, BatchStats};
+pub use bn_act_pool::{
+    bn_act_pool_backward, bn_act_pool_forward, BnActCacheRequest, BnActPoolCache, BnActPoolGrads,
+    BnActPoolOutput, BnActPoolParams, BnActStats,
+};
 pub use conv::{
     conv2d_backward, conv2d_backward_into, conv2d_forward, conv2d_forward_into,
     conv2d_output_shape, Conv2dGrads, ConvParams,

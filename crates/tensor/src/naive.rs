@@ -4,6 +4,10 @@
 //! Sums are accumulated in f64 so the oracle is at least as accurate as the fast path. Inputs are
 //! validated exactly as in the fast kernels, so the same bad input gives the same error.
 
+use crate::batch_stats::BatchStats;
+use crate::bn_act_pool::{
+    check_dy, check_forward as check_bn_act_pool, BnActPoolGrads, BnActPoolParams, BnActStats,
+};
 use crate::conv::{check_backward, check_forward, Conv2dGrads, ConvParams};
 use crate::error::Result;
 use crate::pool::{check_gap_backward, check_max_pool_backward, pool_output_shape, PoolParams};
@@ -419,4 +423,219 @@ pub fn gemm(
         }
     }
     Ok(())
+}
+
+/// Per channel, the mean and biased variance in f64, by two passes (the mean, then the squared
+/// deviations).
+fn channel_mean_var(x: &Tensor4) -> Vec<BatchStats> {
+    let [n, c, h, w] = x.shape();
+    let xa = x.array();
+    let m = (n * h * w) as f64;
+    (0..c)
+        .map(|ci| {
+            let mut sum = 0.0;
+            for ni in 0..n {
+                for yi in 0..h {
+                    for xi in 0..w {
+                        sum += f64::from(xa[[ni, ci, yi, xi]]);
+                    }
+                }
+            }
+            let mean = sum / m;
+            let mut sq = 0.0;
+            for ni in 0..n {
+                for yi in 0..h {
+                    for xi in 0..w {
+                        let d = f64::from(xa[[ni, ci, yi, xi]]) - mean;
+                        sq += d * d;
+                    }
+                }
+            }
+            BatchStats { mean, var: sq / m }
+        })
+        .collect()
+}
+
+/// The batch norm's per-channel `(mean, 1 / sqrt(var + eps))` in f64 for `p.stats`, and the
+/// batch statistics when they are the batch's own.
+fn bn_constants(x: &Tensor4, p: &BnActPoolParams) -> (Vec<(f64, f64)>, Option<Vec<BatchStats>>) {
+    let eps = f64::from(p.eps);
+    let inv = |var: f64| 1.0 / (var + eps).sqrt();
+    match p.stats {
+        BnActStats::Batch => {
+            let stats = channel_mean_var(x);
+            let k = stats.iter().map(|s| (s.mean, inv(s.var))).collect();
+            (k, Some(stats))
+        }
+        BnActStats::Given { mean, var } => {
+            let k = mean
+                .iter()
+                .zip(var)
+                .map(|(&m, &v)| (f64::from(m), inv(f64::from(v))))
+                .collect();
+            (k, None)
+        }
+    }
+}
+
+/// `x_hat` (normalised input) and `z` (batch-norm output) at every element, in f64.
+fn bn_act_pool_normalise(
+    x: &Tensor4,
+    p: &BnActPoolParams,
+    k: &[(f64, f64)],
+) -> (Vec<f64>, Vec<f64>) {
+    let [n, c, h, w] = x.shape();
+    let xa = x.array();
+    let mut x_hat = vec![0.0; x.len()];
+    let mut z = vec![0.0; x.len()];
+    for ni in 0..n {
+        for ci in 0..c {
+            let (mean, inv_std) = k[ci];
+            for yi in 0..h {
+                for xi in 0..w {
+                    let i = ((ni * c + ci) * h + yi) * w + xi;
+                    x_hat[i] = (f64::from(xa[[ni, ci, yi, xi]]) - mean) * inv_std;
+                    z[i] = x_hat[i] * f64::from(p.gamma[ci]) + f64::from(p.beta[ci]);
+                }
+            }
+        }
+    }
+    (x_hat, z)
+}
+
+/// The activation output `min(max(z, 0), cap)` as f32 (NaN stays NaN).
+fn bn_act(z: f64, cap: f32) -> f32 {
+    let r = if z < 0.0 { 0.0 } else { z as f32 };
+    if r > cap {
+        cap
+    } else {
+        r
+    }
+}
+
+/// Index (within the whole tensor) of the element each output takes: itself without pooling,
+/// the 2x2 window's first maximum of the activation `a` with pooling.
+fn bn_act_pool_sources(shape: [usize; 4], pool: bool, a: &[f32]) -> Vec<usize> {
+    let [n, c, h, w] = shape;
+    if !pool {
+        return (0..a.len()).collect();
+    }
+    let mut src = Vec::with_capacity(n * c * (h / 2) * (w / 2));
+    for ni in 0..n {
+        for ci in 0..c {
+            let plane = (ni * c + ci) * h * w;
+            for yi in 0..h / 2 {
+                for xi in 0..w / 2 {
+                    let mut best = plane + 2 * yi * w + 2 * xi;
+                    for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
+                        let i = plane + (2 * yi + dy) * w + 2 * xi + dx;
+                        let (v, b) = (a[i], a[best]);
+                        if v > b || (v.is_nan() && !b.is_nan()) {
+                            best = i;
+                        }
+                    }
+                    src.push(best);
+                }
+            }
+        }
+    }
+    src
+}
+
+/// Batch norm (statistics in f64, two passes), ReLU capped at `p.cap` and, when `p.pool`, a
+/// 2x2 max pool, each step written out on its own; the oracle of
+/// [`bn_act_pool_forward`](crate::bn_act_pool_forward), with the same checks. Returns the
+/// output and, with batch statistics, the batch mean and biased variance per channel.
+///
+/// ```
+/// use fracture_tensor::{naive, BnActPoolParams, BnActStats, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])?;
+/// let given = BnActStats::Given { mean: &[2.0], var: &[1.0] };
+/// let p = BnActPoolParams { eps: 1e-3, ..BnActPoolParams::relu(&[1.0], &[0.0], given) };
+/// let (y, stats) = naive::bn_act_pool_forward(&x, &p)?;
+/// assert!((y.as_slice()[0] - 2.0 / 1.001f32.sqrt()).abs() < 1e-6);
+/// assert!(stats.is_none());
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn bn_act_pool_forward(
+    x: &Tensor4,
+    p: &BnActPoolParams,
+) -> Result<(Tensor4, Option<Vec<BatchStats>>)> {
+    check_bn_act_pool("naive::bn_act_pool_forward", x.shape(), p)?;
+    let (k, stats) = bn_constants(x, p);
+    let (_, z) = bn_act_pool_normalise(x, p, &k);
+    let a: Vec<f32> = z.iter().map(|&z| bn_act(z, p.cap)).collect();
+    let src = bn_act_pool_sources(x.shape(), p.pool, &a);
+    let y = src.iter().map(|&i| a[i]).collect();
+    Ok((Tensor4::from_vec(p.output_shape(x.shape()), y)?, stats))
+}
+
+/// Backward of [`bn_act_pool_forward`] by the textbook formulas in f64: `dy` routed to the
+/// window maxima, masked where the activation is flat (`z <= 0` or `z >= cap`), giving
+/// `dz`; `dbeta = sum dz`, `dgamma = sum dz * x_hat`; with batch statistics `dx = gamma / sigma
+/// * (dz - mean(dz) - x_hat * mean(dz * x_hat))`, with given ones `dx = gamma / sigma * dz`.
+/// The oracle of [`bn_act_pool_backward`](crate::bn_act_pool_backward); it recomputes the
+/// forward from `x` instead of a cache.
+///
+/// ```
+/// use fracture_tensor::{naive, BnActPoolParams, BnActStats, Tensor4};
+/// let x = Tensor4::from_vec([1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])?;
+/// let p = BnActPoolParams::relu(&[2.0], &[0.0], BnActStats::Given { mean: &[0.0], var: &[1.0] });
+/// let dy = Tensor4::from_vec([1, 1, 1, 1], vec![1.0])?;
+/// let g = naive::bn_act_pool_backward(&x, &p, &dy)?;
+/// assert_eq!(g.dbeta, [1.0]);
+/// assert_eq!(g.dx.as_slice()[..3], [0.0, 0.0, 0.0]);
+/// # Ok::<(), fracture_tensor::TensorError>(())
+/// ```
+pub fn bn_act_pool_backward(
+    x: &Tensor4,
+    p: &BnActPoolParams,
+    dy: &Tensor4,
+) -> Result<BnActPoolGrads> {
+    let op = "naive::bn_act_pool_backward";
+    check_bn_act_pool(op, x.shape(), p)?;
+    check_dy(op, dy, x.shape(), p.pool)?;
+    let [n, c, h, w] = x.shape();
+    let (k, _) = bn_constants(x, p);
+    let (x_hat, z) = bn_act_pool_normalise(x, p, &k);
+    let a: Vec<f32> = z.iter().map(|&z| bn_act(z, p.cap)).collect();
+    let src = bn_act_pool_sources(x.shape(), p.pool, &a);
+    // dz: the gradient at the batch norm's output.
+    let mut dz = vec![0.0f64; x.len()];
+    for (&i, &g) in src.iter().zip(dy.as_slice()) {
+        let passes = z[i] > 0.0 && z[i] < f64::from(p.cap);
+        if passes {
+            dz[i] += f64::from(g);
+        }
+    }
+    let m = (n * h * w) as f64;
+    let mut dgamma = vec![0.0f32; c];
+    let mut dbeta = vec![0.0f32; c];
+    let mut dx = vec![0.0f32; x.len()];
+    for ci in 0..c {
+        let idx: Vec<usize> = (0..n)
+            .flat_map(|ni| {
+                let plane = (ni * c + ci) * h * w;
+                plane..plane + h * w
+            })
+            .collect();
+        let sum_dz: f64 = idx.iter().map(|&i| dz[i]).sum();
+        let sum_dz_xhat: f64 = idx.iter().map(|&i| dz[i] * x_hat[i]).sum();
+        dbeta[ci] = sum_dz as f32;
+        dgamma[ci] = sum_dz_xhat as f32;
+        let scale = f64::from(p.gamma[ci]) * k[ci].1;
+        for &i in &idx {
+            let g = if p.stats.is_batch() {
+                dz[i] - sum_dz / m - x_hat[i] * sum_dz_xhat / m
+            } else {
+                dz[i]
+            };
+            dx[i] = (scale * g) as f32;
+        }
+    }
+    Ok(BnActPoolGrads {
+        dx: Tensor4::from_vec(x.shape(), dx)?,
+        dgamma,
+        dbeta,
+    })
 }

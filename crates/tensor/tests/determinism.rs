@@ -2,14 +2,16 @@
 //! run in pools of 1, 2 and 3 threads and the outputs compared with `==`. The shapes cover the
 //! batch-parallel path (N >= threads), the split-GEMM path (N < threads), the fixed dw chunks by
 //! batch index (N >= 8) and by output rows (N < 8), im2col in several row blocks, and the
-//! pointwise 1x1 special case; and the direct grouped / depthwise kernels.
+//! pointwise 1x1 special case; the direct grouped / depthwise kernels; and the fused batch norm
+//! -> activation -> pool kernel on both of its schedules.
 
 mod common;
 
 use common::{random_tensor, random_vec, rng};
 use fracture_tensor::{
-    conv2d_backward, conv2d_forward, global_avg_pool_backward, global_avg_pool_forward,
-    max_pool2d_backward, max_pool2d_forward, relu_backward, relu_forward, ConvParams,
+    bn_act_pool_backward, bn_act_pool_forward, conv2d_backward, conv2d_forward,
+    global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward,
+    relu_backward, relu_forward, BnActCacheRequest, BnActPoolParams, BnActStats, ConvParams,
     ConvWorkspace, PoolParams, Tensor4,
 };
 
@@ -190,6 +192,88 @@ fn grouped_results_do_not_depend_on_thread_count() {
                             same,
                             "grouped case {i}, output #{k}: {threads} threads differ from 1 thread"
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The fused batch norm -> ReLU / ReLU6 -> [2x2 max pool] kernel: output, batch statistics,
+/// dx, dgamma and dbeta are bit-identical in pools of 1, 2 and 3 threads, on planes below and
+/// above the size (1024 values) from which each channel is normalised by the task that
+/// computed its statistics, with both statistics, both activations, pool on and off.
+#[test]
+fn bn_act_pool_results_do_not_depend_on_thread_count() {
+    let shapes = [[3, 5, 7, 9], [2, 3, 33, 34], [9, 4, 16, 17]];
+    let mut case = 0;
+    for (si, shape) in shapes.into_iter().enumerate() {
+        for (pool, batch, cap) in [
+            (true, true, f32::INFINITY),
+            (false, true, 6.0),
+            (true, false, 6.0),
+            (false, false, f32::INFINITY),
+        ] {
+            case += 1;
+            let mut r = rng(300 + si as u64);
+            let c = shape[1];
+            let x = random_tensor(&mut r, shape);
+            let gamma: Vec<f32> = random_vec(&mut r, c).iter().map(|v| 5.0 * v).collect();
+            let beta = random_vec(&mut r, c);
+            let var: Vec<f32> = random_vec(&mut r, c)
+                .iter()
+                .map(|v| 1.0 + 0.5 * v)
+                .collect();
+            let mean = random_vec(&mut r, c);
+            let stats = if batch {
+                BnActStats::Batch
+            } else {
+                BnActStats::Given {
+                    mean: &mean,
+                    var: &var,
+                }
+            };
+            let p = BnActPoolParams {
+                gamma: &gamma,
+                beta: &beta,
+                stats,
+                eps: 1e-5,
+                cap,
+                pool,
+            };
+            let run = || {
+                let out = bn_act_pool_forward(&x, &p, Some(BnActCacheRequest::default())).unwrap();
+                let dy = random_tensor(&mut rng(999), out.y.shape());
+                let g = bn_act_pool_backward(out.cache.as_ref().unwrap(), &dy).unwrap();
+                let stats: Vec<f32> = out
+                    .batch_stats
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|s| [s.mean as f32, s.var as f32])
+                    .collect();
+                vec![out.y.into_vec(), stats, g.dx.into_vec(), g.dgamma, g.dbeta]
+            };
+            let mut reference: Option<Outputs> = None;
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let out = pool.install(run);
+                match &reference {
+                    None => reference = Some(out),
+                    Some(want) => {
+                        for (k, (got, want)) in out.iter().zip(want).enumerate() {
+                            let same = got.len() == want.len()
+                                && got
+                                    .iter()
+                                    .zip(want)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "bn_act_pool case {case}, output #{k}: {threads} threads differ from 1 thread"
+                            );
+                        }
                     }
                 }
             }

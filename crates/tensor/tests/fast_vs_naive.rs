@@ -1,14 +1,17 @@
 //! proptest: the fast kernels agree with the naive ones on random shapes (batch 1-3, channels
 //! 1-9, height and width 1-17 independently, kernel 1-5, stride 1-3, padding 0-2, each axis
 //! drawn separately; grouped and depthwise convolutions with 1-12 channels), and a shape whose
-//! output would be empty is an error from both, not a panic.
+//! output would be empty is an error from both, not a panic. The fused batch norm -> ReLU /
+//! ReLU6 -> [2x2 max pool] kernel against its oracle on batch 1-4, channels 1-6, height and
+//! width 1-13, pool on/off, ReLU/ReLU6, batch/given statistics.
 
 mod common;
 
 use common::{check_close, random_tensor, random_vec, rng};
 use fracture_tensor::{
-    conv2d_output_shape, max_pool2d_output_shape, naive, Conv2dGrads, ConvParams, ConvWorkspace,
-    PoolParams, Tensor4, TensorError,
+    conv2d_output_shape, max_pool2d_output_shape, naive, BatchStats, BnActCacheRequest,
+    BnActPoolParams, BnActStats, Conv2dGrads, ConvParams, ConvWorkspace, PoolParams, Tensor4,
+    TensorError,
 };
 use proptest::prelude::*;
 
@@ -384,4 +387,169 @@ fn workspace_reuse_across_shapes() {
     )
     .unwrap();
     assert!(g_into.dx.is_none());
+}
+
+/// One fused batch norm -> ReLU / ReLU6 -> [2x2 max pool] case.
+#[derive(Debug, Clone)]
+struct BnCase {
+    x: [usize; 4],
+    pool: bool,
+    relu6: bool,
+    batch: bool,
+    /// Forward without copying the input, then [`BnActPoolCache::keep_input`].
+    hand_over: bool,
+    /// Length of a garbage window-code allocation handed to the forward.
+    spare: usize,
+    seed: u64,
+}
+
+/// Batch 1-4, channels 1-6, height and width 1-13 (odd included), pool on/off, ReLU/ReLU6,
+/// batch/given statistics.
+fn bn_case() -> impl Strategy<Value = BnCase> {
+    (
+        (1usize..=4, 1usize..=6, 1usize..=13, 1usize..=13),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        0usize..2000,
+        any::<u64>(),
+    )
+        .prop_map(
+            |((n, c, h, w), (pool, relu6, batch, hand_over), spare, seed)| BnCase {
+                x: [n, c, h, w],
+                pool,
+                relu6,
+                batch,
+                hand_over,
+                spare,
+                seed,
+            },
+        )
+}
+
+/// The fused kernel's f32 arithmetic against the oracle's f64: a few ulps per step, times
+/// `1 / sigma` (at most `1 / sqrt(eps)` = 32 here) where a mean is subtracted.
+const BN_REL: f32 = 1e-4;
+const BN_ABS: f32 = 1e-4;
+
+fn bn_act_pool_case(t: &BnCase) -> Result<(), TestCaseError> {
+    let mut r = rng(t.seed);
+    let c = t.x[1];
+    let x = random_tensor(&mut r, t.x);
+    // gamma up to 5 so that ReLU6's cap is reached.
+    let gamma: Vec<f32> = random_vec(&mut r, c).iter().map(|v| 5.0 * v).collect();
+    let beta = random_vec(&mut r, c);
+    let mean: Vec<f32> = random_vec(&mut r, c).iter().map(|v| 0.5 * v).collect();
+    let var: Vec<f32> = random_vec(&mut r, c)
+        .iter()
+        .map(|v| 1.0 + 0.9 * v)
+        .collect();
+    let stats = if t.batch {
+        BnActStats::Batch
+    } else {
+        BnActStats::Given {
+            mean: &mean,
+            var: &var,
+        }
+    };
+    let p = BnActPoolParams {
+        gamma: &gamma,
+        beta: &beta,
+        stats,
+        eps: 1e-3,
+        cap: if t.relu6 { 6.0 } else { f32::INFINITY },
+        pool: t.pool,
+    };
+    let request = BnActCacheRequest {
+        copy_input: !t.hand_over,
+        spare_codes: (0..t.spare).map(|i| (i * 37) as u8).collect(),
+    };
+    let slow = naive::bn_act_pool_forward(&x, &p);
+    let fast = fracture_tensor::bn_act_pool_forward(&x, &p, Some(request));
+    let (slow_y, slow_stats, fast) = match (slow, fast) {
+        (Ok((y, s)), Ok(f)) => (y, s, f),
+        (Err(a), Err(b)) => {
+            // Too small to pool, or a single value per channel with batch statistics.
+            prop_assert_eq!(&a.to_string().replace("naive::", ""), &b.to_string());
+            let [n, _, h, w] = t.x;
+            prop_assert!((t.pool && (h < 2 || w < 2)) || (t.batch && n * h * w < 2));
+            return Ok(());
+        }
+        (a, b) => {
+            return Err(TestCaseError::fail(format!(
+                "naive {:?} vs fast {:?}",
+                a.err(),
+                b.err()
+            )))
+        }
+    };
+    prop_assert_eq!(fast.y.shape(), p.output_shape(t.x));
+    check_close("y", fast.y.as_slice(), slow_y.as_slice(), BN_REL, BN_ABS)
+        .map_err(TestCaseError::fail)?;
+    prop_assert_eq!(fast.batch_stats.is_some(), t.batch);
+    if let (Some(f), Some(s)) = (&fast.batch_stats, &slow_stats) {
+        let f32s = |v: &[BatchStats]| -> Vec<f32> {
+            v.iter()
+                .flat_map(|s| [s.mean as f32, s.var as f32])
+                .collect()
+        };
+        check_close("batch stats", &f32s(f), &f32s(s), 1e-6, 1e-7).map_err(TestCaseError::fail)?;
+    }
+
+    let mut cache = fast.cache.expect("a cache was asked for");
+    if t.hand_over {
+        cache.keep_input(x.clone()).unwrap();
+    }
+    prop_assert!(!cache.needs_input());
+    let dy = random_tensor(&mut r, fast.y.shape());
+    let fast = fracture_tensor::bn_act_pool_backward(&cache, &dy).unwrap();
+    let slow = naive::bn_act_pool_backward(&x, &p, &dy).unwrap();
+    check_close("dx", fast.dx.as_slice(), slow.dx.as_slice(), BN_REL, BN_ABS)
+        .map_err(TestCaseError::fail)?;
+    check_close("dgamma", &fast.dgamma, &slow.dgamma, BN_REL, BN_ABS)
+        .map_err(TestCaseError::fail)?;
+    check_close("dbeta", &fast.dbeta, &slow.dbeta, BN_REL, BN_ABS).map_err(TestCaseError::fail)?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bn_act_pool_fast_equals_naive(t in bn_case()) {
+        bn_act_pool_case(&t)?;
+    }
+}
+
+/// A cache whose forward did not copy the input and was not given it is an error, not a
+/// panic, and a wrong-shaped `dy` or handed-over input is named.
+#[test]
+fn bn_act_pool_cache_misuse_is_an_error() {
+    let mut r = rng(11);
+    let x = random_tensor(&mut r, [2, 3, 4, 4]);
+    let (gamma, beta) = (random_vec(&mut r, 3), random_vec(&mut r, 3));
+    let p = BnActPoolParams::relu(&gamma, &beta, BnActStats::Batch);
+    let request = BnActCacheRequest {
+        copy_input: false,
+        ..Default::default()
+    };
+    let mut cache = fracture_tensor::bn_act_pool_forward(&x, &p, Some(request))
+        .unwrap()
+        .cache
+        .unwrap();
+    let dy = random_tensor(&mut r, [2, 3, 2, 2]);
+    let err = fracture_tensor::bn_act_pool_backward(&cache, &dy).unwrap_err();
+    assert!(err.to_string().contains("keep_input"), "{err}");
+    let err = cache.keep_input(Tensor4::zeros([2, 3, 4, 5])).unwrap_err();
+    assert!(err.to_string().contains("[2, 3, 4, 4]"), "{err}");
+    cache.keep_input(x).unwrap();
+    let err =
+        fracture_tensor::bn_act_pool_backward(&cache, &Tensor4::zeros([2, 3, 4, 4])).unwrap_err();
+    assert!(err.to_string().contains("[2, 3, 2, 2]"), "{err}");
+    assert!(fracture_tensor::bn_act_pool_backward(&cache, &dy).is_ok());
+    // Parameters of the wrong length are named.
+    let short = BnActPoolParams::relu(&gamma[..2], &beta, BnActStats::Batch);
+    let x = random_tensor(&mut r, [2, 3, 4, 4]);
+    let err = fracture_tensor::bn_act_pool_forward(&x, &short, None).unwrap_err();
+    assert!(err.to_string().contains("gamma"), "{err}");
+    let err = naive::bn_act_pool_forward(&x, &short).unwrap_err();
+    assert!(err.to_string().contains("gamma"), "{err}");
 }

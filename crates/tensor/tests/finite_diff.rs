@@ -9,7 +9,10 @@
 mod common;
 
 use common::{random_tensor, random_vec, rng};
-use fracture_tensor::{naive, ConvParams, ConvWorkspace, PoolParams, Tensor4};
+use fracture_tensor::{
+    bn_act_pool_backward, bn_act_pool_forward, naive, BnActCacheRequest, BnActPoolParams,
+    BnActStats, ConvParams, ConvWorkspace, PoolParams, Tensor4,
+};
 
 const EPS: f64 = 1e-6;
 
@@ -308,4 +311,104 @@ fn relu_backward_matches_finite_differences() {
         naive::relu_backward(&y, &dy).unwrap().as_slice(),
         &ndx,
     );
+}
+
+/// f64 batch norm (batch statistics when `given` is `None`) -> ReLU capped at `cap` -> 2x2
+/// max pool when `pool`.
+#[allow(clippy::too_many_arguments)]
+fn bn_act_pool64(
+    x: &[f64],
+    xs: [usize; 4],
+    gamma: &[f64],
+    beta: &[f64],
+    given: Option<(&[f64], &[f64])>,
+    eps: f64,
+    cap: f64,
+    pool: bool,
+) -> Vec<f64> {
+    let [n, c, h, w] = xs;
+    let hw = h * w;
+    let mut z = vec![0.0; x.len()];
+    for ci in 0..c {
+        let vals = || (0..n).flat_map(move |ni| (0..hw).map(move |j| (ni * c + ci) * hw + j));
+        let (mean, var) = match given {
+            Some((m, v)) => (m[ci], v[ci]),
+            None => {
+                let m = (n * hw) as f64;
+                let mean = vals().map(|i| x[i]).sum::<f64>() / m;
+                (mean, vals().map(|i| (x[i] - mean).powi(2)).sum::<f64>() / m)
+            }
+        };
+        for i in vals() {
+            let t = (x[i] - mean) / (var + eps).sqrt();
+            z[i] = (t * gamma[ci] + beta[ci]).clamp(0.0, cap);
+        }
+    }
+    if pool {
+        max_pool64(&z, xs, PoolParams::square(2, 2, 0))
+    } else {
+        z
+    }
+}
+
+#[test]
+fn bn_act_pool_backward_matches_finite_differences() {
+    // (shape, pool, batch statistics, cap): odd sizes leave a row or column out of the pool.
+    let cases = [
+        ([2, 2, 5, 4], true, true, f64::INFINITY),
+        ([1, 3, 3, 3], false, true, 6.0),
+        ([2, 2, 4, 5], true, false, 6.0),
+        ([3, 1, 2, 3], false, false, f64::INFINITY),
+    ];
+    let eps = 1e-3;
+    for (i, (xs, pool, batch, cap)) in cases.into_iter().enumerate() {
+        let c = xs[1];
+        let mut r = rng(90 + i as u64);
+        let x = random_tensor(&mut r, xs);
+        let gamma: Vec<f32> = random_vec(&mut r, c).iter().map(|v| 5.0 * v).collect();
+        let beta = random_vec(&mut r, c);
+        let mean = random_vec(&mut r, c);
+        let var: Vec<f32> = random_vec(&mut r, c)
+            .iter()
+            .map(|v| 1.0 + 0.5 * v)
+            .collect();
+        let (x64, g64, b64) = (to64(x.as_slice()), to64(&gamma), to64(&beta));
+        let (m64, v64) = (to64(&mean), to64(&var));
+        let given = (!batch).then_some((&m64[..], &v64[..]));
+        let stats = if batch {
+            BnActStats::Batch
+        } else {
+            BnActStats::Given {
+                mean: &mean,
+                var: &var,
+            }
+        };
+        let p = BnActPoolParams {
+            gamma: &gamma,
+            beta: &beta,
+            stats,
+            eps: eps as f32,
+            cap: cap as f32,
+            pool,
+        };
+        let dy = random_tensor(&mut r, p.output_shape(xs));
+        let r64 = to64(dy.as_slice());
+        let f = |x: &[f64], g: &[f64], b: &[f64]| {
+            dot(&bn_act_pool64(x, xs, g, b, given, eps, cap, pool), &r64)
+        };
+        let ndx = numeric_grad(&x64, |v| f(v, &g64, &b64));
+        let ndg = numeric_grad(&g64, |v| f(&x64, v, &b64));
+        let ndb = numeric_grad(&b64, |v| f(&x64, &g64, v));
+        let out = bn_act_pool_forward(&x, &p, Some(BnActCacheRequest::default())).unwrap();
+        let fast = bn_act_pool_backward(out.cache.as_ref().unwrap(), &dy).unwrap();
+        let slow = naive::bn_act_pool_backward(&x, &p, &dy).unwrap();
+        for (kind, g) in [("fast", &fast), ("naive", &slow)] {
+            assert_grad(&format!("case {i} {kind} dx"), g.dx.as_slice(), &ndx);
+            assert_grad(&format!("case {i} {kind} dgamma"), &g.dgamma, &ndg);
+            assert_grad(&format!("case {i} {kind} dbeta"), &g.dbeta, &ndb);
+        }
+        // The forward too, against the f64 one.
+        let y64 = bn_act_pool64(&x64, xs, &g64, &b64, given, eps, cap, pool);
+        assert_grad(&format!("case {i} fast y"), out.y.as_slice(), &y64);
+    }
 }
