@@ -20,8 +20,8 @@ mod run_lock;
 mod walk;
 
 use fracture_nn::{
-    evaluate_split, BlockKind, Classifier, GradCam, ModelConfig, OptimizerKind, TrainConfig,
-    Trainer, Tta,
+    evaluate_split, BlockKind, Classifier, FitInputs, GradCam, ModelConfig, OptimizerKind,
+    TrainConfig, Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -406,32 +406,30 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     model.stem_pool = a.stem_pool;
     model.validate()?;
     let optimizer: OptimizerKind = a.optimizer.parse()?;
+    // The library's presets hold the defaults; flags override them.
+    let preset = if on_phantoms {
+        TrainConfig::phantoms()
+    } else {
+        TrainConfig::real_xrays()
+    };
     let config = TrainConfig {
-        epochs: a.epochs.unwrap_or(if on_phantoms { 20 } else { 30 }),
+        epochs: a.epochs.unwrap_or(preset.epochs),
         batch_size: a.batch_size,
         optimizer,
-        lr: a.lr.unwrap_or(if optimizer == OptimizerKind::Sgd {
-            0.05
-        } else {
-            2e-3
-        }),
-        weight_decay: a
-            .weight_decay
-            .unwrap_or(TrainConfig::default().weight_decay),
+        lr: a.lr.unwrap_or(TrainConfig::default_lr(optimizer)),
+        weight_decay: a.weight_decay.unwrap_or(preset.weight_decay),
         seed: a.seed,
         patience: a.patience,
         balanced_sampling: a.balanced_sampling,
-        label_smoothing: a
-            .label_smoothing
-            .unwrap_or(TrainConfig::default().label_smoothing),
+        label_smoothing: a.label_smoothing.unwrap_or(preset.label_smoothing),
         verbose: !a.quiet,
         tta: match a.tta.as_str() {
             "auto" => None,
             t => Some(t.parse::<Tta>()?),
         },
         ema_decay: a.ema,
-        backbone_lr_scale: a.backbone_lr_scale.unwrap_or(1.0),
-        ..TrainConfig::default()
+        backbone_lr_scale: a.backbone_lr_scale.unwrap_or(preset.backbone_lr_scale),
+        ..preset
     };
     let out = match a.out {
         Some(o) => o,
@@ -498,7 +496,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     );
     let mut trainer = Trainer::new(config, &out);
     trainer.init = a.pretrained.clone();
-    let outcome = trainer.fit(&model, train, val, test, &description, a.resume)?;
+    let outcome = trainer.fit(
+        FitInputs::new(model.clone(), train, val)
+            .with_optional_test(test)
+            .with_data(&description)
+            .resuming(a.resume),
+    )?;
     let r = &outcome.report;
     println!(
         "\nbest epoch {} of {} ({:.0} s); operating threshold {:.4} (val sensitivity >= {:.2})",
