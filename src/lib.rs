@@ -48,6 +48,7 @@ pub mod curves;
 pub mod ema;
 pub mod ensemble;
 pub mod error;
+pub mod fonts;
 pub mod gradcam;
 pub mod model;
 pub mod overlay;

@@ -4,7 +4,9 @@
 //! The picture ([`render_overlay`]) has the radiograph as the network saw it (after resizing) on
 //! the left and the same radiograph with the heatmap blended in on the right, the peak marked by
 //! a white cross; under both, when a probability is given, a bar filled to `P(fractured)` (in the
-//! colour map's colour for that value) with a white tick at the operating threshold. Images
+//! colour map's colour for that value) with a white tick at the operating threshold, and under
+//! the bar a [`CAPTION_HEIGHT`] px line of text, e.g. `P(fractured) = 0.8000 ≥ threshold
+//! 0.5000`, in the embedded font ([`crate::fonts`]). Images
 //! smaller than [`OverlayConfig::min_side`] are enlarged by an integer factor (nearest
 //! neighbour), so that a 64 px phantom stays legible.
 //!
@@ -15,14 +17,15 @@
 //! let heat = Heatmap::from_cam(cam, 16, 16)?;
 //! let gray = vec![128u8; 16 * 16];
 //! let img = render_overlay(&gray, &heat, Some(Probability { p: 0.8, threshold: 0.5 }), &OverlayConfig::default())?;
-//! // 16 px enlarged 16x to 256 px per panel, a 4 px gap, and a 12 px bar under a 4 px gap.
-//! assert_eq!(img.dimensions(), (2 * 256 + 4, 256 + 4 + 12));
+//! // 16 px enlarged 16x to 256 px per panel, a 4 px gap, a 12 px bar under a 4 px gap, the caption.
+//! assert_eq!(img.dimensions(), (2 * 256 + 4, 256 + 4 + 12 + 24));
 //! # Ok::<(), fracture_nn::Error>(())
 //! ```
 
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
+use plotters::prelude::*;
 
 use crate::error::{io_err, Error, Result};
 use crate::gradcam::Heatmap;
@@ -58,6 +61,9 @@ pub fn colormap(v: f32) -> [u8; 3] {
     let (a, b) = (RAMP[i], RAMP[i + 1]);
     [0, 1, 2].map(|c| (a[c] + (b[c] - a[c]) * f).round() as u8)
 }
+
+/// Height in pixels of the line of text under the probability bar.
+pub const CAPTION_HEIGHT: usize = 24;
 
 /// How an overlay looks.
 ///
@@ -162,7 +168,7 @@ pub fn render_overlay(
     let gap = 4;
     let bar_h = (ph / 20).max(6);
     let total_w = 2 * pw + gap;
-    let total_h = ph + probability.map_or(0, |_| gap + bar_h);
+    let total_h = ph + probability.map_or(0, |_| gap + bar_h + CAPTION_HEIGHT);
     let mut img = RgbImage::from_pixel(total_w as u32, total_h as u32, Rgb([20, 20, 20]));
     let blended = blend(gray, heat, config.alpha)?;
     for y in 0..ph {
@@ -208,8 +214,27 @@ pub fn render_overlay(
                 img.put_pixel(x as u32, y as u32, c);
             }
         }
+        let relation = if p.p >= p.threshold { '≥' } else { '<' };
+        let text = format!(
+            "P(fractured) = {:.4} {relation} threshold {:.4}",
+            p.p, p.threshold
+        );
+        caption(&mut img, y0 + bar_h, &text)?;
     }
     Ok(img)
+}
+
+/// Writes `text` in white on the caption strip that starts at row `y`.
+fn caption(img: &mut RgbImage, y: usize, text: &str) -> Result<()> {
+    crate::fonts::register();
+    let (w, h) = img.dimensions();
+    let raw: &mut [u8] = img;
+    let root = BitMapBackend::with_buffer(raw, (w, h)).into_drawing_area();
+    let style = TextStyle::from((crate::fonts::FAMILY, 16.0).into_font()).color(&WHITE);
+    let err = |e: &dyn std::fmt::Display| Error::Config(format!("overlay caption: {e}"));
+    root.draw_text(text, &style, (6, y as i32 + 4))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
 }
 
 /// Renders the overlay (see [`render_overlay`]) and writes it as PNG to `path`, creating the

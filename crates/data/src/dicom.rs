@@ -148,7 +148,19 @@ pub fn sop_instance_uid(path: &Path) -> Result<Option<String>> {
         path: path.to_path_buf(),
         source,
     })?;
-    let Some(offset) = magic_offset(&bytes) else {
+    sop_instance_uid_from_memory(&bytes, path)
+}
+
+/// [`sop_instance_uid`] of bytes already in memory (an upload, say); `path` only names the
+/// source in errors.
+///
+/// ```
+/// use fracture_data::dicom::sop_instance_uid_from_memory;
+/// let not_dicom = b"\x89PNG\r\n\x1a\n";
+/// assert_eq!(sop_instance_uid_from_memory(not_dicom, "upload".as_ref()).unwrap(), None);
+/// ```
+pub fn sop_instance_uid_from_memory(bytes: &[u8], path: &Path) -> Result<Option<String>> {
+    let Some(offset) = magic_offset(bytes) else {
         return Ok(None);
     };
     let obj = guarded(path, || {

@@ -52,7 +52,8 @@ pub use folder::{
 pub use loader::{Batch, BatchLoader, EpochBatches, LoaderConfig};
 pub use normalize::Normalization;
 pub use preprocess::{
-    load_resized, preprocess_file, standardise, PreprocessConfig, DEFAULT_IMAGE_SIZE,
+    load_resized, load_resized_from_memory, preprocess_file, standardise, PreprocessConfig,
+    DEFAULT_IMAGE_SIZE,
 };
 pub use resize::{resize_square, ResizeMode};
 pub use rng::sample_rng;

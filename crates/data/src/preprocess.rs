@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{decode_luma8, DecodeLimits};
+use crate::decode::{decode_luma8, decode_luma8_from_memory, DecodeLimits};
 use crate::error::{DataError, Result};
 use crate::normalize::Normalization;
 use crate::resize::{resize_square, ResizeMode};
@@ -77,6 +77,31 @@ impl PreprocessConfig {
 pub fn load_resized(path: &Path, config: &PreprocessConfig) -> Result<Vec<u8>> {
     config.validate()?;
     let gray = decode_luma8(path, &config.limits)?;
+    Ok(resize_square(&gray, config.image_size, config.resize_mode))
+}
+
+/// [`load_resized`] for image bytes already in memory (an upload, say): the same decode, by
+/// content and under the same limits, and the same resize, so the numbers equal those of the
+/// file holding these bytes. `name` only names the source in errors.
+///
+/// ```
+/// use fracture_data::{load_resized, load_resized_from_memory, PreprocessConfig};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("x.png");
+/// image::GrayImage::from_fn(30, 20, |x, y| image::Luma([(x * 7 + y) as u8])).save(&path).unwrap();
+/// let cfg = PreprocessConfig { image_size: 16, ..Default::default() };
+/// let bytes = std::fs::read(&path).unwrap();
+/// let px = load_resized_from_memory(&bytes, "upload".as_ref(), &cfg).unwrap();
+/// assert_eq!(px, load_resized(&path, &cfg).unwrap());
+/// assert!(load_resized_from_memory(b"not an image", "upload".as_ref(), &cfg).is_err());
+/// ```
+pub fn load_resized_from_memory(
+    bytes: &[u8],
+    name: &Path,
+    config: &PreprocessConfig,
+) -> Result<Vec<u8>> {
+    config.validate()?;
+    let gray = decode_luma8_from_memory(bytes, name, &config.limits)?;
     Ok(resize_square(&gray, config.image_size, config.resize_mode))
 }
 

@@ -1,0 +1,632 @@
+//! `fracture serve`: a web page and a JSON API over one model file.
+//!
+//! The server is [axum](https://docs.rs/axum) on a [tokio](https://docs.rs/tokio) runtime: axum
+//! because it is a thin layer over hyper (the HTTP implementation most Rust servers share) whose
+//! extractors turn a bad request into a typed rejection we can answer with JSON, and tokio
+//! because axum runs on it and it gives signals, timeouts, a semaphore and `spawn_blocking` for
+//! the CPU-bound inference. Only the features in use are compiled (HTTP/1, JSON, query strings);
+//! multipart uploads are parsed by [`multipart`] rather than by axum's `multipart` feature.
+//!
+//! Routes:
+//!
+//! - `GET /`: the page (HTML, CSS and JavaScript embedded in the binary, nothing fetched from
+//!   elsewhere, so it works offline);
+//! - `POST /api/predict[?heatmap=1][&name=NAME]`: the image as the raw body, or multipart
+//!   form-data with a file field; answers `{"path", "p_fractured", "label"}` as
+//!   `fracture predict --json` prints it, plus `threshold` and `ms` (server time), and with
+//!   `heatmap=1` also `heatmap` (the Grad-CAM overlay as a PNG data URL) and `peak`;
+//! - `GET /api/model`: the model's description;
+//! - `GET /healthz`: `{"status": "ok"}`.
+//!
+//! Every error is `{"error": "..."}` with a 4xx status (5xx only for the server's own faults).
+//! Limits: the body size (`--max-body-mb`), the decoded image size (the model's
+//! [`DecodeLimits`](fracture_nn::data::DecodeLimits), tightened by `--max-side`), `--slots`
+//! inferences at once (each slot owns its copy of the network) with at most `--queue` requests
+//! waiting for a slot (beyond that, 503 with `Retry-After`), and a per-request `--timeout`.
+//! Inference runs in `spawn_blocking` under `catch_unwind`, so neither a slow nor a panicking
+//! request stops the server. Nothing is written to disk: uploads are decoded from memory by
+//! [`load_resized_from_memory`], the same decode and resize as for files. One line per request
+//! goes to stderr (method, path, status, milliseconds; never image content). Ctrl-C or SIGTERM
+//! stops accepting connections and lets the requests in flight finish.
+//!
+//! Research software, not a medical device.
+
+mod multipart;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use fracture_nn::data::{load_resized_from_memory, standardise, DataError, PreprocessConfig};
+use fracture_nn::layers::Layer;
+use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
+use fracture_nn::{BlockKind, Classifier, GradCam};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+const PAGE_HTML: &str = include_str!("serve/page.html");
+const PAGE_CSS: &str = include_str!("serve/page.css");
+const PAGE_JS: &str = include_str!("serve/page.js");
+
+/// The notice shown on the page and returned by `/api/model`.
+pub const NOTICE: &str =
+    "Research software, not a medical device: never use its output for diagnosis.";
+
+/// Arguments of `fracture serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model file (model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Inferences running at once (each slot holds its own copy of the network).
+    #[arg(long, default_value_t = 2)]
+    slots: usize,
+    /// Requests that may wait for a free slot; beyond that the answer is 503 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+    /// Largest request body in MB (10^6 bytes).
+    #[arg(long, default_value_t = 50)]
+    max_body_mb: usize,
+    /// Largest image width or height in pixels (default: the model file's decode limits).
+    #[arg(long)]
+    max_side: Option<u32>,
+    /// Seconds a prediction request may take, waiting included, before a 503.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Worker threads of the network's parallel loops (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// One inference slot: a network and, once a heatmap has been asked for, its Grad-CAM twin.
+struct Worker {
+    clf: Classifier,
+    cam: Option<GradCam>,
+}
+
+struct AppState {
+    /// `GET /api/model`.
+    description: Value,
+    threshold: f64,
+    preprocess: PreprocessConfig,
+    workers: Mutex<Vec<Worker>>,
+    slots: Arc<Semaphore>,
+    /// Prediction requests admitted (running or waiting for a slot).
+    admitted: AtomicUsize,
+    capacity: usize,
+    timeout: Duration,
+}
+
+/// A JSON error answer: `{"error": message}` with `status` (and `Retry-After` on 503).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<DataError> for ApiError {
+    fn from(e: DataError) -> Self {
+        let status = match &e {
+            DataError::UnknownFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            DataError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DataError::Corrupt { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match &e {
+            DataError::UnknownFormat { path } => format!(
+                "{}: not an image this server reads (PNG, JPEG, GIF, BMP, TIFF or WebP)",
+                path.display()
+            ),
+            other => other.to_string(),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+/// Runs `fracture serve` until Ctrl-C or SIGTERM.
+pub fn run(a: ServeArgs) -> Result<ExitCode> {
+    if a.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    if a.max_body_mb == 0 {
+        bail!("--max-body-mb must be at least 1");
+    }
+    if a.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot set the number of threads")?;
+    }
+    let mut workers = Vec::with_capacity(a.slots);
+    for _ in 0..a.slots {
+        let clf = Classifier::load(&a.model)?;
+        workers.push(Worker { clf, cam: None });
+    }
+    let clf = &workers[0].clf;
+    let mut preprocess = clf.meta.preprocess;
+    if let Some(side) = a.max_side {
+        preprocess.limits.max_width = preprocess.limits.max_width.min(side);
+        preprocess.limits.max_height = preprocess.limits.max_height.min(side);
+    }
+    let state = Arc::new(AppState {
+        description: describe(clf, &a.model),
+        threshold: clf.meta.threshold,
+        preprocess,
+        workers: Mutex::new(workers),
+        slots: Arc::new(Semaphore::new(a.slots)),
+        admitted: AtomicUsize::new(0),
+        capacity: a.slots + a.queue,
+        timeout: Duration::from_secs(a.timeout),
+    });
+    let body_limit = a.max_body_mb * 1_000_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))?;
+        // Listen for SIGTERM before announcing the address, so that a supervisor's stop
+        // request is never lost.
+        let shutdown = shutdown_signal()?;
+        let bound = listener.local_addr()?;
+        println!("listening on http://{bound}");
+        std::io::stdout().flush().ok();
+        eprintln!(
+            "model {}; {} slot(s), queue {}, body limit {} MB, timeout {} s; Ctrl-C stops",
+            a.model.display(),
+            a.slots,
+            a.queue,
+            a.max_body_mb,
+            a.timeout
+        );
+        axum::serve(listener, router(state, body_limit))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the server failed")?;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/page.css", get(css))
+        .route("/page.js", get(js))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/api/model", get(model_info))
+        .route("/api/predict", post(predict))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One stderr line per request: method, path, status, milliseconds.
+async fn log_request(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = next.run(req).await;
+    eprintln!(
+        "{method} {path} {} {} ms",
+        response.status().as_u16(),
+        start.elapsed().as_millis()
+    );
+    response
+}
+
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        #[cfg(unix)]
+        let term = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term => {},
+        }
+        eprintln!("shutting down: finishing the requests in flight");
+    })
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Everything the page needs comes from this server; uploads show as blob: URLs and
+            // overlays as data: URLs.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    static_file("text/html; charset=utf-8", PAGE_HTML)
+}
+
+async fn css() -> Response {
+    static_file("text/css; charset=utf-8", PAGE_CSS)
+}
+
+async fn js() -> Response {
+    static_file("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.description.clone())
+}
+
+/// The model's description for `/api/model` and the page's side panel.
+fn describe(clf: &Classifier, path: &Path) -> Value {
+    let m = &clf.meta;
+    let architecture = if m.model.block == BlockKind::EfficientNetLite0 {
+        "EfficientNet-Lite0".to_string()
+    } else {
+        format!(
+            "{:?} CNN, stage widths {:?}, {} block(s) per stage, {:?} pooling head{}",
+            m.model.block,
+            m.model.widths,
+            m.model.blocks_per_stage,
+            m.model.head,
+            if m.model.stem_pool {
+                ", stem max pool"
+            } else {
+                ""
+            }
+        )
+    };
+    let p = &m.provenance;
+    json!({
+        "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "architecture": architecture,
+        "members": m.model.members,
+        "parameters": clf.net.num_params(),
+        "input_size": m.model.image_size,
+        "resize_mode": format!("{:?}", m.preprocess.resize_mode),
+        "class_names": m.class_names,
+        "positive_class": m.class_names.get(m.positive_class),
+        "threshold": m.threshold,
+        "threshold_rule": m.threshold_rule,
+        "tta": m.tta.to_string(),
+        "val_auc": p.val_auc,
+        "provenance": p,
+        "notice": NOTICE,
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct PredictQuery {
+    /// `1` or `true`: also return the Grad-CAM overlay.
+    heatmap: Option<String>,
+    /// Name of a raw-body upload (default "upload").
+    name: Option<String>,
+}
+
+/// Releases an admission when the request ends, however it ends.
+struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|r| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad query string: {}", r.body_text()),
+        )
+    })?;
+    let heatmap = matches!(query.heatmap.as_deref(), Some("1" | "true" | "yes"));
+    let body = body.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "the request body is larger than the server's limit (--max-body-mb)",
+            )
+        } else {
+            ApiError::new(
+                status,
+                format!("cannot read the request body: {}", r.body_text()),
+            )
+        }
+    })?;
+    let (bytes, name) = upload(&headers, body, query.name)?;
+
+    if state.admitted.fetch_add(1, Ordering::SeqCst) >= state.capacity {
+        state.admitted.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy (all inference slots and the queue are full): retry shortly",
+        ));
+    }
+    let _admission = Admission(&state.admitted);
+    let timeout = state.timeout;
+    let work = {
+        let state = Arc::clone(&state);
+        async move {
+            let permit = Arc::clone(&state.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+            tokio::task::spawn_blocking(move || {
+                // The slot stays taken until the network is back in the pool, even if the
+                // request has timed out meanwhile.
+                let _permit = permit;
+                let mut worker = lock(&state.workers)
+                    .pop()
+                    .expect("a slot permit guarantees a free worker");
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    infer(
+                        &mut worker,
+                        &bytes,
+                        &name,
+                        &state.preprocess,
+                        state.threshold,
+                        heatmap,
+                    )
+                }));
+                lock(&state.workers).push(worker);
+                result.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("inference failed on {name}: {what}"),
+                    ))
+                })
+            })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result.map(Json),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no answer within {} s (the server is busy): retry shortly",
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The image bytes and their name from a raw or multipart body.
+fn upload(
+    headers: &HeaderMap,
+    body: Bytes,
+    name: Option<String>,
+) -> Result<(Bytes, String), ApiError> {
+    // The media type is compared in lower case; the boundary keeps its case.
+    let raw_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""));
+    let content_type = raw_type.map(str::to_ascii_lowercase);
+    let (bytes, name) = match content_type.as_deref() {
+        Some(ct) if ct.starts_with("multipart/form-data") => {
+            let boundary = multipart::boundary(raw_type.unwrap_or("")).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "multipart/form-data without a boundary",
+                )
+            })?;
+            let file = multipart::first_file(&body, &boundary)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+            let name = file.filename.unwrap_or_else(|| "upload".into());
+            (body.slice(file.range), name)
+        }
+        None => (body, name.unwrap_or_else(|| "upload".into())),
+        Some(ct)
+            if ct.starts_with("image/")
+                || ct.starts_with("application/octet-stream")
+                || ct.starts_with("application/dicom") =>
+        {
+            (body, name.unwrap_or_else(|| "upload".into()))
+        }
+        Some(ct) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content type {ct:?} is not accepted: send the image as the body (image/png, \
+                     image/jpeg, application/octet-stream) or as multipart/form-data"
+                ),
+            ))
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body: send an image as the request body or as a multipart file field",
+        ));
+    }
+    Ok((bytes, clean_name(&name)))
+}
+
+/// The last path component of an upload's name, at most 200 characters, never empty.
+fn clean_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let base: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    if base.is_empty() {
+        "upload".into()
+    } else {
+        base
+    }
+}
+
+/// Decodes, classifies and optionally explains one upload, exactly as `fracture predict`
+/// treats a file with the same bytes.
+fn infer(
+    w: &mut Worker,
+    bytes: &[u8],
+    name: &str,
+    preprocess: &PreprocessConfig,
+    threshold: f64,
+    heatmap: bool,
+) -> Result<Value, ApiError> {
+    let start = Instant::now();
+    let internal = |e: fracture_nn::Error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"))
+    };
+    let gray = load_resized_from_memory(bytes, Path::new(name), preprocess)?;
+    let x = standardise(&gray, &w.clf.meta.normalization);
+    let p = w.clf.predict_batch(&x, 1).map_err(internal)?[0];
+    let label = w.clf.label(p, Some(threshold)).to_string();
+    let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold});
+    if let Ok(Some(uid)) =
+        fracture_nn::data::dicom::sop_instance_uid_from_memory(bytes, Path::new(name))
+    {
+        v["sop_instance_uid"] = json!(uid); // DICOM: match back to the archive, as predict --json does
+    }
+    if heatmap {
+        if w.cam.is_none() {
+            w.cam = Some(GradCam::new(&w.clf).map_err(internal)?);
+        }
+        let cam = w.cam.as_mut().expect("just set");
+        let heat = cam.heatmap(&x).map_err(internal)?;
+        let img = render_overlay(
+            &gray,
+            &heat,
+            Some(Probability { p, threshold }),
+            &OverlayConfig::default(),
+        )
+        .map_err(internal)?;
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        v["heatmap"] = json!(format!("data:image/png;base64,{}", base64(&png)));
+        v["peak"] = json!(heat.peak);
+    }
+    v["ms"] = json!(start.elapsed().as_secs_f64() * 1000.0);
+    Ok(v)
+}
+
+/// Standard base64 with padding (RFC 4648), for data URLs.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn upload_names_lose_their_folders() {
+        assert_eq!(clean_name("C:\\x\\scan.png"), "scan.png");
+        assert_eq!(clean_name("a/b/../c.jpg"), "c.jpg");
+        assert_eq!(clean_name("dir/"), "upload");
+    }
+}
