@@ -77,12 +77,13 @@ fn the_chain_gives_the_classifiers_probabilities_for_every_architecture() {
             vec!["stem.3", "blocks.1", "blocks.5", "blocks"],
         ),
         (
-            ModelConfig::lite0(24),
+            ModelConfig::lite0(32),
             vec!["_bn1", "_blocks.3", "_blocks", "_bn0", "_conv_head"],
         ),
     ] {
+        let size = model.image_size;
         let mut clf = classifier(model, 4);
-        let x = images(3, 24, 9);
+        let x = images(3, size, 9);
         let want = clf.predict_batch(&x, 3).unwrap();
         for target in targets {
             let mut cam = GradCam::with_target(&clf, target).unwrap();
@@ -93,7 +94,7 @@ fn the_chain_gives_the_classifiers_probabilities_for_every_architecture() {
                     "{target}: Grad-CAM P {} vs classifier P {w}",
                     m.probability()
                 );
-                assert_eq!((m.width, m.height), (24, 24));
+                assert_eq!((m.width, m.height), (size, size));
             }
         }
     }
