@@ -65,12 +65,13 @@ pub use report::{EpochRecord, MemberSummary, RunReport};
 /// [`Trainer::fit`].
 ///
 /// ```
-/// use fracture_nn::data::phantom::{generate_split, PhantomConfig};
+/// use fracture_nn::data::{phantom::PhantomConfig, Split};
 /// use fracture_nn::{FitInputs, ModelConfig};
-/// let cfg = PhantomConfig { image_size: 16, ..Default::default() };
-/// let (train, val) = (generate_split(&cfg, 8, 1), generate_split(&cfg, 4, 2));
+/// let mut data = PhantomConfig { size: 16, train: 8, val: 4, test: 4, ..Default::default() }.folder()?;
+/// let (train, val) = (data.take_split(Split::Train)?, data.take_split(Split::Val)?);
 /// let inputs = FitInputs::new(ModelConfig::phantom(16), train, val).with_data("phantoms").resuming(false);
 /// assert_eq!((inputs.data.as_str(), inputs.resume, inputs.test.is_none()), ("phantoms", false, true));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct FitInputs {
