@@ -9,7 +9,7 @@
 //! `runs/example-phantoms/` (a few minutes on 2 cores).
 
 use fracture_nn::data::{phantom::PhantomConfig, Split};
-use fracture_nn::{ModelConfig, TrainConfig, Trainer};
+use fracture_nn::{FitInputs, ModelConfig, TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
     let mut data = PhantomConfig {
@@ -28,12 +28,9 @@ fn main() -> anyhow::Result<()> {
     let trainer = Trainer::new(config, "runs/example-phantoms");
     let (train, val) = (data.take_split(Split::Train)?, data.take_split(Split::Val)?);
     let out = trainer.fit(
-        &ModelConfig::phantom(64),
-        train,
-        val,
-        data.take_split(Split::Test).ok(),
-        "phantoms",
-        false,
+        FitInputs::new(ModelConfig::phantom(64), train, val)
+            .with_optional_test(data.take_split(Split::Test).ok())
+            .with_data("phantoms"),
     )?;
     println!("validation:\n{}", out.report.val);
     if let Some(test) = &out.report.test {

@@ -11,7 +11,7 @@
 //! `fracture synth` phantoms at 64 px and 6 epochs it should reach a validation ROC-AUC above 0.9.
 
 use fracture_nn::data::{BadFilePolicy, ImageFolder, LoadOptions, Split};
-use fracture_nn::{ModelConfig, TrainConfig, Trainer};
+use fracture_nn::{FitInputs, ModelConfig, TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,12 +51,9 @@ fn main() -> anyhow::Result<()> {
         "runs/example-folder",
     );
     let out = trainer.fit(
-        &model,
-        train,
-        val,
-        folder.take_split(Split::Test).ok(),
-        &root,
-        false,
+        FitInputs::new(model.clone(), train, val)
+            .with_optional_test(folder.take_split(Split::Test).ok())
+            .with_data(&root),
     )?;
     println!("validation:\n{}", out.report.val);
     println!("model written to {}", trainer.model_path().display());

@@ -25,7 +25,7 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{standardise, Split, FRACTURED};
 use fracture_nn::gradcam::{distance_to_fracture, GradCam, Score};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
-use fracture_nn::{Classifier, ModelConfig, TrainConfig, Trainer};
+use fracture_nn::{Classifier, FitInputs, ModelConfig, TrainConfig, Trainer};
 
 struct Args {
     model: Option<PathBuf>,
@@ -85,14 +85,8 @@ fn main() -> anyhow::Result<()> {
             };
             let trainer = Trainer::new(config, &args.out);
             let (train, val) = (data.take_split(Split::Train)?, data.take_split(Split::Val)?);
-            let out = trainer.fit(
-                &ModelConfig::phantom(64),
-                train,
-                val,
-                None,
-                "phantoms",
-                false,
-            )?;
+            let out = trainer
+                .fit(FitInputs::new(ModelConfig::phantom(64), train, val).with_data("phantoms"))?;
             println!(
                 "trained; model written to {}",
                 trainer.model_path().display()

@@ -19,13 +19,12 @@
 
 use std::sync::Arc;
 
-use fracture_data::DatasetSplit;
-use fracture_layers::{checkpoint, Ensemble, Layer, Sequential};
+use fracture_layers::{checkpoint, Ensemble, Sequential};
 
-use crate::classifier::{Classifier, Provenance};
+use crate::classifier::Classifier;
 use crate::error::{io_err, Error, Result};
-use crate::model::ModelConfig;
-use crate::trainer::{calibrate, MemberSummary, RunReport, SplitSizes, TrainConfig, TrainOutcome};
+use crate::trainer::report::{self, ReportParts, SplitSizes, TrainOutcome};
+use crate::trainer::{calibrate, FitInputs, MemberSummary, TrainConfig};
 use crate::Trainer;
 
 impl Trainer {
@@ -45,17 +44,17 @@ impl Trainer {
     }
 
     /// [`Trainer::fit`] for [`ModelConfig::members`] > 1 (see the [module docs](self)).
-    pub(crate) fn fit_ensemble(
-        &self,
-        model: &ModelConfig,
-        train: Arc<DatasetSplit>,
-        val: Arc<DatasetSplit>,
-        test: Option<DatasetSplit>,
-        data: &str,
-        resume: bool,
-    ) -> Result<TrainOutcome> {
+    pub(crate) fn fit_ensemble(&self, inputs: FitInputs) -> Result<TrainOutcome> {
+        let FitInputs {
+            model,
+            train,
+            val,
+            test,
+            data,
+            resume,
+        } = inputs;
         let k = model.members;
-        let test_len = test.as_ref().map_or(0, DatasetSplit::len);
+        let test_len = test.as_ref().map_or(0, |t| t.len());
         let single = model.member();
         let per_member = (rayon::current_num_threads() / k).max(1);
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
@@ -71,7 +70,14 @@ impl Trainer {
             let handles: Vec<_> = trainers
                 .iter()
                 .map(|t| {
-                    let (train, val, single) = (Arc::clone(&train), Arc::clone(&val), &single);
+                    let member_inputs = FitInputs {
+                        model: single.clone(),
+                        train: Arc::clone(&train),
+                        val: Arc::clone(&val),
+                        test: None,
+                        data: data.clone(),
+                        resume: resume && t.last_path().exists(),
+                    };
                     s.spawn(move || {
                         let pool = rayon::ThreadPoolBuilder::new()
                             .num_threads(per_member)
@@ -81,8 +87,7 @@ impl Trainer {
                                     "cannot start a pool of {per_member} thread(s): {e}"
                                 ))
                             })?;
-                        let resume_member = resume && t.last_path().exists();
-                        pool.install(|| t.fit(single, train, val, None, data, resume_member))
+                        pool.install(|| t.fit(member_inputs))
                     })
                 })
                 .collect();
@@ -138,49 +143,29 @@ impl Trainer {
         let cal = calibrate(&mut clf, &self.config, val, test)?;
         // Members train side by side: the run takes as long as its slowest member.
         let train_seconds = members.iter().map(|m| m.train_seconds).fold(0.0, f64::max);
-        clf.meta.provenance = Provenance {
-            data: data.to_string(),
-            seed: self.config.seed,
-            epochs: first.report.epochs_run,
-            best_epoch: first.best_epoch,
-            val_auc: cal.val.roc_auc,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ..Provenance::default()
-        };
+        clf.meta.provenance = report::provenance(
+            &data,
+            self.config.seed,
+            first.report.epochs_run,
+            first.best_epoch,
+            cal.val.roc_auc,
+        );
         let model_path = self.model_path();
         clf.save(&model_path)?;
         let sizes = SplitSizes {
             test: test_len,
             ..first.report.sizes
         };
-        let report = RunReport {
-            config: self.config.clone(),
-            model: model.clone(),
-            num_params: clf.net.num_params(),
-            data: data.to_string(),
+        let parts = ReportParts {
+            model,
+            data,
             sizes,
             epochs_run: first.report.epochs_run,
             best_epoch: first.best_epoch,
             train_seconds,
-            operating_point: cal.operating_point,
-            youden: cal.youden,
-            val: cal.val,
-            test: cal.test,
-            tta: cal.tta,
-            tta_val_auc: cal.tta_val_auc,
             history: first.history.clone(),
             members,
         };
-        let json = serde_json::to_string_pretty(&report).expect("report serialises");
-        checkpoint::write_atomic(&self.out_dir.join("report.json"), json.as_bytes())?;
-        Ok(TrainOutcome {
-            classifier: clf,
-            history: first.history.clone(),
-            best_epoch: first.best_epoch,
-            report,
-            out_dir: self.out_dir.clone(),
-        })
+        report::finish_report(&self.config, clf, cal, parts, &self.out_dir)
     }
 }

@@ -19,12 +19,13 @@
 //! Two entry points:
 //! - [`grad_cam`] / [`grad_cam_layers`]: any [`Sequential`] whose target activations are the
 //!   outputs of top-level layers; return the raw [`CamMap`]s.
-//! - [`GradCam`]: for a trained [`Classifier`]. The classifier's stages are nested
-//!   ([`Sequential`]s inside `blocks`), and a nested layer cannot be reached through a `dyn`
-//!   [`Layer`], so [`GradCam`] holds an *unfolded twin* of the network: the same layers, one per
-//!   top-level slot named by its state-dict path, with the classifier's weights copied in. On
-//!   construction it checks that the twin computes the same probabilities as
-//!   [`ModelConfig::build`]'s network, so it cannot silently drift from the model code.
+//! - [`GradCam`]: for a trained [`Classifier`]. It runs the classifier's own network (built by
+//!   the same architecture code, [`ModelConfig::build`], with the classifier's weights copied in
+//!   by state-dict name) opened into a chain of layers by [`Layer::into_chain`]: nested
+//!   [`Sequential`]s give their children, and a fused batch-norm + ReLU + max-pool layer gives
+//!   back the three layers it fuses (same outputs bit for bit), so that a target can be any
+//!   layer by its state-dict path, `blocks.3.2` (a stage's ReLU before its pool) included.
+//!   There is no second description of an architecture to keep in step.
 //!
 //! # Default target layers and score
 //! [`GradCam::default_targets`]: the maps of the **last three stages**, fused (never the first
@@ -68,13 +69,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use fracture_data::phantom::FractureLine;
-use fracture_layers::{
-    softmax, BatchNorm2dConfig, Conv2dConfig, DropoutConfig, Layer, LinearConfig, MaxPool2dConfig,
-    Mode, Relu, ResidualBlockConfig, Sequential,
-};
+use fracture_layers::{Layer, Mode, Sequential};
 use fracture_tensor::Tensor4;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::classifier::{Classifier, ClassifierMeta};
 use crate::error::{Error, Result};
@@ -588,7 +584,7 @@ fn grad_cam_inner(
     Ok(maps)
 }
 
-/// Grad-CAM for a trained [`Classifier`], on an unfolded twin of its network (see the
+/// Grad-CAM for a trained [`Classifier`], on its network opened into a chain of layers (see the
 /// [module docs](self)), at one or several target layers.
 ///
 /// ```
@@ -604,7 +600,7 @@ fn grad_cam_inner(
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 pub struct GradCam {
-    /// One unfolded twin per member of the model (one for a single network).
+    /// The classifier's network as a chain of layers, one per member (one for a single network).
     nets: Vec<Sequential>,
     meta: ClassifierMeta,
     targets: Vec<String>,
@@ -627,7 +623,7 @@ impl std::fmt::Debug for GradCam {
 /// Smallest map side (in cells) a default target may have: see [`GradCam::default_targets`].
 pub const MIN_TARGET_SIDE: usize = 8;
 
-/// Separator of state-dict path components inside the twin's slot names (`.` is not allowed
+/// Separator of state-dict path components inside the chain's slot names (`.` is not allowed
 /// in a [`Sequential`] name).
 const SEP: char = '/';
 
@@ -722,9 +718,24 @@ impl GradCam {
                 "Grad-CAM needs at least one target layer".into(),
             ));
         }
+        // The classifier's own network, member by member: built by the same architecture
+        // code, its weights copied in by state-dict name, then opened into a chain.
         let single = clf.meta.model.member();
+        let members = clf.meta.model.members;
+        let nets = (0..members)
+            .map(|i| {
+                let mut net = single.build(0)?;
+                let prefix = if members > 1 {
+                    format!("members.{i}.")
+                } else {
+                    String::new()
+                };
+                copy_state(&clf.net, &prefix, &mut net)?;
+                chain(net)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut cam = GradCam {
-            nets: vec![unfold(&single)?],
+            nets,
             meta: clf.meta.clone(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             slots: Vec::new(),
@@ -735,19 +746,6 @@ impl GradCam {
             .iter()
             .map(|t| cam.resolve(t))
             .collect::<Result<_>>()?;
-        check_twin(&single, &mut cam.nets[0])?;
-        let members = clf.meta.model.members;
-        for _ in 1..members {
-            cam.nets.push(unfold(&single)?);
-        }
-        for (i, twin) in cam.nets.iter_mut().enumerate() {
-            let prefix = if members > 1 {
-                format!("members.{i}.")
-            } else {
-                String::new()
-            };
-            copy_state(&clf.net, &prefix, twin)?;
-        }
         Ok(cam)
     }
 
@@ -880,77 +878,22 @@ impl GradCam {
     }
 }
 
-/// The layers of [`ModelConfig::build`], one per top-level slot named by its state-dict path
-/// (components joined by [`SEP`]). Weights are placeholders until [`copy_state`].
-fn unfold(model: &ModelConfig) -> Result<Sequential> {
-    model.validate()?;
-    if model.block == BlockKind::EfficientNetLite0 {
-        // No fused pooling hides a feature map: the model's own network is the one Grad-CAM
-        // runs, its top-level layers (`_bn1`, `_blocks`, ...) the targets.
-        return model.build(0);
+/// `net` as the chain of its layers ([`Layer::into_chain`]: nested `Sequential`s opened, fused
+/// batch norm + ReLU + pool layers given back as the three layers they fuse), one per
+/// top-level slot named by its state-dict path (components joined by [`SEP`]).
+fn chain(net: Sequential) -> Result<Sequential> {
+    let mut flat = Sequential::new();
+    for (name, layer) in Box::new(net).into_chain("") {
+        flat.push_boxed(name.replace('.', &SEP.to_string()), layer)?;
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut net = Sequential::new();
-    let slot = |parts: &[&str]| parts.join(&SEP.to_string());
-    let last = *model.widths.last().expect("validated non-empty");
-    match model.block {
-        BlockKind::Plain => {
-            let mut c = model.in_channels;
-            for (i, &w) in model.widths.iter().enumerate() {
-                let i = i.to_string();
-                let conv = Conv2dConfig::new(c, w, 3)
-                    .with_padding(1)
-                    .with_bias(false)
-                    .init(&mut rng)?;
-                net.push(slot(&["blocks", &i, "0"]), conv)?;
-                net.push(
-                    slot(&["blocks", &i, "1"]),
-                    BatchNorm2dConfig::new(w).init()?,
-                )?;
-                net.push(slot(&["blocks", &i, "2"]), Relu::new())?;
-                net.push(slot(&["blocks", &i, "3"]), MaxPool2dConfig::new(2).init()?)?;
-                c = w;
-            }
-        }
-        BlockKind::EfficientNetLite0 => unreachable!("returned above"),
-        BlockKind::Residual => {
-            let w0 = model.widths[0];
-            let stem = Conv2dConfig::new(model.in_channels, w0, 3)
-                .with_stride(2)
-                .with_padding(1)
-                .with_bias(false)
-                .init(&mut rng)?;
-            net.push(slot(&["stem", "0"]), stem)?;
-            net.push(slot(&["stem", "1"]), BatchNorm2dConfig::new(w0).init()?)?;
-            net.push(slot(&["stem", "2"]), Relu::new())?;
-            if model.stem_pool {
-                net.push(slot(&["stem", "3"]), MaxPool2dConfig::new(2).init()?)?;
-            }
-            let (mut c, mut k) = (w0, 0);
-            for (i, &w) in model.widths.iter().enumerate() {
-                for j in 0..model.blocks_per_stage {
-                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                    let block = ResidualBlockConfig::new(c, w, stride).init(&mut rng)?;
-                    net.push(slot(&["blocks", &k.to_string()]), block)?;
-                    c = w;
-                    k += 1;
-                }
-            }
-        }
-    }
-    net.push_boxed("pool", model.head.layer())?;
-    net.push("drop", DropoutConfig::new(model.dropout).init(&mut rng)?)?;
-    net.push(
-        "fc",
-        LinearConfig::new(model.head.features(last), model.num_classes).init(&mut rng)?,
-    )?;
-    Ok(net)
+    Ok(flat)
 }
 
-/// Copies every parameter and buffer of `from` (a network of [`ModelConfig::build`]) into the
-/// unfolded `to`, matching state-dict names; errors if a name or shape does not match.
+/// Copies every parameter and buffer of `from` (the classifier's network, its names under
+/// `prefix`) into `to` (a fresh [`ModelConfig::build`] of one member), matching state-dict
+/// names; errors if a name or shape does not match.
 fn copy_state(from: &Sequential, prefix: &str, to: &mut Sequential) -> Result<()> {
-    let mismatch = |reason: String| Error::Config(format!("Grad-CAM twin: {reason}"));
+    let mismatch = |reason: String| Error::Config(format!("Grad-CAM: {reason}"));
     let own = |name: String| name.strip_prefix(prefix).map(str::to_string);
     let params: HashMap<String, &fracture_layers::Param> = from
         .named_params()
@@ -965,68 +908,41 @@ fn copy_state(from: &Sequential, prefix: &str, to: &mut Sequential) -> Result<()
     let mut seen = HashSet::new();
     let mut problems = Vec::new();
     to.visit_params("", &mut |name, p| {
-        let name = name.replace(SEP, ".");
+        let name = name.to_string();
         match params.get(&name) {
             Some(src) if src.value.shape() == p.value.shape() => p.value = src.value.clone(),
             Some(src) => problems.push(format!(
-                "{name} has shape {:?} in the model but {:?} in the twin",
+                "{name} has shape {:?} in the classifier but {:?} in its architecture",
                 src.value.shape(),
                 p.value.shape()
             )),
-            None => problems.push(format!("the model has no parameter {name}")),
+            None => problems.push(format!("the classifier has no parameter {name}")),
         }
         seen.insert(name);
     });
     to.visit_buffers("", &mut |name, b| {
-        let name = name.replace(SEP, ".");
+        let name = name.to_string();
         match buffers.get(&name) {
             Some(src) if src.value.shape() == b.value.shape() => b.value = src.value.clone(),
             Some(src) => problems.push(format!(
-                "{name} has shape {:?} in the model but {:?} in the twin",
+                "{name} has shape {:?} in the classifier but {:?} in its architecture",
                 src.value.shape(),
                 b.value.shape()
             )),
-            None => problems.push(format!("the model has no buffer {name}")),
+            None => problems.push(format!("the classifier has no buffer {name}")),
         }
         seen.insert(name);
     });
     for name in params.keys().chain(buffers.keys()) {
         if !seen.contains(name) {
-            problems.push(format!("the twin has no tensor {name}"));
+            problems.push(format!("the architecture has no tensor {name}"));
         }
     }
     match problems.first() {
         None => Ok(()),
         Some(p) => Err(mismatch(format!(
-            "{p} ({} mismatch(es)); the architecture code changed without Grad-CAM's unfolding",
+            "{p} ({} mismatch(es)): the classifier's weights do not fit its own architecture",
             problems.len()
         ))),
     }
-}
-
-/// Checks that the unfolded twin computes exactly what [`ModelConfig::build`]'s network
-/// computes, with the same (random) weights, on a fixed probe image.
-fn check_twin(model: &ModelConfig, twin: &mut Sequential) -> Result<()> {
-    let mut reference = model.build(1)?;
-    copy_state(&reference, "", twin)?;
-    let s = model.image_size;
-    let c = model.in_channels;
-    let probe: Vec<f32> = (0..c * s * s)
-        .map(|i| ((i as f32 * 0.7311).sin() + (i as f32 * 0.0917).cos()) * 0.8)
-        .collect();
-    let x = Tensor4::from_vec([1, c, s, s], probe)?;
-    let want = softmax(&reference.forward(&x, Mode::Eval)?)?;
-    let got = softmax(&twin.forward(&x, Mode::Eval)?)?;
-    let diff = want
-        .as_slice()
-        .iter()
-        .zip(got.as_slice())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    if diff.is_nan() || diff > 1e-5 {
-        return Err(Error::Config(format!(
-            "Grad-CAM twin: the unfolded network's probabilities differ from the model's by {diff} on a probe image; the architecture code changed without Grad-CAM's unfolding"
-        )));
-    }
-    Ok(())
 }

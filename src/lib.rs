@@ -17,13 +17,13 @@
 //!
 //! ```
 //! use fracture_nn::data::{phantom::PhantomConfig, Split};
-//! use fracture_nn::{ModelConfig, TrainConfig, Trainer};
+//! use fracture_nn::{FitInputs, ModelConfig, TrainConfig, Trainer};
 //! let mut data = PhantomConfig { size: 32, train: 48, val: 16, test: 16, ..Default::default() }.folder()?;
 //! let out_dir = tempfile::tempdir()?;
 //! let trainer = Trainer::new(TrainConfig { epochs: 1, batch_size: 16, ..Default::default() }, out_dir.path());
 //! let (train, val, test) = (data.take_split(Split::Train)?, data.take_split(Split::Val)?, data.take_split(Split::Test).ok());
 //! let model = ModelConfig { widths: vec![8, 16], ..ModelConfig::phantom(32) };
-//! let out = trainer.fit(&model, train, val, test, "phantoms", false)?;
+//! let out = trainer.fit(FitInputs::new(model, train, val).with_optional_test(test).with_data("phantoms"))?;
 //! assert!(out.report.val.roc_auc.is_some() && out_dir.path().join("model.safetensors").exists());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -31,11 +31,14 @@
 //! and on a folder `<root>/{train,val,test}/{fractured,not_fractured}/*.png`:
 //!
 //! ```no_run
-//! use fracture_nn::{data::{ImageFolder, LoadOptions}, ModelConfig, TrainConfig, Trainer};
+//! use fracture_nn::{data::{ImageFolder, LoadOptions}, FitInputs, ModelConfig, TrainConfig, Trainer};
 //! let folder = ImageFolder::load("xrays".as_ref(), &LoadOptions::new(128))?;
 //! let trainer = Trainer::new(TrainConfig { epochs: 15, verbose: true, ..Default::default() }, "runs/xrays");
-//! let out = trainer.fit(&ModelConfig { image_size: 128, ..Default::default() }, folder.train()?.clone(), folder.val()?.clone(),
-//!                       folder.test().ok().cloned(), "xrays", false)?;
+//! let model = ModelConfig { image_size: 128, ..Default::default() };
+//! let inputs = FitInputs::new(model, folder.train()?.clone(), folder.val()?.clone())
+//!     .with_optional_test(folder.test().ok().cloned())
+//!     .with_data(folder.describe());
+//! let out = trainer.fit(inputs)?;
 //! println!("val ROC-AUC {:?}, threshold {:.3}", out.report.val.roc_auc, out.classifier.meta.threshold);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -65,8 +68,9 @@ pub use classifier::{Classifier, ClassifierMeta, Provenance, META_KEY};
 pub use error::{Error, Result};
 pub use gradcam::{grad_cam, CamMap, GradCam, Heatmap, Score};
 pub use model::{BlockKind, Head, ModelConfig};
+pub use trainer::report::{SplitSizes, TrainOutcome};
 pub use trainer::{
-    evaluate_split, ClassWeights, EpochRecord, MemberSummary, OptimizerKind, RunReport,
-    SplitScores, SplitSizes, TrainConfig, TrainOutcome, Trainer,
+    evaluate_split, ClassWeights, EpochRecord, FitInputs, MemberSummary, OptimizerKind, RunReport,
+    SplitScores, TrainConfig, Trainer,
 };
 pub use tta::Tta;

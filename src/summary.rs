@@ -12,7 +12,7 @@ use crate::error::Result;
 /// let row = fracture_nn::summary::SummaryRow { path: "fc".into(), kind: "Linear", depth: 0, output: [1, 2, 1, 1], params: 6 };
 /// assert_eq!(row.params, 6);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SummaryRow {
     /// State-dict path of the layer (`_blocks.3`).
     pub path: String,

@@ -10,7 +10,9 @@ use std::path::Path;
 use fracture_nn::data::{ImageFolder, Split};
 use fracture_nn::layers::{softmax, Layer, Mode};
 use fracture_nn::tensor::Tensor4;
-use fracture_nn::{Classifier, GradCam, ModelConfig, TrainConfig, TrainOutcome, Trainer, Tta};
+use fracture_nn::{
+    Classifier, FitInputs, GradCam, ModelConfig, TrainConfig, TrainOutcome, Trainer, Tta,
+};
 
 const SIZE: usize = 32;
 
@@ -60,12 +62,14 @@ fn run(
     trainer.stop_after = stop_after;
     pool.install(|| {
         trainer.fit(
-            model,
-            data.take_split(Split::Train)?,
-            data.take_split(Split::Val)?,
-            data.take_split(Split::Test).ok(),
-            "phantoms",
-            resume,
+            FitInputs::new(
+                model.clone(),
+                data.take_split(Split::Train)?,
+                data.take_split(Split::Val)?,
+            )
+            .with_optional_test(data.take_split(Split::Test).ok())
+            .with_data("phantoms")
+            .resuming(resume),
         )
     })
 }

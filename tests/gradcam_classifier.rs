@@ -1,4 +1,5 @@
-//! Grad-CAM on classifiers: the unfolded twin computes what the classifier computes, targets
+//! Grad-CAM on classifiers: the network opened into a chain computes what the classifier
+//! computes (for plain, residual and EfficientNet-Lite0 models), targets
 //! resolve by state-dict path, mismatched weights are refused, and overlays are drawn and
 //! written as specified.
 
@@ -21,7 +22,7 @@ fn images(n: usize, size: usize, seed: u64) -> Vec<f32> {
 }
 
 /// A classifier whose batch norms have non-default running statistics (a few training-mode
-/// forward passes), so that a twin that forgot to copy buffers would be caught.
+/// forward passes), so that a chain that forgot to copy buffers would be caught.
 fn classifier(model: ModelConfig, seed: u64) -> Classifier {
     let size = model.image_size;
     let meta = ClassifierMeta::new(
@@ -58,7 +59,7 @@ fn residual(size: usize) -> ModelConfig {
 }
 
 #[test]
-fn the_twin_gives_the_classifiers_probabilities_for_plain_and_residual_models() {
+fn the_chain_gives_the_classifiers_probabilities_for_every_architecture() {
     for (model, targets) in [
         (
             plain(24),
@@ -75,9 +76,14 @@ fn the_twin_gives_the_classifiers_probabilities_for_plain_and_residual_models() 
             },
             vec!["stem.3", "blocks.1", "blocks.5", "blocks"],
         ),
+        (
+            ModelConfig::lite0(32),
+            vec!["_bn1", "_blocks.3", "_blocks", "_bn0", "_conv_head"],
+        ),
     ] {
+        let size = model.image_size;
         let mut clf = classifier(model, 4);
-        let x = images(3, 24, 9);
+        let x = images(3, size, 9);
         let want = clf.predict_batch(&x, 3).unwrap();
         for target in targets {
             let mut cam = GradCam::with_target(&clf, target).unwrap();
@@ -85,10 +91,10 @@ fn the_twin_gives_the_classifiers_probabilities_for_plain_and_residual_models() 
             for (m, w) in maps.iter().zip(&want) {
                 assert!(
                     (m.probability() - w).abs() < 1e-6,
-                    "{target}: twin P {} vs classifier P {w}",
+                    "{target}: Grad-CAM P {} vs classifier P {w}",
                     m.probability()
                 );
-                assert_eq!((m.width, m.height), (24, 24));
+                assert_eq!((m.width, m.height), (size, size));
             }
         }
     }

@@ -11,7 +11,7 @@
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{standardise, Split, FRACTURED};
 use fracture_nn::gradcam::{distance_to_fracture, GradCam};
-use fracture_nn::{ModelConfig, TrainConfig, Trainer};
+use fracture_nn::{FitInputs, ModelConfig, TrainConfig, Trainer};
 
 #[test]
 fn heatmap_peaks_of_a_quickly_trained_phantom_model_fall_on_the_fracture() {
@@ -37,14 +37,7 @@ fn heatmap_peaks_of_a_quickly_trained_phantom_model_fall_on_the_fracture() {
         data.take_split(Split::Val).unwrap(),
     );
     let out = Trainer::new(config, dir.path())
-        .fit(
-            &ModelConfig::phantom(size),
-            train,
-            val,
-            None,
-            "phantoms",
-            false,
-        )
+        .fit(FitInputs::new(ModelConfig::phantom(size), train, val).with_data("phantoms"))
         .unwrap();
     let trained_in = started.elapsed().as_secs_f64();
     let clf = out.classifier;

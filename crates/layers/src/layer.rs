@@ -185,6 +185,25 @@ pub fn join_name(prefix: &str, name: &str) -> String {
     }
 }
 
+/// Turns a boxed layer into a `Box<dyn Layer>`; implemented for every [`Layer`], so that the
+/// trait's default [`Layer::into_chain`] can hand the layer itself back.
+///
+/// ```
+/// use fracture_layers::{IntoBoxedLayer, Layer, Relu};
+/// let layer: Box<dyn Layer> = Box::new(Relu::new()).into_boxed_layer();
+/// assert_eq!(layer.kind(), Relu::new().kind());
+/// ```
+pub trait IntoBoxedLayer {
+    /// `self` as a trait object.
+    fn into_boxed_layer(self: Box<Self>) -> Box<dyn Layer>;
+}
+
+impl<T: Layer + 'static> IntoBoxedLayer for T {
+    fn into_boxed_layer(self: Box<Self>) -> Box<dyn Layer> {
+        self
+    }
+}
+
 /// A differentiable layer: forward, backward, and walks over its named tensors.
 ///
 /// Implementors provide `forward`, `backward` and the four `visit_*` walks over parameters and
@@ -206,7 +225,7 @@ pub fn join_name(prefix: &str, name: &str) -> String {
 /// assert_eq!(names, ["weight", "bias"]);
 /// assert_eq!(fc.num_params(), 8);
 /// ```
-pub trait Layer: Send {
+pub trait Layer: Send + IntoBoxedLayer {
     /// Short kind name for messages, e.g. `"Conv2d"`.
     fn kind(&self) -> &'static str;
 
@@ -302,6 +321,31 @@ pub trait Layer: Send {
         for (_, child) in self.children_mut() {
             child.clear_cache();
         }
+    }
+
+    /// This layer as a chain of layers that computes the same function one after the other,
+    /// each named by its state-dict path under `name`: what a caller needs to read the
+    /// activation between any two of them (Grad-CAM). Default: the layer itself, under `name`.
+    /// A [`crate::Sequential`] gives its children's chains in order; a fused
+    /// [`crate::BnReluPool`] standing in a `Sequential` for the unfused `BatchNorm2d, ReLU,
+    /// MaxPool2d` gives those back (see [`crate::BnReluPool::unfuse`]). Layers whose inside is
+    /// not a chain (residual blocks, ensembles) stay whole.
+    ///
+    /// ```
+    /// use fracture_layers::{BnReluPoolConfig, Conv2dConfig, Layer, Sequential};
+    /// use rand::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// let stage = Sequential::new()
+    ///     .with("0", Conv2dConfig::new(1, 4, 3).init(&mut rng).unwrap()).unwrap()
+    ///     .with("1", BnReluPoolConfig::new(4).init().unwrap()).unwrap();
+    /// let net = Sequential::new().with("blocks", Sequential::new().with("0", stage).unwrap()).unwrap();
+    /// let chain = Box::new(net).into_chain("");
+    /// let names: Vec<&str> = chain.iter().map(|(n, _)| n.as_str()).collect();
+    /// assert_eq!(names, ["blocks.0.0", "blocks.0.1", "blocks.0.2", "blocks.0.3"]);
+    /// assert_eq!(chain[1].1.kind(), "BatchNorm2d");
+    /// ```
+    fn into_chain(self: Box<Self>, name: &str) -> Vec<(String, Box<dyn Layer>)> {
+        vec![(name.to_string(), self.into_boxed_layer())]
     }
 
     /// This layer as a [`crate::Sequential`], if it is one (so that a caller can run a chain

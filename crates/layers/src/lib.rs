@@ -73,7 +73,7 @@ pub use flatten::Flatten;
 pub use global_avg_max_pool::GlobalAvgMaxPool;
 pub use global_avg_pool::GlobalAvgPool;
 pub use inverted_residual::{InvertedResidual, InvertedResidualConfig};
-pub use layer::{find_in, join_name, Buffer, Layer, Mode, Param, RngStream};
+pub use layer::{find_in, join_name, Buffer, IntoBoxedLayer, Layer, Mode, Param, RngStream};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{log_softmax, softmax, CrossEntropyLoss};
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};

@@ -145,6 +145,13 @@ impl Layer for Sequential {
         "Sequential"
     }
 
+    fn into_chain(self: Box<Self>, name: &str) -> Vec<(String, Box<dyn Layer>)> {
+        self.layers
+            .into_iter()
+            .flat_map(|(n, layer)| layer.into_chain(&crate::layer::join_name(name, &n)))
+            .collect()
+    }
+
     fn forward(&mut self, x: &Tensor4, mode: Mode) -> Result<Tensor4> {
         let mut iter = self.layers.iter_mut();
         let Some((_, first)) = iter.next() else {
