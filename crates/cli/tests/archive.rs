@@ -11,6 +11,8 @@
 //!   with `--retry-failed`, a second run on the same file is refused, batching does not
 //!   change a probability, and an extension-less FIFO in a folder is not opened.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -49,24 +51,7 @@ fn model() -> &'static Path {
             "32",
         ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = fracture(&[
-            "train",
-            "--data",
-            s(&data),
-            "--out",
-            s(&run),
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--widths",
-            "8,16",
-            "--arch",
-            "plain",
-            "--batch-size",
-            "8",
-            "--quiet",
-        ]);
+        let out = support::train_tiny(&data, &run, 1, &[]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let model = run.join("model.safetensors");
         (dir, model)

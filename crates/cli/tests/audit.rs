@@ -1,6 +1,8 @@
 //! `fracture audit`, `fracture split` and the exact-copy warning of `fracture train`, end to end
 //! on small phantom folders with planted copies.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -108,24 +110,7 @@ fn audit_json_counts_a_planted_copy_and_train_warns() {
 
     // train warns about the exact copy in test (not the mirrored one: that needs the audit).
     let run = dir.path().join("run");
-    let out = fracture(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--arch",
-        "plain",
-        "--batch-size",
-        "8",
-        "--quiet",
-    ]);
+    let out = support::train_tiny(&data, &run, 1, &[]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

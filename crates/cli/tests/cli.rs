@@ -2,7 +2,9 @@
 //! output has the documented keys, `predict` answers for the good files of a folder holding a
 //! corrupt one, and every error path exits non-zero with one line on stderr and no panic.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -22,52 +24,12 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
     static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     let f = FIX.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = dir.path().join("run");
-        let out = fracture(&[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--per-class",
-            "20",
-            "--size",
-            "32",
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = fracture(&train_args(&data, &run, &[]));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("ROC-AUC"));
-        let model = run.join("model.safetensors");
+        let (data, model) = support::tiny_phantom_run(dir.path());
         (dir, data, model)
     });
     // Leak the pair of paths with the TempDir kept alive in the static.
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
-}
-
-/// `train` for one epoch of a small plain network on the 32 px phantoms in `data`, writing into
-/// `out`, with `extra` arguments.
-fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--arch",
-        "plain",
-        "--batch-size",
-        "8",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// Asserts a failed run: non-zero exit, no panic, and the error as exactly one line starting
@@ -156,7 +118,7 @@ fn train_json_prints_the_report_it_writes() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = fracture(&train_args(data, &run, &["--json"]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &["--json"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     let written: serde_json::Value =
@@ -355,9 +317,10 @@ fn an_ensemble_trains_and_serves_like_one_model() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("pair");
-    let out = fracture(&train_args(
+    let out = fracture(&support::tiny_train_args(
         data,
         &run,
+        "1",
         &["--members", "2", "--threads", "2"],
     ));
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -7,6 +7,8 @@
 //!   and gives the five encodings of each radiograph the same P(fractured) within 0.05
 //!   (skipped with a message when `../shared` is absent, required when `CI` is set).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -72,24 +74,7 @@ fn train_and_predict_on_a_folder_of_dicom_files() {
     }
 
     let run = dir.path().join("run");
-    let out = fracture(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--image-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--arch",
-        "plain",
-        "--batch-size",
-        "8",
-        "--quiet",
-    ]);
+    let out = support::train_tiny(&data, &run, 2, &[]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(!stderr.contains("skipped"), "{stderr}");

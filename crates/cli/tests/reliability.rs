@@ -4,6 +4,8 @@
 //! Model files with bad metadata are made by editing the JSON header of a real model file
 //! ([`tamper`]), so the library's own writer (which only writes valid files) is not involved.
 
+mod support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -58,47 +60,11 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
     static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     let f = FIX.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = dir.path().join("run");
-        let out = fracture(&[
-            "synth",
-            "--out",
-            s(&data),
-            "--per-class",
-            "20",
-            "--size",
-            "32",
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = fracture(&train_args(&data, &run, &[]));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        (dir, data.clone(), run.join("model.safetensors"))
+        let (data, model) = support::tiny_phantom_run(dir.path());
+        (dir, data, model)
     });
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
-}
-
-fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-        "--widths",
-        "8,16",
-        "--arch",
-        "plain",
-        "--batch-size",
-        "8",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// `args` with the value of `flag` set to `value` (added if absent).
@@ -330,11 +296,11 @@ fn train_refuses_a_folder_holding_a_run_unless_resume_or_overwrite() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = fracture(&train_args(data, &run, &[]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let model = run.join("model.safetensors");
     let before = std::fs::read(&model).unwrap();
-    let out = fracture(&train_args(data, &run, &["--seed", "5"]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &["--seed", "5"]));
     assert_one_line_error(&out, "already holds a run");
     assert!(text(&out.stderr).contains("--overwrite"));
     assert_eq!(
@@ -342,7 +308,12 @@ fn train_refuses_a_folder_holding_a_run_unless_resume_or_overwrite() {
         before,
         "the finished run was touched"
     );
-    let out = fracture(&train_args(data, &run, &["--seed", "5", "--overwrite"]));
+    let out = fracture(&support::tiny_train_args(
+        data,
+        &run,
+        "1",
+        &["--seed", "5", "--overwrite"],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_ne!(std::fs::read(&model).unwrap(), before);
     assert!(!run.join(".lock").exists(), "the lock outlives the run");
@@ -357,7 +328,10 @@ fn a_second_train_on_a_locked_folder_fails_at_once_naming_the_holder() {
     // A live holder: this test process.
     let me = std::process::id();
     std::fs::write(run.join(".lock"), format!("{me}\n")).unwrap();
-    let out = fracture_within(&train_args(data, &run, &[]), Duration::from_secs(30));
+    let out = fracture_within(
+        &support::tiny_train_args(data, &run, "1", &[]),
+        Duration::from_secs(30),
+    );
     assert_one_line_error(&out, &format!("process id {me}"));
     assert!(!run.join("model.safetensors").exists());
     assert_eq!(
@@ -377,7 +351,7 @@ fn a_stale_lock_from_a_dead_process_is_taken_over() {
     let dead = gone.id();
     gone.wait().unwrap();
     std::fs::write(run.join(".lock"), format!("{dead}\n")).unwrap();
-    let out = fracture(&train_args(data, &run, &[]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no longer runs"));
     assert!(run.join("model.safetensors").exists());
@@ -389,7 +363,11 @@ fn two_trains_at_once_on_one_folder_never_both_succeed() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let args = with(train_args(data, &run, &[]), "--epochs", "3");
+    let args = with(
+        support::tiny_train_args(data, &run, "1", &[]),
+        "--epochs",
+        "3",
+    );
     let a = bin()
         .args(&args)
         .stderr(Stdio::piped())
@@ -423,7 +401,7 @@ fn train_into_an_unwritable_folder_fails_before_training() {
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
     let run = file.join("run");
-    let out = fracture(&train_args(data, &run, &[]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));
     assert_one_line_error(&out, "cannot create the run folder");
     assert!(
         !text(&out.stderr).contains("train "),
@@ -448,7 +426,11 @@ fn bad_training_numbers_fail_before_the_data_loads_naming_the_flag() {
         ("--weight-decay", "-0.1"),
         ("--label-smoothing", "-0.5"),
     ] {
-        let out = fracture(&with(train_args(&missing, &run, &[]), flag, value));
+        let out = fracture(&with(
+            support::tiny_train_args(&missing, &run, "1", &[]),
+            flag,
+            value,
+        ));
         assert_one_line_error(&out, &format!("{flag} {value}"));
         assert!(!run.exists(), "{flag}: a run folder was left behind");
     }
@@ -471,7 +453,7 @@ fn phantoms_1_is_refused_and_a_failed_train_leaves_no_empty_folder() {
     ]);
     assert_one_line_error(&out, "--phantoms 1");
     let missing = dir.path().join("no-such-data");
-    let out = fracture(&train_args(&missing, &run, &[]));
+    let out = fracture(&support::tiny_train_args(&missing, &run, "1", &[]));
     assert!(!out.status.success());
     assert!(!run.exists(), "a failed train left an empty run folder");
 }
@@ -515,7 +497,10 @@ fn fifos_are_skipped_not_opened() {
     copy_tree(data, &root);
     mkfifo(&root.join("train/fractured/pipe.png"));
     let run = copy.path().join("run");
-    let out = fracture_within(&train_args(&root, &run, &[]), Duration::from_secs(120));
+    let out = fracture_within(
+        &support::tiny_train_args(&root, &run, "1", &[]),
+        Duration::from_secs(120),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("pipe.png"),
@@ -731,12 +716,22 @@ fn unknown_class_names_need_positive_class_and_it_is_announced() {
         &[("fractured", "positive"), ("not_fractured", "normal")],
     );
     let run = dir.path().join("run");
-    let out = fracture(&train_args(&root, &run, &[]));
+    let out = fracture(&support::tiny_train_args(&root, &run, "1", &[]));
     assert_one_line_error(&out, "--positive-class");
     assert!(!run.exists());
-    let out = fracture(&train_args(&root, &run, &["--positive-class", "nope"]));
+    let out = fracture(&support::tiny_train_args(
+        &root,
+        &run,
+        "1",
+        &["--positive-class", "nope"],
+    ));
     assert_one_line_error(&out, "not one of the class folders");
-    let out = fracture(&train_args(&root, &run, &["--positive-class", "positive"]));
+    let out = fracture(&support::tiny_train_args(
+        &root,
+        &run,
+        "1",
+        &["--positive-class", "positive"],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let first = text(&out.stderr).lines().next().unwrap_or("").to_string();
     assert!(
@@ -749,7 +744,7 @@ fn unknown_class_names_need_positive_class_and_it_is_announced() {
     // The known names announce their positive class too.
     let (data, _) = fixture();
     let run2 = dir.path().join("run2");
-    let out = fracture(&train_args(data, &run2, &[]));
+    let out = fracture(&support::tiny_train_args(data, &run2, "1", &[]));
     let first = text(&out.stderr).lines().next().unwrap_or("").to_string();
     assert!(first.contains("positive class \"fractured\""), "{first}");
 }
@@ -759,7 +754,12 @@ fn one_or_three_classes_are_one_clear_error_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("one");
     renamed_classes(&one, &[("not_fractured", "")]);
-    let out = fracture(&train_args(&one, &dir.path().join("r1"), &[]));
+    let out = fracture(&support::tiny_train_args(
+        &one,
+        &dir.path().join("r1"),
+        "1",
+        &[],
+    ));
     assert_one_line_error(&out, "1 class folder(s)");
     let three = dir.path().join("three");
     copy_tree(&fixture().0, &three);
@@ -769,7 +769,12 @@ fn one_or_three_classes_are_one_clear_error_before_loading() {
             &three.join(split).join("other"),
         );
     }
-    let out = fracture(&train_args(&three, &dir.path().join("r3"), &[]));
+    let out = fracture(&support::tiny_train_args(
+        &three,
+        &dir.path().join("r3"),
+        "1",
+        &[],
+    ));
     assert_one_line_error(&out, "3 class folder(s)");
     assert!(
         !text(&out.stderr).contains("loading"),
@@ -787,7 +792,12 @@ fn eval_of_a_positive_class_model_uses_the_models_class_order() {
         &[("fractured", "positive"), ("not_fractured", "normal")],
     );
     let run = dir.path().join("run");
-    let out = fracture(&train_args(&root, &run, &["--positive-class", "positive"]));
+    let out = fracture(&support::tiny_train_args(
+        &root,
+        &run,
+        "1",
+        &["--positive-class", "positive"],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let model = run.join("model.safetensors");
     let out = fracture(&[
@@ -902,17 +912,25 @@ fn a_refused_resume_names_the_changed_setting() {
     let (data, _) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = fracture(&train_args(data, &run, &[]));
+    let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let args = with(
-        with(train_args(data, &run, &["--resume"]), "--epochs", "2"),
+        with(
+            support::tiny_train_args(data, &run, "1", &["--resume"]),
+            "--epochs",
+            "2",
+        ),
         "--batch-size",
         "4",
     );
     let out = fracture(&args);
     assert_one_line_error(&out, "batch_size: 8 -> 4");
     let args = with(
-        with(train_args(data, &run, &["--resume"]), "--epochs", "2"),
+        with(
+            support::tiny_train_args(data, &run, "1", &["--resume"]),
+            "--epochs",
+            "2",
+        ),
         "--widths",
         "8,8",
     );

@@ -1,5 +1,7 @@
-//! Helpers shared by the `fracture serve` tests: a minimal HTTP/1.1 client on `TcpStream` (no
-//! HTTP crate needed), and a server process on a free port that is stopped when dropped.
+//! Helpers shared by the CLI's integration tests: running the `fracture` binary, training the
+//! tiny phantom model most tests start from, and, for the `fracture serve` tests, a minimal
+//! HTTP/1.1 client on `TcpStream` (no HTTP crate needed) and a server process on a free port
+//! that is stopped when dropped.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -9,6 +11,86 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// Runs the `fracture` binary with `args` and waits for it.
+pub fn fracture(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fracture"))
+        .args(args)
+        .output()
+        .expect("the fracture binary runs")
+}
+
+/// Output bytes as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// The arguments of `fracture train` for the tiny network the CLI tests share (plain, widths 8
+/// and 16, 32 px, batch 8, quiet) on the phantom folder `data`, for `epochs` epochs into `out`,
+/// with `extra` arguments.
+pub fn tiny_train_args<'a>(
+    data: &'a Path,
+    out: &'a Path,
+    epochs: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--epochs",
+        epochs,
+        "--image-size",
+        "32",
+        "--widths",
+        "8,16",
+        "--arch",
+        "plain",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A 32 px phantom dataset (`fracture synth`, 20 images per class in train) in `dir/data` and
+/// the tiny network trained on it for one epoch in `dir/run`: `(data, model file)`.
+pub fn tiny_phantom_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let run = dir.join("run");
+    let out = fracture(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--per-class",
+        "20",
+        "--size",
+        "32",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = fracture(&tiny_train_args(&data, &run, "1", &[]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ROC-AUC"),
+        "{}",
+        text(&out.stdout)
+    );
+    (data, run.join("model.safetensors"))
+}
+
+/// Runs [`tiny_train_args`].
+pub fn train_tiny(data: &Path, out: &Path, epochs: usize, extra: &[&str]) -> std::process::Output {
+    let epochs = epochs.to_string();
+    fracture(&tiny_train_args(data, out, &epochs, extra))
+}
 
 /// The workspace root (two levels above this crate).
 pub fn workspace() -> PathBuf {
