@@ -1,10 +1,10 @@
-//! The walk from a [`Classifier`]'s network to ONNX nodes.
+//! The walk from a [`crate::Classifier`]'s network to ONNX nodes.
 //!
 //! The walk reads the model itself: [`Layer::kind`] says what a layer is,
 //! [`Layer::children`] gives the module tree with its state-dict names, and
 //! [`Layer::as_any`] hands over the concrete layer whose config (stride, padding, groups,
 //! epsilon, activation, pooling) and tensors are written out. A composite whose wiring is not a
-//! chain ([`ResidualBlock`], [`InvertedResidual`], [`Ensemble`]) is wired here as its
+//! chain ([`ResidualBlock`], [`InvertedResidual`], [`fracture_layers::Ensemble`]) is wired here as its
 //! `forward` does; a layer of a kind the walk does not know is an error naming it and its path,
 //! never a silently wrong graph.
 //!

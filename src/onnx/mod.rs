@@ -12,7 +12,7 @@
 //! - output `logits`: float32 `[N, 2]`, the network's logits for the image as given (with
 //!   flip averaging, those of the unflipped view; `p_fractured` is then not their softmax).
 //!
-//! Every layer the project builds is written out by walking the network ([`export::Walker`]):
+//! Every layer the project builds is written out by walking the network (`src/onnx/export.rs`):
 //! plain, residual and EfficientNet-Lite0 networks (grouped/depthwise convolutions, ReLU6 as
 //! `Clip`), fused batch-norm/ReLU/pool layers, average and max+average heads, and ensembles
 //! (the mean of the members' logits, as [`fracture_layers::Ensemble`]). Batch norms are folded
@@ -33,7 +33,7 @@
 //! # Ok::<(), fracture_nn::Error>(())
 //! ```
 
-pub mod export;
+mod export;
 mod graph;
 pub mod proto;
 
@@ -165,7 +165,7 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
     })
 }
 
-/// Writes [`export`]'s model to `path` atomically (a temporary file in the same folder,
+/// Writes [`export()`]'s model to `path` atomically (a temporary file in the same folder,
 /// renamed into place); returns the number of bytes written.
 pub fn write(clf: &Classifier, path: &Path) -> Result<usize> {
     let bytes = export(clf)?.encode_to_vec();
@@ -182,7 +182,7 @@ pub fn write(clf: &Classifier, path: &Path) -> Result<usize> {
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+    std::fs::write(&tmp, &bytes).map_err(io_err(path))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::Io {
