@@ -117,6 +117,34 @@ impl ClassifierMeta {
         }
     }
 
+    /// How an image becomes the network's input, with this model's numbers: the formula
+    /// `fracture info` prints and the ONNX export states (the input of an exported graph is
+    /// the result of it).
+    ///
+    /// ```
+    /// use fracture_nn::{ClassifierMeta, ModelConfig};
+    /// let meta = ClassifierMeta::new(ModelConfig::phantom(64), fracture_nn::data::Normalization { mean: 0.5, std: 0.25 });
+    /// assert!(meta.input_formula().starts_with("x = (p / 255 - 0.5) / 0.25"));
+    /// ```
+    pub fn input_formula(&self) -> String {
+        let n = self.normalization;
+        let s = self.preprocess.image_size;
+        format!(
+            "x = (p / 255 - {}) / {} (float32, i.e. (p / 255 - mean) * (1 / std)), p the 8-bit \
+             gray value (BT.601 luma of colour images) after a {:?} resize to {s} x {s} px \
+             (triangle filter{})",
+            n.mean,
+            n.std,
+            self.preprocess.resize_mode,
+            match self.preprocess.resize_mode {
+                fracture_data::ResizeMode::Letterbox => {
+                    format!(", longest side to {s}, black padding, centred")
+                }
+                fracture_data::ResizeMode::Stretch => String::new(),
+            }
+        )
+    }
+
     /// Largest channel width a model file may ask for (bounds what opening it allocates).
     pub const MAX_WIDTH: usize = 4096;
     /// Most stages a model file may ask for.

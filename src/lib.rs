@@ -52,6 +52,7 @@ pub mod error;
 pub mod fonts;
 pub mod gradcam;
 pub mod model;
+pub mod onnx;
 pub mod overlay;
 pub mod pretrained;
 pub mod results_log;

@@ -21,6 +21,7 @@ use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 mod audit;
+mod export;
 mod predict;
 mod run_lock;
 mod split;
@@ -64,6 +65,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Split a folder of class folders into train/val/test by copy group, stratified by class.
     Split(split::SplitArgs),
+    /// Write a model file as an ONNX graph (opset 17) for ONNX Runtime, Triton and the like.
+    Export(export::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +283,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Split(a) => split::run(a),
+        Command::Export(a) => export::export(a),
     };
     match result {
         Ok(code) => code,
@@ -899,6 +903,7 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         "normalisation  mean {:.4}, std {:.4}",
         m.normalization.mean, m.normalization.std
     );
+    println!("input formula  {}", m.input_formula());
     println!(
         "classes        {:?} (positive: {})",
         m.class_names, m.class_names[m.positive_class]

@@ -294,6 +294,10 @@ fn lane_sums2(a: &[f32], b: &[f32]) -> (f64, f64) {
 }
 
 impl Layer for BatchNorm2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "BatchNorm2d"
     }

@@ -404,6 +404,10 @@ impl Layer for BnReluPool {
             .collect()
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         self.kind_str()
     }

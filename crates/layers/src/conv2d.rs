@@ -237,6 +237,10 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "Conv2d"
     }

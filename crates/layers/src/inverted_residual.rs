@@ -245,6 +245,10 @@ fn scale_images(t: &mut Tensor4, scales: &[f32]) {
 }
 
 impl Layer for InvertedResidual {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "InvertedResidual"
     }

@@ -348,6 +348,24 @@ pub trait Layer: Send + IntoBoxedLayer {
         vec![(name.to_string(), self.into_boxed_layer())]
     }
 
+    /// This layer as [`std::any::Any`], so that a tool walking a model (the ONNX exporter of
+    /// `fracture-nn`) can downcast it and read the concrete layer's config (a convolution's
+    /// stride, padding and groups; a batch norm's epsilon), which neither [`Layer::kind`] nor
+    /// the parameters hold. Default: `None`; every layer of this crate whose behaviour depends
+    /// on a config returns itself.
+    ///
+    /// ```
+    /// use fracture_layers::{Conv2d, Conv2dConfig, Layer};
+    /// use rand::SeedableRng;
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// let layer: Box<dyn Layer> = Box::new(Conv2dConfig::new(1, 4, 3).with_stride(2).init(&mut rng).unwrap());
+    /// let conv = layer.as_any().and_then(|a| a.downcast_ref::<Conv2d>()).unwrap();
+    /// assert_eq!(conv.config().stride, [2, 2]);
+    /// ```
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// This layer as a [`crate::Sequential`], if it is one (so that a caller can run a chain
     /// layer by layer). Default: `None`.
     fn as_sequential_mut(&mut self) -> Option<&mut crate::Sequential> {

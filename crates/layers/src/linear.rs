@@ -143,6 +143,10 @@ impl Linear {
 }
 
 impl Layer for Linear {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "Linear"
     }

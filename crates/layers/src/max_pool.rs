@@ -107,6 +107,10 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "MaxPool2d"
     }

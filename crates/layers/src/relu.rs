@@ -82,6 +82,10 @@ impl Relu {
 }
 
 impl Layer for Relu {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         if self.cap.is_finite() {
             "ReLU6"

@@ -133,6 +133,10 @@ impl ResidualBlock {
 }
 
 impl Layer for ResidualBlock {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "ResidualBlock"
     }
