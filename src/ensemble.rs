@@ -1,4 +1,4 @@
-//! Ensembles of independently trained networks ([`ModelConfig::members`] > 1): [`Trainer::fit`]
+//! Ensembles of independently trained networks ([`crate::ModelConfig::members`] > 1): [`Trainer::fit`]
 //! trains the members side by side, each on its own thread pool, then joins them into one
 //! [`Classifier`] that averages their logits, with its test-time augmentation and operating
 //! threshold chosen on validation for the ensemble as a whole.

@@ -23,15 +23,15 @@
 //! weights.
 //!
 //! # Where the code is
-//! - [`config`]: [`TrainConfig`] and its presets; [`FitInputs`]: what a run trains on.
-//! - this file: [`Trainer::fit`], which reads as the run does: check the inputs, choose the
+//! - `config.rs`: [`TrainConfig`] and its presets; [`FitInputs`]: what a run trains on.
+//! - `mod.rs`: [`Trainer::fit`], which reads as the run does: check the inputs, choose the
 //!   starting point (random, pretrained, or a model file), build the network and optimizer,
-//!   fresh or resumed state, then one [`epoch`] after another, then calibration and the report.
-//! - [`epoch`]: one epoch of training and what follows it (validation, best model, weight EMA,
+//!   fresh or resumed state, then one epoch after another (`epoch.rs`), then calibration and the report.
+//! - `epoch.rs`: one epoch of training and what follows it (validation, best model, weight EMA,
 //!   last checkpoint, history files).
-//! - [`checkpoints`]: `last.*` files, resuming, `metrics.csv` / `curves.png`.
-//! - [`calibrate`]: eval-mode scoring, TTA and threshold chosen on validation, test scored once.
-//! - [`report`]: `report.json`, the outcome and the provenance (shared with ensembles).
+//! - `checkpoints.rs`: `last.*` files, resuming, `metrics.csv` / `curves.png`.
+//! - `calibrate.rs`: eval-mode scoring, TTA and threshold chosen on validation, test scored once.
+//! - `report.rs`: `report.json`, the outcome and the provenance (shared with ensembles).
 
 pub(crate) mod calibrate;
 pub(crate) mod checkpoints;
