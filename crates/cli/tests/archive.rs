@@ -40,20 +40,7 @@ fn model() -> &'static Path {
     static FIX: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &FIX.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (data, run) = (dir.path().join("data"), dir.path().join("run"));
-        let out = fracture(&[
-            "synth",
-            "--out",
-            s(&data),
-            "--per-class",
-            "20",
-            "--size",
-            "32",
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = support::train_tiny(&data, &run, 1, &[]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let model = run.join("model.safetensors");
+        let (_, model) = support::tiny_phantom_run(dir.path());
         (dir, model)
     })
     .1
