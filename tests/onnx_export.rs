@@ -11,6 +11,8 @@
 //! imports `onnxruntime`, `numpy` and `PIL` (skipped with a message otherwise, required when
 //! `CI` is set: `.ci/run` makes such a venv).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use fracture_nn::data::{Normalization, PreprocessConfig, ResizeMode};
@@ -28,20 +30,7 @@ const PROB_TOL: f32 = 1e-4;
 /// intact ones, in sorted file order.
 const IMAGES: usize = 20;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but ../shared is missing"
-    );
-    eprintln!("skipped: ../shared not found");
-    None
-}
+use common::shared;
 
 /// The 20 FracAtlas test images (10 fractured, 10 not), sorted.
 fn fracatlas_images(shared: &Path) -> Vec<PathBuf> {

@@ -2,6 +2,8 @@
 //! engine against PyTorch's logits (`../shared/golden/lite0_imagenet_forward`), RGB and with the
 //! stem summed to one gray channel; and the import path a user takes.
 
+mod common;
+
 use std::path::PathBuf;
 
 use fracture_nn::layers::{Layer, Mode};
@@ -9,20 +11,7 @@ use fracture_nn::pretrained::{self, ClassifierInit};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::ModelConfig;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but ../shared is missing"
-    );
-    eprintln!("skipped: ../shared not found");
-    None
-}
+use common::shared;
 
 fn weights(dir: &std::path::Path) -> PathBuf {
     dir.join("pretrained/efficientnet-lite0-57934424.pth")
