@@ -118,8 +118,8 @@ fn main() -> anyhow::Result<()> {
     let mut configs: Vec<Vec<String>> = vec![default.clone()];
     if args.targets.is_empty() {
         configs.extend(default.iter().map(|t| vec![t.clone()]));
-        if clf.meta.model.block == fracture_nn::BlockKind::Plain {
-            let last = clf.meta.model.widths.len() - 1;
+        if let fracture_nn::model::Architecture::Plain(plain) = &clf.meta.model.arch {
+            let last = plain.stages.len() - 1;
             configs.push(vec![format!("blocks.{last}.3")]);
             if last > 0 {
                 configs.push(vec![format!("blocks.{}.3", last - 1)]);

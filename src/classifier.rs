@@ -155,22 +155,9 @@ impl ClassifierMeta {
     pub const MAX_BLOCKS_PER_STAGE: usize = 64;
     /// Largest input side a model file may ask for (activations grow with its square).
     pub const MAX_MODEL_IMAGE_SIZE: usize = 1024;
-    /// Most convolution weights (a bound from widths, blocks and members) a model file may ask
-    /// for; EfficientNet-Lite0 has about 3.4 million parameters in all.
+    /// Most convolution weights (the family's [`crate::model::SizeBound`] times the members) a
+    /// model file may ask for; EfficientNet-Lite0 has about 3.4 million parameters in all.
     pub const MAX_CONV_WEIGHTS: u128 = 64_000_000;
-
-    /// An upper estimate of the 3x3 convolution weights of `m`: every stage as if each of its
-    /// blocks held three full 3x3 convolutions, times the ensemble members.
-    fn conv_weight_bound(m: &ModelConfig) -> u128 {
-        let mut prev = m.in_channels.max(1) as u128;
-        let mut total = 0u128;
-        for &w in &m.widths {
-            let w = w as u128;
-            total += prev * w * 9 + 3 * (m.blocks_per_stage.max(1) as u128) * w * w * 9;
-            prev = w;
-        }
-        total * m.members.max(1) as u128
-    }
 
     /// Checks every field, so that nothing downstream can panic or run away on a model file's
     /// values: two distinct non-empty class names matching the network's outputs, a positive
@@ -260,14 +247,16 @@ impl ClassifierMeta {
                 format!("must be 1 (gray images), got {}", m.in_channels),
             );
         }
-        if m.widths.len() > Self::MAX_STAGES || m.widths.iter().any(|&w| w > Self::MAX_WIDTH) {
+        let bound = m.backbone().size_bound(m.in_channels);
+        if bound.stages > Self::MAX_STAGES || bound.max_width > Self::MAX_WIDTH {
             return field(
-                "model.widths",
+                "model.arch",
                 format!(
-                    "at most {} stages of at most {} channels, got {:?}",
+                    "at most {} stages of at most {} channels, got {} stage(s) up to {} channels",
                     Self::MAX_STAGES,
                     Self::MAX_WIDTH,
-                    m.widths
+                    bound.stages,
+                    bound.max_width
                 ),
             );
         }
@@ -277,13 +266,13 @@ impl ClassifierMeta {
                 format!("at most {}, got {}", Self::MAX_MEMBERS, m.members),
             );
         }
-        if m.blocks_per_stage > Self::MAX_BLOCKS_PER_STAGE {
+        if bound.max_blocks_per_stage > Self::MAX_BLOCKS_PER_STAGE {
             return field(
-                "model.blocks_per_stage",
+                "model.arch",
                 format!(
-                    "at most {}, got {}",
+                    "at most {} blocks per stage, got {}",
                     Self::MAX_BLOCKS_PER_STAGE,
-                    m.blocks_per_stage
+                    bound.max_blocks_per_stage
                 ),
             );
         }
@@ -297,17 +286,14 @@ impl ClassifierMeta {
                 ),
             );
         }
-        if m.block != crate::BlockKind::EfficientNetLite0
-            && Self::conv_weight_bound(m) > Self::MAX_CONV_WEIGHTS
-        {
+        let weights = bound.conv_weights * m.members.max(1) as u128;
+        if weights > Self::MAX_CONV_WEIGHTS {
             return field(
-                "model.widths",
+                "model.arch",
                 format!(
-                    "{:?} with {} block(s) per stage and {} member(s) would need up to {} weights (at most {})",
-                    m.widths,
-                    m.blocks_per_stage,
+                    "{} with {} member(s) would need up to {weights} convolution weights (at most {})",
+                    m.backbone().describe(),
                     m.members,
-                    Self::conv_weight_bound(m),
                     Self::MAX_CONV_WEIGHTS
                 ),
             );

@@ -164,12 +164,10 @@ mod tests {
     #[test]
     fn mismatched_network_is_an_error() {
         let small = ModelConfig::phantom(16).build(2).unwrap();
-        let mut other = ModelConfig {
-            widths: vec![8, 8, 8, 8],
-            ..ModelConfig::phantom(16)
-        }
-        .build(2)
-        .unwrap();
+        let mut other = ModelConfig::phantom(16)
+            .with_arch(crate::model::PlainNet::new(&[8, 8, 8, 8]))
+            .build(2)
+            .unwrap();
         let mut ema = WeightEma::new(&small, 0.9).unwrap();
         assert!(ema.update(&other).is_err());
         assert!(ema.swap(&mut other).is_err());

@@ -74,7 +74,7 @@ use fracture_tensor::Tensor4;
 
 use crate::classifier::{Classifier, ClassifierMeta};
 use crate::error::{Error, Result};
-use crate::model::{BlockKind, ModelConfig};
+use crate::model::{FeatureMap, ModelConfig};
 
 /// Which score of class `c` Grad-CAM differentiates.
 ///
@@ -636,14 +636,16 @@ impl GradCam {
         Self::with_targets(clf, &targets)
     }
 
-    /// The default target layers of an architecture, deepest first: the last three stages,
-    /// leaving out the first stage (its features are edges of any kind) and stages whose map is
-    /// narrower than [`MIN_TARGET_SIDE`] (too coarse to place a peak within a few pixels); the
-    /// last stage if that leaves none. A plain stage's target is its ReLU output before the max
-    /// pool, `blocks.{i}.2`; a residual stage's is its last block.
+    /// The default target layers of an architecture, deepest first, chosen among its
+    /// [`ModelConfig::feature_maps`] (one per stage; the architecture's description gives
+    /// their layer paths and sides): the last three, leaving out the first stage (its features
+    /// are edges of any kind) and maps narrower than [`MIN_TARGET_SIDE`] (too coarse to place
+    /// a peak within a few pixels); the last map if that leaves none. A plain stage's map is
+    /// its ReLU output before the max pool, `blocks.{i}.2`; a residual stage's is its last
+    /// block; EfficientNet-Lite0 offers one, `_bn1`.
     ///
     /// ```
-    /// use fracture_nn::{gradcam::GradCam, BlockKind, ModelConfig};
+    /// use fracture_nn::{gradcam::GradCam, model::ResNet, ModelConfig};
     /// // 64 px plain: stage maps 64, 32, 16, 8 px.
     /// assert_eq!(GradCam::default_targets(&ModelConfig::phantom(64)), ["blocks.3.2", "blocks.2.2", "blocks.1.2"]);
     /// // 64 px residual: 32, 16, 8, 4 px after the stride-2 stem; the 4 x 4 map is left out.
@@ -657,50 +659,29 @@ impl GradCam {
     /// // 224 px residual: 112, 56, 28, 14 px.
     /// assert_eq!(GradCam::default_targets(&ModelConfig::default()), ["blocks.3", "blocks.2", "blocks.1"]);
     /// // 128 px residual with the stem pool: 32, 16, 8, 4 px.
-    /// let pooled = ModelConfig { image_size: 128, stem_pool: true, ..ModelConfig::default() };
+    /// let pooled = ModelConfig { image_size: 128, ..ModelConfig::default() }
+    ///     .with_arch(ResNet::new(&[32, 64, 128, 256], 1).with_stem_pool(true));
     /// assert_eq!(GradCam::default_targets(&pooled), ["blocks.2", "blocks.1"]);
+    /// // Two blocks per stage: a stage's map is its last block's output.
+    /// let two = ModelConfig::default().with_arch(ResNet::new(&[32, 64, 128, 256], 2));
+    /// assert_eq!(GradCam::default_targets(&two), ["blocks.7", "blocks.5", "blocks.3"]);
+    /// // EfficientNet-Lite0: the head's batch norm + ReLU6.
+    /// assert_eq!(GradCam::default_targets(&ModelConfig::lite0(224)), ["_bn1"]);
     /// ```
     pub fn default_targets(model: &ModelConfig) -> Vec<String> {
-        if model.block == BlockKind::EfficientNetLite0 {
-            // The last feature map before pooling: the head's batch norm + ReLU6.
-            return vec!["_bn1".to_string()];
-        }
-        let stages = model.widths.len();
-        // Side of each stage's target map: plain stages convolve at full size and pool after
-        // the target; residual ones follow a stride-2 stem and halve from stage 1 on.
-        let half_up = |s: usize| s.saturating_sub(1) / 2 + 1;
-        let mut sides = Vec::with_capacity(stages);
-        let mut side = match model.block {
-            BlockKind::Plain => model.image_size,
-            BlockKind::Residual if model.stem_pool => half_up(model.image_size) / 2,
-            BlockKind::Residual | BlockKind::EfficientNetLite0 => half_up(model.image_size),
-        };
-        for i in 0..stages {
-            if i > 0 {
-                side = match model.block {
-                    BlockKind::Plain => side / 2,
-                    BlockKind::Residual | BlockKind::EfficientNetLite0 => half_up(side),
-                };
-            }
-            sides.push(side);
-        }
+        let maps = model.feature_maps();
         // The first stage responds to edges of any kind; it joins only a one-stage model.
-        let mut chosen: Vec<usize> = (1..stages)
+        let mut chosen: Vec<&FeatureMap> = maps
+            .iter()
+            .skip(1)
             .rev()
-            .filter(|&i| sides[i] >= MIN_TARGET_SIDE)
+            .filter(|m| m.side >= MIN_TARGET_SIDE)
             .take(3)
             .collect();
         if chosen.is_empty() {
-            chosen.push(stages.saturating_sub(1));
+            chosen.extend(maps.last());
         }
-        chosen
-            .into_iter()
-            .map(|i| match model.block {
-                BlockKind::Plain => format!("blocks.{i}.2"),
-                BlockKind::Residual => format!("blocks.{}", (i + 1) * model.blocks_per_stage - 1),
-                BlockKind::EfficientNetLite0 => unreachable!("returned above"),
-            })
-            .collect()
+        chosen.into_iter().map(|m| m.path.clone()).collect()
     }
 
     /// Grad-CAM of the positive class's log-odds at the output of one `target`, a state-dict

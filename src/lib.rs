@@ -22,7 +22,7 @@
 //! let out_dir = tempfile::tempdir()?;
 //! let trainer = Trainer::new(TrainConfig { epochs: 1, batch_size: 16, ..Default::default() }, out_dir.path());
 //! let (train, val, test) = (data.take_split(Split::Train)?, data.take_split(Split::Val)?, data.take_split(Split::Test).ok());
-//! let model = ModelConfig { widths: vec![8, 16], ..ModelConfig::phantom(32) };
+//! let model = ModelConfig::phantom(32).with_arch(fracture_nn::model::PlainNet::new(&[8, 16]));
 //! let out = trainer.fit(FitInputs::new(model, train, val).with_optional_test(test).with_data("phantoms"))?;
 //! assert!(out.report.val.roc_auc.is_some() && out_dir.path().join("model.safetensors").exists());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -75,3 +75,9 @@ pub use trainer::{
     SplitScores, TrainConfig, Trainer,
 };
 pub use tta::Tta;
+
+/// The README's code, compiled by `cargo test --doc` so that the library example there stays
+/// in step with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use fracture_nn::batch_predict::{predict_stream, Input, StreamConfig};
 use fracture_nn::data::Normalization;
+use fracture_nn::model::PlainNet;
 use fracture_nn::{Classifier, ClassifierMeta, ModelConfig, Tta};
 
 /// `n` phantom PNGs of 40 px (resized to the model's 32 px), plus a corrupt file at index 3.
@@ -29,9 +30,8 @@ fn files(dir: &std::path::Path, n: usize) -> Vec<PathBuf> {
 
 fn classifier(tta: Tta, members: usize) -> Classifier {
     let model = ModelConfig {
-        widths: vec![8, 16],
         members,
-        ..ModelConfig::phantom(32)
+        ..ModelConfig::phantom(32).with_arch(PlainNet::new(&[8, 16]))
     };
     let mut meta = ClassifierMeta::new(
         model,

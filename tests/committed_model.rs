@@ -37,7 +37,7 @@ fn check(file: &str, block: BlockKind) -> Classifier {
 
     // What docs/RESULTS.md says of it: its architecture on FracAtlas, classes in folder
     // order with fractured as the positive class, a threshold chosen on validation.
-    assert_eq!(meta.model.block, block);
+    assert_eq!(meta.model.kind(), block);
     assert_eq!(meta.class_names, ["fractured", "not_fractured"]);
     assert_eq!(meta.positive_class, 0);
     assert_eq!(meta.preprocess.image_size, meta.model.image_size);

@@ -78,8 +78,7 @@ static ALLOC: counting::Counting = counting::Counting;
 fn good_file() -> &'static [u8] {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES.get_or_init(|| {
-        let mut model = ModelConfig::phantom(32);
-        model.widths = vec![4, 8];
+        let model = ModelConfig::phantom(32).with_arch(fracture_nn::model::PlainNet::new(&[4, 8]));
         let meta = ClassifierMeta::new(
             model,
             Normalization {

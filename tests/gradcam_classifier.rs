@@ -6,11 +6,12 @@
 use fracture_nn::data::Normalization;
 use fracture_nn::gradcam::{grad_cam, CamMap, GradCam, Heatmap, Score};
 use fracture_nn::layers::{Layer, Mode};
+use fracture_nn::model::{PlainNet, ResNet};
 use fracture_nn::overlay::{
     blend, colormap, render_overlay, save_overlay, OverlayConfig, Probability,
 };
 use fracture_nn::tensor::Tensor4;
-use fracture_nn::{BlockKind, Classifier, ClassifierMeta, ModelConfig};
+use fracture_nn::{Classifier, ClassifierMeta, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,20 +43,15 @@ fn classifier(model: ModelConfig, seed: u64) -> Classifier {
 }
 
 fn plain(size: usize) -> ModelConfig {
-    ModelConfig {
-        widths: vec![4, 6, 8],
-        ..ModelConfig::phantom(size)
-    }
+    ModelConfig::phantom(size).with_arch(PlainNet::new(&[4, 6, 8]))
 }
 
 fn residual(size: usize) -> ModelConfig {
     ModelConfig {
         image_size: size,
-        widths: vec![4, 6, 8],
-        blocks_per_stage: 2,
-        block: BlockKind::Residual,
         ..ModelConfig::default()
     }
+    .with_arch(ResNet::new(&[4, 6, 8], 2))
 }
 
 #[test]
@@ -70,10 +66,7 @@ fn the_chain_gives_the_classifiers_probabilities_for_every_architecture() {
             vec!["stem.2", "blocks.1", "blocks.5", "blocks"],
         ),
         (
-            ModelConfig {
-                stem_pool: true,
-                ..residual(24)
-            },
+            residual(24).with_arch(ResNet::new(&[4, 6, 8], 2).with_stem_pool(true)),
             vec!["stem.3", "blocks.1", "blocks.5", "blocks"],
         ),
         (
@@ -201,12 +194,10 @@ fn classifier_maps_equal_grad_cam_on_the_same_layers_built_by_hand() {
 fn weights_that_do_not_match_the_architecture_are_refused_by_name() {
     let clf = classifier(plain(16), 2);
     // A network of another architecture under this classifier's metadata.
-    let other = ModelConfig {
-        widths: vec![4, 7, 8],
-        ..plain(16)
-    }
-    .build(0)
-    .unwrap();
+    let other = plain(16)
+        .with_arch(PlainNet::new(&[4, 7, 8]))
+        .build(0)
+        .unwrap();
     let wrong = Classifier::from_parts(other, clf.meta.clone());
     let err = GradCam::new(&wrong).unwrap_err().to_string();
     assert!(err.contains("blocks.1.0.weight"), "{err}");

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use fracture_nn::data::{Normalization, PreprocessConfig, ResizeMode};
 use fracture_nn::layers::{Layer, Mode};
+use fracture_nn::model::{PlainNet, ResNet};
 use fracture_nn::onnx::{self, proto::ModelProto};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{Classifier, ClassifierMeta, Head, ModelConfig, Tta};
@@ -100,10 +101,7 @@ fn phantom_models() -> Vec<(&'static str, Classifier)> {
         (
             "plain",
             random_classifier(
-                ModelConfig {
-                    widths: vec![8, 16, 16],
-                    ..ModelConfig::phantom(s)
-                },
+                ModelConfig::phantom(s).with_arch(PlainNet::new(&[8, 16, 16])),
                 Tta::Off,
                 1,
             ),
@@ -112,12 +110,10 @@ fn phantom_models() -> Vec<(&'static str, Classifier)> {
             "residual (stem pool, avg+max head, flip averaging)",
             random_classifier(
                 ModelConfig {
-                    widths: vec![8, 16],
-                    blocks_per_stage: 2,
-                    stem_pool: true,
                     head: Head::AvgMax,
                     ..ModelConfig::default()
                 }
+                .with_arch(ResNet::new(&[8, 16], 2).with_stem_pool(true))
                 .with_size(s),
                 Tta::HFlip,
                 2,
@@ -131,9 +127,8 @@ fn phantom_models() -> Vec<(&'static str, Classifier)> {
             "ensemble of 3 plain networks (flip averaging)",
             random_classifier(
                 ModelConfig {
-                    widths: vec![8, 16, 16],
                     members: 3,
-                    ..ModelConfig::phantom(s)
+                    ..ModelConfig::phantom(s).with_arch(PlainNet::new(&[8, 16, 16]))
                 },
                 Tta::HFlip,
                 4,

@@ -21,10 +21,7 @@ fn phantoms() -> ImageFolder {
 }
 
 fn model() -> ModelConfig {
-    ModelConfig {
-        widths: vec![8, 16],
-        ..ModelConfig::phantom(SIZE)
-    }
+    ModelConfig::phantom(SIZE).with_arch(fracture_nn::model::PlainNet::new(&[8, 16]))
 }
 
 fn config(epochs: usize) -> TrainConfig {

@@ -211,7 +211,7 @@ fn doc_string(meta: &ClassifierMeta) -> String {
          already normalised: {}. Outputs: `{OUTPUT_PROB}` [N] = P({}) after softmax{}; \
          `{OUTPUT_LOGITS}` [N, {}] (classes {:?}). Operating threshold {} ({}): P >= threshold \
          reads as {}.",
-        meta.model.block,
+        meta.model.kind(),
         meta.model.members,
         meta.model.in_channels,
         meta.input_formula(),

@@ -27,6 +27,11 @@ pub fn phantoms(size: usize, train: usize, seed: u64) -> ImageFolder {
 pub fn tensors(path: &Path, model: &ModelConfig) -> Vec<(String, Vec<f32>)> {
     let mut net = model.build(0).unwrap();
     checkpoint::load_model(path, &mut net).unwrap();
+    named_tensors(&net)
+}
+
+/// Every parameter and buffer of `net`, by name, in walk order.
+pub fn named_tensors(net: &dyn Layer) -> Vec<(String, Vec<f32>)> {
     let mut out: Vec<(String, Vec<f32>)> = net
         .named_params()
         .into_iter()

@@ -30,8 +30,8 @@ mod walk;
 use predict::escape_path;
 
 use fracture_nn::{
-    evaluate_split, BlockKind, Classifier, FitInputs, ModelConfig, OptimizerKind, TrainConfig,
-    Trainer, Tta,
+    evaluate_split, model::ArchOverrides, BlockKind, Classifier, FitInputs, ModelConfig,
+    OptimizerKind, TrainConfig, Trainer, Tta,
 };
 
 /// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
@@ -362,6 +362,12 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let lite0 = arch == Some(BlockKind::EfficientNetLite0)
         || (arch.is_none() && a.pretrained.is_some() && init_model.is_none());
     let mut model = if let Some(m) = init_model {
+        if let Some(arch) = arch.filter(|&k| k != m.kind()) {
+            bail!(
+                "--arch {arch:?} differs from the architecture of the --pretrained model file ({:?})",
+                m.kind()
+            );
+        }
         ModelConfig { image_size, ..m }
     } else if lite0 {
         ModelConfig::lite0(image_size)
@@ -373,28 +379,19 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             ..ModelConfig::default()
         }
     };
-    if let Some(arch) = arch {
-        if model.block != arch && a.pretrained.is_some() {
-            bail!("--arch {arch:?} differs from the architecture of the --pretrained model file ({:?})", model.block);
-        }
-        model.block = arch;
-    }
-    if model.block == BlockKind::EfficientNetLite0
-        && (a.widths.is_some() || a.blocks.is_some() || a.stem_pool)
-    {
-        bail!("--widths, --blocks and --stem-pool do not apply to efficientnet-lite0 (a fixed architecture)");
-    }
-    if let Some(p) = a.drop_path {
-        model.drop_path = p;
-    }
-    if let Some(w) = a.widths.clone() {
-        model.widths = w;
-    }
+    // Shape flags change the preset's (or the model file's) architecture description.
+    let overrides = ArchOverrides {
+        kind: arch,
+        widths: a.widths.clone(),
+        blocks_per_stage: a.blocks,
+        stem_pool: a.stem_pool.then_some(true),
+        drop_path: a.drop_path,
+    };
+    model.arch = model.arch.with_overrides(&overrides).map_err(|e| {
+        anyhow::anyhow!("{e} (--arch, --widths, --blocks, --stem-pool, --drop-path)")
+    })?;
     if let Some(h) = a.head {
         model.head = h.into();
-    }
-    if let Some(b) = a.blocks {
-        model.blocks_per_stage = b;
     }
     if let Some(d) = a.dropout {
         model.dropout = d;
@@ -402,7 +399,6 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(m) = a.members {
         model.members = m;
     }
-    model.stem_pool = a.stem_pool;
     model.validate()?;
     let optimizer = OptimizerKind::from(a.optimizer);
     // The library's presets hold the defaults; flags override them.
@@ -867,26 +863,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     }
     let m = &clf.meta;
     println!("model file     {}", a.model.display());
-    if m.model.block == BlockKind::EfficientNetLite0 {
-        println!(
-            "architecture   EfficientNet-Lite0, dropout {}, stochastic depth {}",
-            m.model.dropout, m.model.drop_path
-        );
-    } else {
-        println!(
-            "architecture   {:?}, widths {:?}, {} block(s) per stage, dropout {}",
-            m.model.block, m.model.widths, m.model.blocks_per_stage, m.model.dropout
-        );
-    }
+    println!("architecture   {}", m.model.backbone().describe());
     println!(
-        "head           {:?}{}, test-time augmentation {:?}",
-        m.model.head,
-        if m.model.stem_pool {
-            ", stem max pool"
-        } else {
-            ""
-        },
-        m.tta
+        "head           {:?} pooling, dropout {}, test-time augmentation {:?}",
+        m.model.head, m.model.dropout, m.tta
     );
     if m.model.members > 1 {
         println!(

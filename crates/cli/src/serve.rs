@@ -55,7 +55,7 @@ use clap::Args;
 use fracture_nn::data::{load_resized_from_memory, standardise, DataError, PreprocessConfig};
 use fracture_nn::layers::Layer;
 use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
-use fracture_nn::{BlockKind, Classifier, GradCam};
+use fracture_nn::{Classifier, GradCam};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -325,22 +325,11 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
 /// The model's description for `/api/model` and the page's side panel.
 fn describe(clf: &Classifier, path: &Path) -> Value {
     let m = &clf.meta;
-    let architecture = if m.model.block == BlockKind::EfficientNetLite0 {
-        "EfficientNet-Lite0".to_string()
-    } else {
-        format!(
-            "{:?} CNN, stage widths {:?}, {} block(s) per stage, {:?} pooling head{}",
-            m.model.block,
-            m.model.widths,
-            m.model.blocks_per_stage,
-            m.model.head,
-            if m.model.stem_pool {
-                ", stem max pool"
-            } else {
-                ""
-            }
-        )
-    };
+    let architecture = format!(
+        "{}, {:?} pooling head",
+        m.model.backbone().describe(),
+        m.model.head
+    );
     let p = &m.provenance;
     json!({
         "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),

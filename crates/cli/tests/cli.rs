@@ -522,7 +522,11 @@ fn error_paths_exit_non_zero_with_one_line() {
     );
     // A model file whose tensors do not fit the architecture its metadata describes.
     let mut clf = fracture_nn::Classifier::load(model).unwrap();
-    clf.meta.model.widths = vec![8, 32];
+    let narrower = fracture_nn::model::ArchOverrides {
+        widths: Some(vec![8, 32]),
+        ..Default::default()
+    };
+    clf.meta.model.arch = clf.meta.model.arch.with_overrides(&narrower).unwrap();
     let other = dir.path().join("other.safetensors");
     clf.save(&other).unwrap();
     assert_one_line_error(

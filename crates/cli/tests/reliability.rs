@@ -149,8 +149,8 @@ fn bad_model_metadata_is_one_error_naming_the_field() {
         ("normalization.std", |m| {
             m["normalization"]["std"] = 0.0.into()
         }),
-        ("model.widths", |m| {
-            m["model"]["widths"] = serde_json::json!([8, 1_000_000])
+        ("model.arch", |m| {
+            m["model"]["arch"]["stages"][1]["width"] = 1_000_000.into()
         }),
         ("model.image_size", |m| m["model"]["image_size"] = 64.into()),
     ];
