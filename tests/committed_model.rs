@@ -53,6 +53,12 @@ fn check(file: &str, block: BlockKind) -> Classifier {
     );
     let prov = &meta.provenance;
     assert!(!prov.data.is_empty() && prov.best_epoch >= 1 && prov.best_epoch <= prov.epochs);
+    // The data is named, never located by a path of the machine it was trained on.
+    assert!(
+        !prov.data.starts_with('/') && !prov.data.contains("/work/"),
+        "{}",
+        prov.data
+    );
     let val_auc = meta.provenance.val_auc.expect("a validation ROC-AUC");
     assert!((0.5..=1.0).contains(&val_auc), "{val_auc}");
     let Normalization { mean, std } = meta.normalization;

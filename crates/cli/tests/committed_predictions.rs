@@ -1,6 +1,7 @@
 //! The committed models predict, to the bit, what they predicted when their probabilities were
 //! recorded: `fixtures/committed_predictions.json` holds `fracture predict --json` of both
-//! files in `models/` on seeded synthetic phantoms, written by the build of commit b831577
+//! files in `models/` on seeded synthetic phantoms, one thread (the recording was the same with
+//! two), written by the release build of commit b831577
 //! (before the typed architecture description; both files store the older flat description).
 //! A change to how a model file is read or its network built that moves a probability by one
 //! ulp fails here.
@@ -40,7 +41,15 @@ fn the_committed_models_predict_bit_for_bit_what_they_did_before() {
     let images = phantoms(dir.path());
     for (model, expected) in &recorded {
         let path = workspace().join("models").join(model);
-        let out = fracture(&["predict", "--model", s(&path), "--json", s(&images)]);
+        let out = fracture(&[
+            "predict",
+            "--model",
+            s(&path),
+            "--threads",
+            "1",
+            "--json",
+            s(&images),
+        ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let mut got = BTreeMap::new();
         for line in text(&out.stdout).lines() {
