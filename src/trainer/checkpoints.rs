@@ -160,22 +160,54 @@ impl Trainer {
 
 /// The top-level fields that differ between two serialisable settings, as `name: was -> now`.
 fn changed_fields<T: Serialize>(was: &T, now: &T) -> String {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(was), serde_json::to_value(now))
-    else {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(was), serde_json::to_value(now)) else {
         return "unknown setting".into();
     };
-    let diffs: Vec<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(v))
-        .map(|(k, v)| {
-            let now = b.get(k).map_or("(absent)".to_string(), |n| n.to_string());
-            format!("{k}: {v} -> {now}")
-        })
-        .collect();
+    let mut diffs = Vec::new();
+    diff_values("", &a, Some(&b), &mut diffs);
     if diffs.is_empty() {
         "unknown setting".into()
     } else {
         diffs.join(", ")
+    }
+}
+
+/// Appends `path: was -> now` for every leaf that differs, descending into objects and into
+/// arrays of equal length, so that a change deep in the architecture reads as
+/// `arch.stages.1.width: 16 -> 8`.
+fn diff_values(
+    path: &str,
+    was: &serde_json::Value,
+    now: Option<&serde_json::Value>,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let join = |k: &dyn std::fmt::Display| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (was, now) {
+        (Value::Object(a), Some(Value::Object(b))) => {
+            for (k, v) in a {
+                diff_values(&join(k), v, b.get(k), out);
+            }
+            for (k, v) in b.iter().filter(|(k, _)| !a.contains_key(*k)) {
+                out.push(format!("{}: (absent) -> {v}", join(k)));
+            }
+        }
+        (Value::Array(a), Some(Value::Array(b))) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_values(&join(&i), x, Some(y), out);
+            }
+        }
+        (a, Some(b)) if a == b => {}
+        (a, b) => out.push(format!(
+            "{}: {a} -> {}",
+            if path.is_empty() { "value" } else { path },
+            b.map_or("(absent)".to_string(), |b| b.to_string())
+        )),
     }
 }

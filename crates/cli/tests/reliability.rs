@@ -934,5 +934,5 @@ fn a_refused_resume_names_the_changed_setting() {
         "--widths",
         "8,8",
     );
-    assert_one_line_error(&fracture(&args), "widths: [8,16] -> [8,8]");
+    assert_one_line_error(&fracture(&args), "arch.stages.1.width: 16 -> 8");
 }
