@@ -194,10 +194,22 @@ impl Architecture {
     /// let plain: Architecture = PlainNet::new(&[16, 32]).into();
     /// let o = ArchOverrides { kind: Some(BlockKind::Residual), blocks_per_stage: Some(2), ..Default::default() };
     /// assert_eq!(plain.with_overrides(&o)?, ResNet::new(&[16, 32], 2).into());
+    /// // Without a new family, widths or depth, the stages stay as they are (a stride-1
+    /// // second stage here); only the stem pool changes.
+    /// let mut res = ResNet::new(&[16, 32], 1);
+    /// res.stages[1].stride = 1;
+    /// let pooled = ArchOverrides { stem_pool: Some(true), ..Default::default() };
+    /// let got = Architecture::from(res.clone()).with_overrides(&pooled)?;
+    /// assert_eq!(got, res.with_stem_pool(true).into());
     /// # Ok::<(), fracture_nn::Error>(())
     /// ```
     pub fn with_overrides(&self, o: &ArchOverrides) -> Result<Architecture> {
         let kind = o.kind.unwrap_or(self.backbone().kind());
+        if kind == self.backbone().kind() && o.widths.is_none() && o.blocks_per_stage.is_none() {
+            // The stages stay as they are (whatever their strides and depths): only the stem
+            // pool or the drop path may change.
+            return self.edited(o.stem_pool, o.drop_path);
+        }
         if kind == BlockKind::EfficientNetLite0 {
             if o.widths.is_some() || o.blocks_per_stage.is_some() || o.stem_pool == Some(true) {
                 return Err(Error::Config(
@@ -239,6 +251,30 @@ impl Architecture {
                 .unwrap_or(stem_pool && kind == BlockKind::Residual),
             o.drop_path.unwrap_or(0.0),
         )
+    }
+}
+
+impl Architecture {
+    /// This description with the stem pool and the drop path set where given; an error where
+    /// the family has no such thing.
+    fn edited(&self, stem_pool: Option<bool>, drop_path: Option<f32>) -> Result<Architecture> {
+        let mut a = self.clone();
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if drop_path.is_some_and(|p| p != 0.0) && !matches!(a, Architecture::EfficientNetLite0(_)) {
+            return bad("drop_path applies to EfficientNet-Lite0 only");
+        }
+        match &mut a {
+            Architecture::Residual(r) => r.stem_pool = stem_pool.unwrap_or(r.stem_pool),
+            Architecture::Plain(_) if stem_pool == Some(true) => {
+                return bad("stem_pool applies to residual networks only (plain ones have no stem)")
+            }
+            Architecture::EfficientNetLite0(_) if stem_pool == Some(true) => {
+                return bad("stem_pool does not apply to EfficientNet-Lite0 (its stem is fixed)")
+            }
+            Architecture::EfficientNetLite0(l) => l.drop_path = drop_path.unwrap_or(l.drop_path),
+            Architecture::Plain(_) => {}
+        }
+        Ok(a)
     }
 }
 
