@@ -106,6 +106,15 @@ impl Head {
         }
     }
 
+    /// What the head does, for people: `"global average pooling"` or `"global max + average
+    /// pooling"`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Head::Avg => "global average pooling",
+            Head::AvgMax => "global max + average pooling",
+        }
+    }
+
     /// The pooling layer.
     pub fn layer(self) -> Box<dyn Layer> {
         match self {
@@ -298,14 +307,14 @@ impl ModelConfig {
     /// use fracture_nn::ModelConfig;
     /// assert_eq!(
     ///     ModelConfig::phantom(64).describe(),
-    ///     "plain CNN, stage widths 16-32-64-64, Avg pooling head, dropout 0.2"
+    ///     "plain CNN, stage widths 16-32-64-64, global average pooling, dropout 0.2"
     /// );
     /// ```
     pub fn describe(&self) -> String {
         format!(
-            "{}, {:?} pooling head, dropout {}{}",
+            "{}, {}, dropout {}{}",
             self.backbone().describe(),
-            self.head,
+            self.head.describe(),
             self.dropout,
             if self.members > 1 {
                 format!(", ensemble of {} (logits averaged)", self.members)

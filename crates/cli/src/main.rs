@@ -865,8 +865,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     println!("model file     {}", a.model.display());
     println!("architecture   {}", m.model.backbone().describe());
     println!(
-        "head           {:?} pooling, dropout {}, test-time augmentation {:?}",
-        m.model.head, m.model.dropout, m.tta
+        "head           {}, dropout {}, test-time augmentation {:?}",
+        m.model.head.describe(),
+        m.model.dropout,
+        m.tta
     );
     if m.model.members > 1 {
         println!(

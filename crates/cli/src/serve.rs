@@ -326,9 +326,9 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
 fn describe(clf: &Classifier, path: &Path) -> Value {
     let m = &clf.meta;
     let architecture = format!(
-        "{}, {:?} pooling head",
+        "{}, {}",
         m.model.backbone().describe(),
-        m.model.head
+        m.model.head.describe()
     );
     let p = &m.provenance;
     json!({
