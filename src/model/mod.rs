@@ -268,11 +268,8 @@ impl ModelConfig {
     /// assert_eq!(ModelConfig::lite0(224).classifier_prefix(), "_fc.");
     /// assert_eq!(ModelConfig::default().classifier_prefix(), "fc.");
     /// ```
-    pub fn classifier_prefix(&self) -> &'static str {
-        match self.backbone().classifier_names().1 {
-            "_fc" => "_fc.",
-            _ => "fc.",
-        }
+    pub fn classifier_prefix(&self) -> String {
+        format!("{}.", self.backbone().classifier_names().1)
     }
 
     /// Total down-sampling factor of the feature extractor ([`Backbone::downsampling`]).

@@ -31,7 +31,7 @@ pub(crate) struct Session {
     pub(crate) schedule: LrSchedule,
     /// State-dict prefix of the classifier, whose rate is not scaled by
     /// [`crate::TrainConfig::backbone_lr_scale`].
-    pub(crate) head: &'static str,
+    pub(crate) head: String,
     pub(crate) state: RunState,
 }
 
@@ -59,9 +59,9 @@ impl Session {
         let epoch = self.state.epochs_done;
         let steps_per_epoch = self.loader.batches_per_epoch();
         let bar = progress_bar(cfg.verbose, steps_per_epoch, epoch + 1, cfg.epochs);
-        let (head, backbone) = (self.head, cfg.backbone_lr_scale);
+        let (head, backbone) = (self.head.clone(), cfg.backbone_lr_scale);
         let lr_scale = move |name: &str| {
-            if name.starts_with(head) {
+            if name.starts_with(&head) {
                 1.0
             } else {
                 backbone
