@@ -366,6 +366,12 @@ pub trait Layer: Send + IntoBoxedLayer {
         None
     }
 
+    /// Mutable twin of [`Layer::as_any`], for a caller that drives a layer's side outputs (the
+    /// trainer hands a [`crate::MaskHead`] its loss gradient). Default: `None`.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+
     /// This layer as a [`crate::Sequential`], if it is one (so that a caller can run a chain
     /// layer by layer). Default: `None`.
     fn as_sequential_mut(&mut self) -> Option<&mut crate::Sequential> {
@@ -460,6 +466,32 @@ pub fn find_in<'a>(layer: &'a dyn Layer, path: &str) -> Option<&'a dyn Layer> {
         }
         if let Some(rest) = path.strip_prefix(name).and_then(|r| r.strip_prefix('.')) {
             if let Some(found) = find_in(child, rest) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// Mutable twin of [`find_in`].
+///
+/// ```
+/// use fracture_layers::{find_in_mut, Layer, ResidualBlockConfig};
+/// use rand::SeedableRng;
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let mut block = ResidualBlockConfig::new(4, 8, 2).init(&mut rng).unwrap();
+/// assert_eq!(find_in_mut(&mut block, "downsample.1").unwrap().kind(), "BatchNorm2d");
+/// ```
+pub fn find_in_mut<'a>(layer: &'a mut dyn Layer, path: &str) -> Option<&'a mut dyn Layer> {
+    if path.is_empty() {
+        return Some(layer);
+    }
+    for (name, child) in layer.children_mut() {
+        if path == name {
+            return Some(child);
+        }
+        if let Some(rest) = path.strip_prefix(name).and_then(|r| r.strip_prefix('.')) {
+            if let Some(found) = find_in_mut(child, rest) {
                 return Some(found);
             }
         }

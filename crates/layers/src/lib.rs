@@ -9,7 +9,8 @@
 //! - Layers, each built from a `*Config` with `Default` and `init`: [`Conv2d`],
 //!   [`BatchNorm2d`], [`Relu`], [`MaxPool2d`], [`GlobalAvgPool`], [`Dropout`], [`Linear`],
 //!   [`Flatten`], [`ResidualBlock`], [`InvertedResidual`] (EfficientNet's MBConv), composed in a
-//!   [`Sequential`]; an [`Ensemble`] averages the outputs of several networks.
+//!   [`Sequential`]; an [`Ensemble`] averages the outputs of several networks; a [`MaskHead`]
+//!   predicts a finding's location from a map in the middle of a network, as a side output.
 //! - [`loss`]: [`CrossEntropyLoss`], [`softmax`].
 //! - [`optim`]: [`optim::Sgd`], [`optim::AdamW`], [`optim::LrSchedule`],
 //!   [`optim::clip_grad_norm`], serialisable [`optim::OptimizerState`].
@@ -56,6 +57,7 @@ pub mod inverted_residual;
 pub mod layer;
 pub mod linear;
 pub mod loss;
+pub mod mask_head;
 pub mod max_pool;
 pub mod optim;
 pub mod pth;
@@ -73,9 +75,12 @@ pub use flatten::Flatten;
 pub use global_avg_max_pool::GlobalAvgMaxPool;
 pub use global_avg_pool::GlobalAvgPool;
 pub use inverted_residual::{InvertedResidual, InvertedResidualConfig};
-pub use layer::{find_in, join_name, Buffer, IntoBoxedLayer, Layer, Mode, Param, RngStream};
+pub use layer::{
+    find_in, find_in_mut, join_name, Buffer, IntoBoxedLayer, Layer, Mode, Param, RngStream,
+};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{log_softmax, softmax, CrossEntropyLoss};
+pub use mask_head::{mask_bce_with_logits, MaskHead, MASK_PRIOR_LOGIT};
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
 pub use relu::{Activation, Relu};
 pub use residual::{ResidualBlock, ResidualBlockConfig};

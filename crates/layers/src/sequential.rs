@@ -89,6 +89,36 @@ impl Sequential {
         Ok(self)
     }
 
+    /// Inserts `layer` under `name` right after the layer called `after`; errors as
+    /// [`Sequential::push`] does, or if there is no layer `after`.
+    ///
+    /// ```
+    /// use fracture_layers::{Relu, Sequential};
+    /// let mut seq = Sequential::new().with("a", Relu::new())?.with("c", Relu::new())?;
+    /// seq.insert_after("a", "b", Box::new(Relu::new()))?;
+    /// assert_eq!(seq.param_names().len(), 0);
+    /// let names: Vec<&str> = seq.layers().iter().map(|(n, _)| n.as_str()).collect();
+    /// assert_eq!(names, ["a", "b", "c"]);
+    /// # Ok::<(), fracture_layers::LayersError>(())
+    /// ```
+    pub fn insert_after(
+        &mut self,
+        after: &str,
+        name: impl Into<String>,
+        layer: Box<dyn Layer>,
+    ) -> Result<&mut Self> {
+        let Some(at) = self.layers.iter().position(|(n, _)| n == after) else {
+            return Err(LayersError::LayerName {
+                name: after.to_string(),
+                reason: "no layer of that name to insert after",
+            });
+        };
+        self.push_boxed(name, layer)?;
+        let last = self.layers.pop().expect("just pushed");
+        self.layers.insert(at + 1, last);
+        Ok(self)
+    }
+
     /// Builder form of [`Sequential::push`].
     pub fn with(mut self, name: impl Into<String>, layer: impl Layer + 'static) -> Result<Self> {
         self.push(name, layer)?;
