@@ -2,7 +2,8 @@
 //!
 //! [`Augment`] composes, each with its own probability: horizontal and vertical flips, rotation
 //! (default up to ±15°), random resized crop, translation, brightness and contrast jitter and
-//! Gaussian noise. All geometric operations are folded into one affine map and sampled once
+//! Gaussian noise, and, off by default, the ways other hospitals' images differ in acquisition
+//! and display: gamma, blur and down-and-up-scaling ([`Augment::acquisition`]). All geometric operations are folded into one affine map and sampled once
 //! with bilinear interpolation (outside the image counts as black); photometric operations follow,
 //! and the result is clamped to `[0, 1]`. Given the same random generator the output is the
 //! same, and the batch loader gives each sample its own generator
@@ -125,6 +126,122 @@ impl Default for Noise {
     }
 }
 
+/// A random gamma: `x -> x^g` on `[0, 1]` pixels, `g` drawn log-uniformly in `range`
+/// (a display or detector response that differs from the training images').
+///
+/// ```
+/// use fracture_data::augment::Gamma;
+/// assert_eq!(Gamma::default().p, 0.0); // off unless asked for
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gamma {
+    /// Probability (default 0: off).
+    pub p: f32,
+    /// Range of the exponent (default `[0.6, 1.6]`).
+    pub range: [f32; 2],
+}
+
+impl Default for Gamma {
+    fn default() -> Self {
+        Gamma {
+            p: 0.0,
+            range: [0.6, 1.6],
+        }
+    }
+}
+
+/// A Gaussian blur of standard deviation drawn uniformly in `[0.3, max_sigma]` pixels.
+///
+/// ```
+/// use fracture_data::augment::Blur;
+/// assert_eq!(Blur::default().p, 0.0); // off unless asked for
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Blur {
+    /// Probability (default 0: off).
+    pub p: f32,
+    /// Largest standard deviation in pixels (default 1.2).
+    pub max_sigma: f32,
+}
+
+impl Default for Blur {
+    fn default() -> Self {
+        Blur {
+            p: 0.0,
+            max_sigma: 1.2,
+        }
+    }
+}
+
+/// Down-and-up-scaling: the image is averaged down by a factor drawn in `[min_factor, 1]` and
+/// scaled back up bilinearly, as a low-resolution or re-scaled source looks.
+///
+/// ```
+/// use fracture_data::augment::Downscale;
+/// assert_eq!(Downscale::default().p, 0.0); // off unless asked for
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Downscale {
+    /// Probability (default 0: off).
+    pub p: f32,
+    /// Smallest scale factor (default 0.4).
+    pub min_factor: f32,
+}
+
+impl Default for Downscale {
+    fn default() -> Self {
+        Downscale {
+            p: 0.0,
+            min_factor: 0.4,
+        }
+    }
+}
+
+/// The geometric part of one augmentation draw: the affine map from output positions to
+/// source positions (continuous pixel coordinates, pixel `i` spanning `[i, i + 1]`), so that
+/// annotations (finding boxes) can follow the image ([`Augment::apply_traced`]).
+///
+/// ```
+/// use fracture_data::{sample_rng, Augment};
+/// let aug = Augment { hflip: 1.0, ..Augment::none() };
+/// let mut out = vec![0.0; 64];
+/// let warp = aug.apply_traced(&[0; 64], 8, &mut sample_rng(0, 0, 0), &mut out)?.unwrap();
+/// assert_eq!(warp.to_source([1.0, 2.0]), [7.0, 2.0]);
+/// assert_eq!(warp.to_output([7.0, 2.0]), [1.0, 2.0]);
+/// # Ok::<(), fracture_data::DataError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Warp {
+    affine: Affine,
+    centre: f32,
+}
+
+impl Warp {
+    /// Where the output position `p` samples the source.
+    pub fn to_source(&self, p: [f32; 2]) -> [f32; 2] {
+        let [[a, b], [c, d]] = self.affine.m;
+        let (dx, dy) = (p[0] - self.centre, p[1] - self.centre);
+        [
+            a * dx + b * dy + self.affine.t[0] + self.centre,
+            c * dx + d * dy + self.affine.t[1] + self.centre,
+        ]
+    }
+
+    /// Where the source position `q` lands in the output (the inverse map).
+    pub fn to_output(&self, q: [f32; 2]) -> [f32; 2] {
+        let [[a, b], [c, d]] = self.affine.m;
+        let det = a * d - b * c;
+        let (rx, ry) = (
+            q[0] - self.affine.t[0] - self.centre,
+            q[1] - self.affine.t[1] - self.centre,
+        );
+        [
+            (d * rx - b * ry) / det + self.centre,
+            (-c * rx + a * ry) / det + self.centre,
+        ]
+    }
+}
+
 /// The augmentation pipeline; every step has its own probability (0 disables it).
 ///
 /// ```
@@ -162,6 +279,15 @@ pub struct Augment {
     pub contrast: Jitter,
     /// Gaussian noise (default off).
     pub noise: Noise,
+    /// Gamma (default off; files written before it existed read as off).
+    #[serde(default)]
+    pub gamma: Gamma,
+    /// Gaussian blur (default off).
+    #[serde(default)]
+    pub blur: Blur,
+    /// Down-and-up-scaling (default off).
+    #[serde(default)]
+    pub downscale: Downscale,
 }
 
 impl Default for Augment {
@@ -181,12 +307,15 @@ impl Default for Augment {
                 amount: 0.2,
             },
             noise: Noise::default(),
+            gamma: Gamma::default(),
+            blur: Blur::default(),
+            downscale: Downscale::default(),
         }
     }
 }
 
 /// The affine map from output pixel centres to source pixel coordinates.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Affine {
     /// `src = m * (out - c) + t + c`, with `c` the image centre.
     m: [[f32; 2]; 2],
@@ -223,6 +352,52 @@ impl Augment {
                 p: 0.0,
                 ..Noise::default()
             },
+            gamma: Gamma::default(),
+            blur: Blur::default(),
+            downscale: Downscale::default(),
+        }
+    }
+
+    /// The default pipeline plus what differs between sources: crops down to 35 % of the
+    /// area (close-ups of one hand or finger), rotation up to 20 degrees, gamma 0.6-1.6,
+    /// contrast ±30 %, blur, down-and-up-scaling and noise. What `fracture train --augment
+    /// strong` uses.
+    ///
+    /// ```
+    /// use fracture_data::Augment;
+    /// let a = Augment::acquisition();
+    /// a.validate().unwrap();
+    /// assert!(a.gamma.p > 0.0 && a.crop.scale[0] < Augment::default().crop.scale[0]);
+    /// ```
+    pub fn acquisition() -> Augment {
+        Augment {
+            rotation: Rotation {
+                p: 0.6,
+                max_degrees: 20.0,
+            },
+            crop: ResizedCrop {
+                p: 0.6,
+                scale: [0.35, 1.0],
+                ratio: [0.75, 4.0 / 3.0],
+            },
+            contrast: Jitter {
+                p: 0.5,
+                amount: 0.3,
+            },
+            noise: Noise { p: 0.3, std: 0.02 },
+            gamma: Gamma {
+                p: 0.5,
+                range: [0.6, 1.6],
+            },
+            blur: Blur {
+                p: 0.25,
+                max_sigma: 1.2,
+            },
+            downscale: Downscale {
+                p: 0.25,
+                min_factor: 0.4,
+            },
+            ..Augment::default()
         }
     }
 
@@ -237,6 +412,9 @@ impl Augment {
             ("brightness.p", self.brightness.p),
             ("contrast.p", self.contrast.p),
             ("noise.p", self.noise.p),
+            ("gamma.p", self.gamma.p),
+            ("blur.p", self.blur.p),
+            ("downscale.p", self.downscale.p),
         ];
         for (name, p) in probs {
             if !(0.0..=1.0).contains(&p) {
@@ -273,6 +451,20 @@ impl Augment {
                 (0.0..=1.0).contains(&self.contrast.amount),
             ),
             ("noise.std in [0, 1]", (0.0..=1.0).contains(&self.noise.std)),
+            (
+                "gamma.range positive and ordered, within [0.1, 10]",
+                self.gamma.range[0] >= 0.1
+                    && self.gamma.range[0] <= self.gamma.range[1]
+                    && self.gamma.range[1] <= 10.0,
+            ),
+            (
+                "blur.max_sigma in [0.3, 10]",
+                (0.3..=10.0).contains(&self.blur.max_sigma),
+            ),
+            (
+                "downscale.min_factor in [0.1, 1]",
+                (0.1..=1.0).contains(&self.downscale.min_factor),
+            ),
         ];
         for (what, ok) in checks {
             if !ok {
@@ -293,6 +485,18 @@ impl Augment {
         rng: &mut R,
         out: &mut [f32],
     ) -> Result<()> {
+        self.apply_traced(src, size, rng, out).map(|_| ())
+    }
+
+    /// As [`Augment::apply`] (the same pixels for the same generator), also returning the
+    /// geometric map it drew (`None`: the identity), so that annotations can follow.
+    pub fn apply_traced<R: Rng + ?Sized>(
+        &self,
+        src: &[u8],
+        size: usize,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> Result<Option<Warp>> {
         let n = size * size;
         if src.len() != n || out.len() != n {
             return Err(bad(format!(
@@ -301,8 +505,9 @@ impl Augment {
                 out.len()
             )));
         }
-        match self.draw_affine(size, rng) {
-            Some(affine) => warp_bilinear(src, size, &affine, out),
+        let affine = self.draw_affine(size, rng);
+        match &affine {
+            Some(affine) => warp_bilinear(src, size, affine, out),
             None => {
                 for (o, &p) in out.iter_mut().zip(src) {
                     *o = p as f32 / 255.0;
@@ -310,7 +515,38 @@ impl Augment {
             }
         }
         self.photometric(rng, out);
-        Ok(())
+        self.acquisition_steps(rng, size, out);
+        Ok(affine.map(|affine| Warp {
+            affine,
+            centre: size as f32 / 2.0,
+        }))
+    }
+
+    /// Gamma, blur and down-and-up-scaling, each drawing nothing when off (so pipelines
+    /// without them give the same pixels as before they existed).
+    fn acquisition_steps<R: Rng + ?Sized>(&self, rng: &mut R, size: usize, out: &mut [f32]) {
+        if fires(rng, self.gamma.p) {
+            let (l0, l1) = (self.gamma.range[0].ln(), self.gamma.range[1].ln());
+            let g = if l0 < l1 {
+                rng.gen_range(l0..=l1).exp()
+            } else {
+                self.gamma.range[0]
+            };
+            for v in out.iter_mut() {
+                *v = v.max(0.0).powf(g);
+            }
+        }
+        if fires(rng, self.downscale.p) {
+            let f = rng.gen_range(self.downscale.min_factor..=1.0);
+            down_up(out, size, f);
+        }
+        if fires(rng, self.blur.p) {
+            let sigma = rng.gen_range(0.3..=self.blur.max_sigma);
+            gaussian_blur(out, size, sigma);
+        }
+        for v in out.iter_mut() {
+            *v = v.clamp(0.0, 1.0);
+        }
     }
 
     /// Draws the geometric part; `None` when no geometric step fires (identity).
@@ -389,6 +625,81 @@ fn bad(msg: String) -> DataError {
 /// Draws a Bernoulli(p) event; `p <= 0` never fires and draws nothing.
 fn fires<R: Rng + ?Sized>(rng: &mut R, p: f32) -> bool {
     p > 0.0 && rng.gen::<f32>() < p
+}
+
+/// Averages `img` (`size` square) down to `round(size * f)` px with box sums and scales it back
+/// up bilinearly, in place.
+fn down_up(img: &mut [f32], size: usize, f: f32) {
+    let small = ((size as f32 * f).round() as usize).clamp(1, size);
+    if small == size {
+        return;
+    }
+    let step = size as f32 / small as f32;
+    let mut low = vec![0f32; small * small];
+    for (sy, row) in low.chunks_exact_mut(small).enumerate() {
+        let (y0, y1) = (
+            (sy as f32 * step) as usize,
+            (((sy + 1) as f32 * step) as usize).clamp(1, size),
+        );
+        for (sx, v) in row.iter_mut().enumerate() {
+            let (x0, x1) = (
+                (sx as f32 * step) as usize,
+                (((sx + 1) as f32 * step) as usize).clamp(1, size),
+            );
+            let (y1, x1) = (y1.max(y0 + 1), x1.max(x0 + 1));
+            let mut sum = 0f32;
+            for y in y0..y1 {
+                sum += img[y * size + x0..y * size + x1].iter().sum::<f32>();
+            }
+            *v = sum / ((y1 - y0) * (x1 - x0)) as f32;
+        }
+    }
+    let last = (small - 1) as f32;
+    for y in 0..size {
+        let fy = ((y as f32 + 0.5) / step - 0.5).clamp(0.0, last);
+        let (y0, wy) = (fy as usize, fy - (fy as usize) as f32);
+        let y1 = (y0 + 1).min(small - 1);
+        for x in 0..size {
+            let fx = ((x as f32 + 0.5) / step - 0.5).clamp(0.0, last);
+            let (x0, wx) = (fx as usize, fx - (fx as usize) as f32);
+            let x1 = (x0 + 1).min(small - 1);
+            let top = low[y0 * small + x0] * (1.0 - wx) + low[y0 * small + x1] * wx;
+            let bottom = low[y1 * small + x0] * (1.0 - wx) + low[y1 * small + x1] * wx;
+            img[y * size + x] = top * (1.0 - wy) + bottom * wy;
+        }
+    }
+}
+
+/// Separable Gaussian blur of `img` (`size` square) with standard deviation `sigma` pixels,
+/// edges clamped, in place.
+fn gaussian_blur(img: &mut [f32], size: usize, sigma: f32) {
+    let radius = (3.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+    let last = size as isize - 1;
+    let mut tmp = vec![0f32; img.len()];
+    for y in 0..size {
+        let row = &img[y * size..(y + 1) * size];
+        for x in 0..size as isize {
+            tmp[y * size + x as usize] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * row[(x + k as isize - radius).clamp(0, last) as usize])
+                .sum();
+        }
+    }
+    for y in 0..size as isize {
+        for x in 0..size {
+            img[y as usize * size + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * tmp[(y + k as isize - radius).clamp(0, last) as usize * size + x])
+                .sum();
+        }
+    }
 }
 
 /// Samples `src` through `affine` with bilinear interpolation; outside pixels are black.
@@ -519,6 +830,106 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn acquisition_steps_keep_a_flat_image_flat_and_in_range() {
+        let aug = Augment {
+            gamma: Gamma {
+                p: 1.0,
+                range: [0.5, 0.5],
+            },
+            blur: Blur {
+                p: 1.0,
+                max_sigma: 2.0,
+            },
+            downscale: Downscale {
+                p: 1.0,
+                min_factor: 0.3,
+            },
+            ..Augment::none()
+        };
+        let src = vec![64u8; 20 * 20];
+        let mut out = vec![0f32; 400];
+        aug.apply(&src, 20, &mut sample_rng(0, 0, 0), &mut out)
+            .unwrap();
+        // gamma 0.5 of 64/255, and neither blur nor re-scaling changes a flat image.
+        let want = (64.0f32 / 255.0).sqrt();
+        assert!(
+            out.iter().all(|&v| (v - want).abs() < 1e-5),
+            "{:?}",
+            &out[..4]
+        );
+    }
+
+    #[test]
+    fn blur_and_downscale_keep_the_mean_and_smooth_an_edge() {
+        let mut img: Vec<f32> = (0..16 * 16)
+            .map(|i| if i % 16 < 8 { 0.0 } else { 1.0 })
+            .collect();
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        let m0 = mean(&img);
+        let mut blurred = img.clone();
+        gaussian_blur(&mut blurred, 16, 1.0);
+        assert!((mean(&blurred) - m0).abs() < 1e-4);
+        assert!(blurred[7] > 0.0 && blurred[8] < 1.0);
+        down_up(&mut img, 16, 0.5);
+        assert!((mean(&img) - m0).abs() < 0.02);
+        assert!(img.iter().all(|&v| (0.0..=1.0).contains(&v)));
+    }
+
+    #[test]
+    fn new_steps_when_off_leave_the_default_pipeline_unchanged() {
+        // Same draws and pixels as the pipeline had before gamma, blur and downscale existed:
+        // they draw nothing when off.
+        let aug = Augment::default();
+        let src: Vec<u8> = (0..256).map(|i| (i * 7 % 256) as u8).collect();
+        let mut a = vec![0f32; 256];
+        let mut rng = sample_rng(3, 1, 2);
+        aug.apply(&src, 16, &mut rng, &mut a).unwrap();
+        let after: u32 = rng.gen();
+        let mut rng2 = sample_rng(3, 1, 2);
+        let mut b = vec![0f32; 256];
+        let affine = aug.draw_affine(16, &mut rng2);
+        match &affine {
+            Some(m) => warp_bilinear(&src, 16, m, &mut b),
+            None => b
+                .iter_mut()
+                .zip(&src)
+                .for_each(|(o, &p)| *o = p as f32 / 255.0),
+        }
+        aug.photometric(&mut rng2, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(after, rng2.gen::<u32>());
+    }
+
+    #[test]
+    fn warp_inverse_round_trips() {
+        let aug = Augment {
+            rotation: Rotation {
+                p: 1.0,
+                max_degrees: 30.0,
+            },
+            crop: ResizedCrop {
+                p: 1.0,
+                scale: [0.4, 0.6],
+                ratio: [0.8, 1.2],
+            },
+            hflip: 1.0,
+            ..Augment::none()
+        };
+        let mut out = vec![0f32; 32 * 32];
+        let w = aug
+            .apply_traced(&[0; 32 * 32], 32, &mut sample_rng(5, 0, 1), &mut out)
+            .unwrap()
+            .unwrap();
+        for p in [[0.0, 0.0], [3.5, 20.0], [31.0, 7.25]] {
+            let q = w.to_output(w.to_source(p));
+            assert!(
+                (q[0] - p[0]).abs() < 1e-3 && (q[1] - p[1]).abs() < 1e-3,
+                "{p:?} -> {q:?}"
+            );
         }
     }
 

@@ -11,7 +11,10 @@
 //! - [`folder`]: `<root>/{train,val,test}/<class>/<files>` loaded once into memory, with a
 //!   bad-file policy and a load summary;
 //! - [`normalize`]: mean/std from the training split only, serialisable for checkpoints;
-//! - [`augment`]: seeded flips, rotation, crop, translation, brightness/contrast, noise;
+//! - [`augment`]: seeded flips, rotation, crop, translation, brightness/contrast, noise, gamma,
+//!   blur and down-and-up-scaling;
+//! - [`boxes`]: finding boxes per image from a CSV, and the box-mask targets of a mask head;
+//! - [`csv_table`]: the per-image CSV tables (boxes, metadata) keyed by relative path;
 //! - [`loader`]: shuffled or balanced, prefetching batch loader;
 //! - [`phantom`]: synthetic X-ray phantoms, the built-in default dataset;
 //! - [`audit`]: exact and near copies within and across splits, and a split by copy group.
@@ -33,6 +36,8 @@
 
 pub mod audit;
 pub mod augment;
+pub mod boxes;
+pub mod csv_table;
 pub mod decode;
 pub mod dicom;
 pub mod error;
@@ -44,7 +49,9 @@ pub mod preprocess;
 pub mod resize;
 mod rng;
 
-pub use augment::Augment;
+pub use augment::{Augment, Warp};
+pub use boxes::{BoxAnnotations, PixelBox};
+pub use csv_table::CsvTable;
 pub use decode::{decode_luma8, decode_luma8_from_memory, DecodeLimits, GrayImage};
 pub use error::{DataError, Result};
 pub use folder::{

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
+use crate::boxes::{mask_target, PixelBox};
 use crate::error::{DataError, Result};
 use crate::folder::DatasetSplit;
 use crate::normalize::Normalization;
@@ -88,7 +89,8 @@ impl LoaderConfig {
 ///
 /// ```
 /// use fracture_data::Batch;
-/// let b = Batch { images: vec![0.0; 2 * 9], labels: vec![0, 1], indices: vec![4, 2], n: 2, size: 3 };
+/// let b = Batch { images: vec![0.0; 2 * 9], labels: vec![0, 1], indices: vec![4, 2], n: 2, size: 3,
+///     masks: Vec::new(), mask_weights: Vec::new(), mask_side: 0 };
 /// assert_eq!(b.shape(), [2, 1, 3, 3]);
 /// assert_eq!(b.image(1).len(), 9);
 /// ```
@@ -104,6 +106,13 @@ pub struct Batch {
     pub n: usize,
     /// Side of each image in pixels.
     pub size: usize,
+    /// Box-mask targets, `n * mask_side * mask_side` values in {0, 1} (empty when the loader
+    /// has no boxes: [`BatchLoader::with_boxes`]); they follow each image's augmentation.
+    pub masks: Vec<f32>,
+    /// Per image, 1 if its target is known (annotated), 0 if not (empty without boxes).
+    pub mask_weights: Vec<f32>,
+    /// Side of the mask grid (0 without boxes).
+    pub mask_side: usize,
 }
 
 impl Batch {
@@ -124,6 +133,13 @@ struct Shared {
     data: Arc<DatasetSplit>,
     normalization: Normalization,
     config: LoaderConfig,
+    boxes: Option<BoxTargets>,
+}
+
+/// Finding boxes of every image of the split and the mask grid they are drawn on.
+struct BoxTargets {
+    boxes: Vec<Option<Vec<PixelBox>>>,
+    side: usize,
 }
 
 /// Draws batches from a split in memory.
@@ -199,7 +215,43 @@ impl BatchLoader {
                 data,
                 normalization,
                 config,
+                boxes: None,
             }),
+        })
+    }
+
+    /// This loader with finding boxes (one entry per image of the split, in input pixels, as
+    /// [`crate::BoxAnnotations::for_split`] gives them; `None` = not annotated): every batch
+    /// then carries [`Batch::masks`] on a `side x side` grid.
+    ///
+    /// ```
+    /// use fracture_data::{phantom::PhantomConfig, BatchLoader, LoaderConfig, Split};
+    /// let mut data = PhantomConfig { size: 32, train: 4, val: 2, test: 0, ..Default::default() }.folder()?;
+    /// let norm = data.normalization()?;
+    /// let split = data.take_split(Split::Train)?;
+    /// let boxes = vec![Some(vec![[0.0, 0.0, 32.0, 32.0]]), Some(vec![]), None, None];
+    /// let loader = BatchLoader::new(split, norm, LoaderConfig::eval(4))?.with_boxes(boxes, 2)?;
+    /// let b = loader.epoch(0).next().unwrap();
+    /// assert_eq!(b.masks, [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    /// assert_eq!(b.mask_weights, [1.0, 1.0, 0.0, 0.0]);
+    /// # Ok::<(), fracture_data::DataError>(())
+    /// ```
+    pub fn with_boxes(self, boxes: Vec<Option<Vec<PixelBox>>>, side: usize) -> Result<BatchLoader> {
+        if boxes.len() != self.shared.data.len() || side == 0 {
+            return Err(DataError::Config(format!(
+                "box targets: {} entries on a {side} x {side} grid for a split of {} images",
+                boxes.len(),
+                self.shared.data.len()
+            )));
+        }
+        let shared = Shared {
+            data: Arc::clone(&self.shared.data),
+            normalization: self.shared.normalization,
+            config: self.shared.config,
+            boxes: Some(BoxTargets { boxes, side }),
+        };
+        Ok(BatchLoader {
+            shared: Arc::new(shared),
         })
     }
 
@@ -411,21 +463,44 @@ fn build_batch(shared: &Shared, order: &[usize], epoch: usize, batch: usize) -> 
     let n = end - start;
     let mut images = vec![0f32; n * per];
     let norm = shared.normalization;
-    images
+    let side = shared.boxes.as_ref().map_or(0, |b| b.side);
+    let warps: Vec<Option<crate::Warp>> = images
         .par_chunks_mut(per)
         .zip(positions.clone().into_par_iter())
-        .for_each(|(out, pos)| {
+        .map(|(out, pos)| {
             let src = data.image(order[pos]);
             match &cfg.augment {
                 Some(aug) => {
                     let mut rng = sample_rng(cfg.seed, epoch as u64, pos as u64);
-                    aug.apply(src, size, &mut rng, out)
+                    let warp = aug
+                        .apply_traced(src, size, &mut rng, out)
                         .expect("buffer sizes are checked by construction");
                     norm.apply_unit_in_place(out);
+                    warp
                 }
-                None => norm.apply_u8(src, out),
+                None => {
+                    norm.apply_u8(src, out);
+                    None
+                }
             }
-        });
+        })
+        .collect();
+    let cells = side * side;
+    let mut masks = vec![0f32; n * cells];
+    let mut mask_weights = Vec::new();
+    if let Some(targets) = &shared.boxes {
+        for ((mask, warp), pos) in masks
+            .chunks_exact_mut(cells)
+            .zip(&warps)
+            .zip(positions.clone())
+        {
+            let known = targets.boxes[order[pos]].as_deref();
+            if let Some(boxes) = known {
+                mask_target(boxes, warp.as_ref(), size, side, mask);
+            }
+            mask_weights.push(if known.is_some() { 1.0 } else { 0.0 });
+        }
+    }
     let indices: Vec<usize> = order[positions].to_vec();
     let labels = indices.iter().map(|&i| data.labels()[i]).collect();
     Batch {
@@ -434,5 +509,8 @@ fn build_batch(shared: &Shared, order: &[usize], epoch: usize, batch: usize) -> 
         indices,
         n,
         size,
+        masks,
+        mask_weights,
+        mask_side: side,
     }
 }
