@@ -52,6 +52,7 @@ impl Trainer {
             test,
             data,
             resume,
+            train_boxes,
         } = inputs;
         let k = model.members;
         let test_len = test.as_ref().map_or(0, |t| t.len());
@@ -77,6 +78,7 @@ impl Trainer {
                         test: None,
                         data: data.clone(),
                         resume: resume && t.last_path().exists(),
+                        train_boxes: train_boxes.clone(),
                     };
                     s.spawn(move || {
                         let pool = rayon::ThreadPoolBuilder::new()

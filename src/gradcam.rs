@@ -605,6 +605,8 @@ pub struct GradCam {
     meta: ClassifierMeta,
     targets: Vec<String>,
     slots: Vec<String>,
+    /// The chain slot of the model's box-mask head, if it has one: its map is the heatmap.
+    mask_slot: Option<String>,
     class: usize,
     score: Score,
 }
@@ -720,6 +722,11 @@ impl GradCam {
             meta: clf.meta.clone(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             slots: Vec::new(),
+            mask_slot: clf
+                .meta
+                .model
+                .mask_head_path()
+                .map(|p| p.replace('.', &SEP.to_string())),
             class: clf.meta.positive_class,
             score: Score::LogOdds,
         };
@@ -808,6 +815,10 @@ impl GradCam {
         let mut per_image: Vec<Vec<CamMap>> = vec![Vec::new(); n];
         for net in &mut self.nets {
             let maps = grad_cam_layers(net, &slots, x, self.class, self.score)?;
+            let maps = match &self.mask_slot {
+                Some(slot) => mask_maps(net, slot, maps)?,
+                None => maps,
+            };
             for (all, cams) in per_image.iter_mut().zip(maps) {
                 all.extend(cams);
             }
@@ -862,6 +873,41 @@ impl GradCam {
 /// `net` as the chain of its layers ([`Layer::into_chain`]: nested `Sequential`s opened, fused
 /// batch norm + ReLU + pool layers given back as the three layers they fuse), one per
 /// top-level slot named by its state-dict path (components joined by [`SEP`]).
+/// For a model with a box-mask head: the head's map of each image (`sigmoid` of its logits:
+/// the probability that a cell lies on a fracture), from the forward pass Grad-CAM just ran,
+/// in place of the Grad-CAM maps (whose logits it keeps).
+fn mask_maps(net: &mut Sequential, slot: &str, cams: Vec<Vec<CamMap>>) -> Result<Vec<Vec<CamMap>>> {
+    let head = net
+        .get_mut(slot)
+        .and_then(|l| l.as_any_mut())
+        .and_then(|a| a.downcast_mut::<fracture_layers::MaskHead>())
+        .ok_or_else(|| Error::Config(format!("the model's mask head {slot:?} is missing")))?;
+    let logits = head
+        .take_logits()
+        .ok_or_else(|| Error::Config("the mask head produced no map".into()))?;
+    let [n, _, h, w] = logits.shape();
+    let cells = h * w;
+    Ok(cams
+        .into_iter()
+        .enumerate()
+        .take(n)
+        .map(|(i, mut maps)| {
+            let first = maps.swap_remove(0);
+            let values = logits.as_slice()[i * cells..(i + 1) * cells]
+                .iter()
+                .map(|&z| 1.0 / (1.0 + (-z).exp()))
+                .collect();
+            vec![CamMap {
+                height: h,
+                width: w,
+                values,
+                weights: Vec::new(),
+                ..first
+            }]
+        })
+        .collect())
+}
+
 fn chain(net: Sequential) -> Result<Sequential> {
     let mut flat = Sequential::new();
     for (name, layer) in Box::new(net).into_chain("") {

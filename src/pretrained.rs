@@ -207,6 +207,15 @@ pub fn load_into(
             return;
         }
         let Some(src) = source.get(name) else {
+            // A box-mask head is this project's own: weights from elsewhere (ImageNet, or a
+            // model trained without one) start it fresh.
+            if name
+                .split('.')
+                .any(|part| part == crate::model::MASK_HEAD_NAME)
+            {
+                report.replaced.push(name.to_string());
+                return;
+            }
             problems.push(format!("{name} is missing from the file"));
             return;
         };

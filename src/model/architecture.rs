@@ -96,6 +96,12 @@ pub trait Backbone {
     /// them).
     fn feature_maps(&self, image_size: usize) -> Vec<FeatureMap>;
 
+    /// Where a box-mask head ([`crate::ModelConfig::mask_head`]) reads the network at an
+    /// `image_size` px input: `None` (the default) when the family has no place for one.
+    fn mask_site(&self, _image_size: usize) -> Option<MaskSite> {
+        None
+    }
+
     /// Total down-sampling factor of the feature extractor: the smallest input side that
     /// leaves a map of at least one cell.
     fn downsampling(&self) -> usize;
@@ -276,6 +282,32 @@ impl Architecture {
         }
         Ok(a)
     }
+}
+
+/// The local name of the box-mask head in its [`MaskSite::sequence`].
+pub const MASK_HEAD_NAME: &str = "mask_head";
+
+/// Where a box-mask head sits: right after the layer `after` of the `Sequential` at path
+/// `sequence`, reading a map of `channels` channels and `side` x `side` cells (each `stride`
+/// input pixels wide).
+///
+/// ```
+/// use fracture_nn::model::{Backbone, EfficientNetLite0};
+/// let site = EfficientNetLite0::default().mask_site(224).unwrap();
+/// assert_eq!((site.sequence.as_str(), site.after.as_str(), site.channels, site.side), ("_blocks", "10", 112, 14));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskSite {
+    /// Path of the `Sequential` the head is inserted into.
+    pub sequence: String,
+    /// Local name of the layer it follows.
+    pub after: String,
+    /// Channels of the map it reads.
+    pub channels: usize,
+    /// Side of that map, in cells.
+    pub side: usize,
+    /// Input pixels per cell (the map's down-sampling).
+    pub stride: usize,
 }
 
 /// Changes to an [`Architecture`] asked for by name, as `fracture train`'s flags do (see

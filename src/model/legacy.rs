@@ -34,6 +34,12 @@ pub(super) struct StoredModelConfig {
     stem_pool: Option<bool>,
     #[serde(default)]
     drop_path: Option<f32>,
+    /// The box-mask head (absent: none).
+    #[serde(default)]
+    mask_head: bool,
+    /// The typicality bank (absent: none).
+    #[serde(default)]
+    typicality: Option<crate::typicality::TypicalityConfig>,
 }
 
 fn one() -> usize {
@@ -86,6 +92,8 @@ impl TryFrom<StoredModelConfig> for ModelConfig {
             head: s.head,
             dropout: s.dropout,
             members: s.members,
+            mask_head: s.mask_head,
+            typicality: s.typicality,
         })
     }
 }

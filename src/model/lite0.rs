@@ -8,7 +8,7 @@ use fracture_layers::{
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::architecture::{conv_side, Backbone, FeatureMap, SizeBound};
+use super::architecture::{conv_side, Backbone, FeatureMap, MaskSite, SizeBound};
 use super::BlockKind;
 use crate::error::{Error, Result};
 
@@ -136,6 +136,29 @@ impl Backbone for EfficientNetLite0 {
             channels: LITE0_HEAD,
             side,
         }]
+    }
+
+    /// After `_blocks.10`, the last block of the stride-16 stage (112 channels): fine enough
+    /// to point at a fracture (a 14 x 14 grid at 224 px), deep enough to know bone.
+    fn mask_site(&self, image_size: usize) -> Option<MaskSite> {
+        let mut side = conv_side(image_size, 2);
+        let mut stride = 2;
+        let mut k = 0;
+        for b in &LITE0_BLOCKS {
+            side = conv_side(side, b.2);
+            stride *= b.2;
+            k += b.0;
+            if b.5 == 112 {
+                return Some(MaskSite {
+                    sequence: "_blocks".into(),
+                    after: (k - 1).to_string(),
+                    channels: b.5,
+                    side,
+                    stride,
+                });
+            }
+        }
+        None
     }
 
     fn downsampling(&self) -> usize {

@@ -28,7 +28,9 @@ mod lite0;
 mod plain;
 mod residual;
 
-pub use architecture::{ArchOverrides, Architecture, Backbone, FeatureMap, SizeBound};
+pub use architecture::{
+    ArchOverrides, Architecture, Backbone, FeatureMap, MaskSite, SizeBound, MASK_HEAD_NAME,
+};
 pub use lite0::{EfficientNetLite0, LITE0_BLOCKS, LITE0_HEAD, LITE0_STEM};
 pub use plain::{PlainNet, PlainStage};
 pub use residual::{ResNet, ResStage};
@@ -171,6 +173,15 @@ pub struct ModelConfig {
     /// [`crate::ensemble`]); its tensors are named `members.{i}.<name>`. 1 (the default,
     /// and what files written before it existed read as): one network, tensors named as usual.
     pub members: usize,
+    /// A box-mask head ([`fracture_layers::MaskHead`]) on the family's stride-16 map
+    /// ([`Backbone::mask_site`]), trained against annotated finding boxes; its map is the
+    /// "where" answer of the model. `false` in files written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_head: bool,
+    /// The typicality bank after `pool` ([`crate::typicality`]), filled at the end of
+    /// training: `None` in files written before it existed, and while training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typicality: Option<crate::typicality::TypicalityConfig>,
 }
 
 impl Default for ModelConfig {
@@ -184,6 +195,8 @@ impl Default for ModelConfig {
             head: Head::Avg,
             dropout: 0.3,
             members: 1,
+            mask_head: false,
+            typicality: None,
         }
     }
 }
@@ -309,7 +322,7 @@ impl ModelConfig {
     /// ```
     pub fn describe(&self) -> String {
         format!(
-            "{}, {}, dropout {}{}",
+            "{}, {}, dropout {}{}{}",
             self.backbone().describe(),
             self.head.describe(),
             self.dropout,
@@ -317,8 +330,50 @@ impl ModelConfig {
                 format!(", ensemble of {} (logits averaged)", self.members)
             } else {
                 String::new()
+            },
+            match (self.mask_head, self.mask_site()) {
+                (true, Ok(site)) => format!(
+                    ", box-mask head after {}.{} ({} x {} cells, its map is the heatmap)",
+                    site.sequence, site.after, site.side, site.side
+                ),
+                _ => String::new(),
             }
         )
+    }
+
+    /// Where the box-mask head sits, if [`ModelConfig::mask_head`] is on: an error if the family
+    /// has no place for one or the model is an ensemble.
+    pub fn mask_site(&self) -> Result<MaskSite> {
+        if self.members > 1 {
+            return Err(Error::Config(
+                "a box-mask head is not supported on an ensemble (members > 1)".into(),
+            ));
+        }
+        self.backbone().mask_site(self.image_size).ok_or_else(|| {
+            Error::Config(format!(
+                "{} has no place for a box-mask head (EfficientNet-Lite has)",
+                self.backbone().describe()
+            ))
+        })
+    }
+
+    /// The state-dict path of the box-mask head layer, if the model has one.
+    ///
+    /// ```
+    /// use fracture_nn::ModelConfig;
+    /// let m = ModelConfig { mask_head: true, ..ModelConfig::lite0(224) };
+    /// assert_eq!(m.mask_head_path().as_deref(), Some("_blocks.mask_head"));
+    /// assert_eq!(m.mask_site()?.side, 14);
+    /// assert_eq!(ModelConfig::lite0(224).mask_head_path(), None);
+    /// # Ok::<(), fracture_nn::Error>(())
+    /// ```
+    pub fn mask_head_path(&self) -> Option<String> {
+        if !self.mask_head {
+            return None;
+        }
+        self.mask_site()
+            .ok()
+            .map(|s| format!("{}.{MASK_HEAD_NAME}", s.sequence))
     }
 
     /// Checks that the network can be built and that the input survives the down-sampling.
@@ -337,6 +392,15 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        if self.mask_head {
+            self.mask_site()?;
+        }
+        if let Some(t) = &self.typicality {
+            t.validate()?;
+            if self.members > 1 {
+                return bad("a typicality bank is not supported on an ensemble".into());
+            }
+        }
         let d = self.downsampling();
         if self.image_size < d {
             return bad(format!(
@@ -346,6 +410,15 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// This description without a typicality bank: what training starts from (a bank
+    /// describes the features of the weights it was filled with).
+    pub fn without_typicality(&self) -> ModelConfig {
+        ModelConfig {
+            typicality: None,
+            ..self.clone()
+        }
     }
 
     /// The architecture of one member: this one with `members = 1`.
@@ -391,8 +464,27 @@ impl ModelConfig {
         let mut net = Sequential::new();
         let backbone = self.backbone();
         let features = backbone.build_features(self.in_channels, &mut net, &mut rng)?;
+        if self.mask_head {
+            let site = self.mask_site()?;
+            let head = fracture_layers::MaskHead::new(site.channels, &mut rng)?;
+            let seq = fracture_layers::find_in_mut(&mut net, &site.sequence)
+                .and_then(|l| l.as_sequential_mut())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "the mask head's sequence {} is missing",
+                        site.sequence
+                    ))
+                })?;
+            seq.insert_after(&site.after, MASK_HEAD_NAME, Box::new(head))?;
+        }
         let (drop, fc) = backbone.classifier_names();
         net.push_boxed("pool", self.head.layer())?;
+        if let Some(t) = self.typicality {
+            net.push(
+                crate::typicality::TYPICALITY_NAME,
+                crate::typicality::TypicalityBank::new(t)?,
+            )?;
+        }
         net.push(drop, DropoutConfig::new(self.dropout).init(&mut rng)?)?;
         net.push(
             fc,

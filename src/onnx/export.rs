@@ -90,6 +90,8 @@ fn as_conv(layer: &dyn Layer) -> Option<&Conv2d> {
 pub(crate) struct Walker<'g> {
     pub(crate) g: &'g mut GraphBuilder,
     pub(crate) convs_folded: usize,
+    /// The value holding the box-mask head's logits `[N, 1, h, w]`, once the walk has met one.
+    pub(crate) mask_logits: Option<String>,
 }
 
 impl Walker<'_> {
@@ -146,6 +148,19 @@ impl Walker<'_> {
                 let conv =
                     as_conv(layer).ok_or_else(|| Self::unsupported(path, "not a Conv2d layer"))?;
                 Ok(self.conv(conv, None, path, x))
+            }
+            "MaskHead" => {
+                // The identity on the main path; the head's 1x1 convolution is a side output.
+                let head = layer
+                    .as_any()
+                    .and_then(|a| a.downcast_ref::<fracture_layers::MaskHead>())
+                    .ok_or_else(|| Self::unsupported(path, "not a MaskHead layer"))?;
+                if self.mask_logits.is_some() {
+                    return Err(Self::unsupported(path, "a second box-mask head"));
+                }
+                let conv_path = fracture_layers::join_name(path, "conv");
+                self.mask_logits = Some(self.conv(head.conv(), None, &conv_path, x));
+                Ok(x.to_string())
             }
             _ => match as_batch_norm(layer) {
                 // A batch norm with no convolution before it stays a BatchNormalization node.

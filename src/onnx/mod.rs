@@ -10,7 +10,11 @@
 //!   uses it ([`crate::Tta::HFlip`]: the batch and its left-right mirror run through the same
 //!   network, and the two views' *probabilities* are averaged, as [`crate::tta`] does);
 //! - output `logits`: float32 `[N, 2]`, the network's logits for the image as given (with
-//!   flip averaging, those of the unflipped view; `p_fractured` is then not their softmax).
+//!   flip averaging, those of the unflipped view; `p_fractured` is then not their softmax);
+//! - output `fracture_map` (only for a model with a box-mask head,
+//!   [`crate::ModelConfig::mask_head`]): float32 `[N, 1, h, w]`, per cell of the head's grid
+//!   (`h = w = S / 16`), the probability that it lies on a fracture, for the image as given:
+//!   the "where" answer that `fracture predict --heatmap` draws.
 //!
 //! Every layer the project builds is written out by walking the network (`src/onnx/export.rs`):
 //! plain, residual and EfficientNet-Lite0 networks (grouped/depthwise convolutions, ReLU6 as
@@ -57,6 +61,8 @@ pub const INPUT: &str = "image";
 pub const OUTPUT_PROB: &str = "p_fractured";
 /// Name of the logits output.
 pub const OUTPUT_LOGITS: &str = "logits";
+/// Name of the box-mask output of a model with a mask head.
+pub const OUTPUT_MAP: &str = "fracture_map";
 
 /// The classifier as an ONNX model (see the [module docs](self)).
 pub fn export(clf: &Classifier) -> Result<ModelProto> {
@@ -65,7 +71,7 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
     let c = meta.model.in_channels;
     let k = meta.model.num_classes;
     let mut g = GraphBuilder::default();
-    for name in [INPUT, OUTPUT_PROB, OUTPUT_LOGITS] {
+    for name in [INPUT, OUTPUT_PROB, OUTPUT_LOGITS, OUTPUT_MAP] {
         g.reserve(name);
     }
     // With flip averaging the network sees [x; hflip(x)] as one batch of 2N.
@@ -91,8 +97,30 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
     let mut walker = export::Walker {
         g: &mut g,
         convs_folded: 0,
+        mask_logits: None,
     };
     let logits = walker.layer(&clf.net, "", &net_in)?;
+    let mask_logits = walker.mask_logits.take();
+    let map_side = meta.model.mask_site().ok().map(|site| site.side);
+    if let (Some(m), Some(side)) = (&mask_logits, map_side) {
+        let m = match meta.tta {
+            Tta::Off => m.clone(),
+            Tta::HFlip => {
+                // [2N, 1, h, w] -> [2, N, 1, h, w], view 0: the image as given.
+                let shape =
+                    g.constant_i64("tta.map_shape", &[5], &[2, -1, 1, side as i64, side as i64]);
+                let mv = g.node("Reshape", &[m, &shape], vec![], "tta.map_by_view");
+                let zero = g.constant_i64("tta.map_first_view", &[], &[0]);
+                g.node(
+                    "Gather",
+                    &[&mv, &zero],
+                    vec![attr_int("axis", 0)],
+                    "tta.map",
+                )
+            }
+        };
+        g.node_into("Sigmoid", &[&m], vec![], OUTPUT_MAP);
+    }
     let probs = g.node("Softmax", &[&logits], vec![attr_int("axis", 1)], "probs");
     let (probs, logits) = match meta.tta {
         Tta::Off => (probs, logits),
@@ -148,6 +176,14 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
              averaging, those of the unflipped image",
         ),
     ];
+    let mut outputs = outputs;
+    if let (Some(_), Some(side)) = (&mask_logits, map_side) {
+        outputs.push(value_info(
+            OUTPUT_MAP,
+            &[Dim::Named("N"), Dim::Fixed(1), Dim::Fixed(side), Dim::Fixed(side)],
+            "per cell, P(the cell lies on a fracture) from the box-mask head, for the image as given",
+        ));
+    }
     let graph = g.finish("fracture_nn", &doc, inputs, outputs);
     Ok(ModelProto {
         ir_version: IR_VERSION,

@@ -113,6 +113,9 @@ pub struct SplitScores {
     pub mean_loss: f64,
     /// Accuracy at argmax.
     pub accuracy: f64,
+    /// Typicality score per image (the image as given), when the network holds a bank
+    /// ([`crate::typicality`]).
+    pub typicality: Option<Vec<f32>>,
 }
 
 impl SplitScores {
@@ -162,6 +165,7 @@ pub fn evaluate_split(
     let mut scores = Vec::with_capacity(split.len());
     let mut labels = Vec::with_capacity(split.len());
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    let mut typicality: Option<Vec<f32>> = Some(Vec::with_capacity(split.len()));
     for batch in loader.epoch(0) {
         let x = Tensor4::from_vec(batch.shape(), batch.images)?;
         let probs = match tta {
@@ -187,6 +191,13 @@ pub fn evaluate_split(
             (0..batch.n).map(|i| probs.as_slice()[i * k + fracture_metrics::FRACTURED] as f64),
         );
         labels.extend_from_slice(&batch.labels);
+        typicality = match (typicality, crate::typicality::last_scores(net)) {
+            (Some(mut all), Some(t)) if t.len() == batch.n => {
+                all.extend(t);
+                Some(all)
+            }
+            _ => None,
+        };
     }
     let n = labels.len().max(1) as f64;
     Ok(SplitScores {
@@ -194,5 +205,6 @@ pub fn evaluate_split(
         labels,
         mean_loss: loss_sum / n,
         accuracy: correct as f64 / n,
+        typicality,
     })
 }

@@ -144,6 +144,20 @@ pub struct TrainConfig {
     /// as): one rate for all.
     #[serde(default = "one_f32")]
     pub backbone_lr_scale: f32,
+    /// Weight of the box-mask loss beside the classification loss, for a model with a mask
+    /// head ([`ModelConfig::mask_head`]) trained with finding boxes
+    /// ([`crate::FitInputs::with_boxes`]): the total loss is `CE + mask_weight * BCE(mask)`.
+    /// 0 (the default, and what older runs read as): the mask head is not trained.
+    #[serde(default)]
+    pub mask_weight: f32,
+    /// Weight of the positive (inside a box) cells in the mask loss: boxes cover a few cells of
+    /// an image, so they are weighted up (default 20).
+    #[serde(default = "twenty_f32")]
+    pub mask_pos_weight: f32,
+}
+
+fn twenty_f32() -> f32 {
+    20.0
 }
 
 fn one_f32() -> f32 {
@@ -173,6 +187,8 @@ impl Default for TrainConfig {
             tta: None,
             ema_decay: None,
             backbone_lr_scale: 1.0,
+            mask_weight: 0.0,
+            mask_pos_weight: 20.0,
         }
     }
 }
@@ -250,6 +266,12 @@ impl TrainConfig {
         }
         if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
             return bad("the backbone learning-rate scale must be finite and >= 0");
+        }
+        if !(self.mask_weight.is_finite() && self.mask_weight >= 0.0) {
+            return bad("the mask loss weight must be finite and >= 0");
+        }
+        if !(self.mask_pos_weight.is_finite() && self.mask_pos_weight > 0.0) {
+            return bad("the mask loss's positive-cell weight must be finite and > 0");
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub(crate) struct Session {
     pub(crate) ema: Option<WeightEma>,
     pub(crate) loss_fn: CrossEntropyLoss,
     pub(crate) loader: BatchLoader,
+    /// State-dict path of the mask head trained against the loader's box targets, if any.
+    pub(crate) mask_path: Option<String>,
     pub(crate) schedule: LrSchedule,
     /// State-dict prefix of the classifier, whose rate is not scaled by
     /// [`crate::TrainConfig::backbone_lr_scale`].
@@ -38,6 +40,7 @@ pub(crate) struct Session {
 /// Running sums of an epoch's training batches.
 struct EpochSums {
     loss: f64,
+    mask_loss: f64,
     correct: usize,
     seen: usize,
     lr: f32,
@@ -69,13 +72,14 @@ impl Session {
         };
         let mut sums = EpochSums {
             loss: 0.0,
+            mask_loss: 0.0,
             correct: 0,
             seen: 0,
             lr: cfg.lr,
         };
-        for (b, batch) in self.loader.epoch(epoch).enumerate() {
+        for (b, mut batch) in self.loader.epoch(epoch).enumerate() {
             sums.lr = self.schedule.lr_at(epoch * steps_per_epoch + b);
-            let x = Tensor4::from_vec(batch.shape(), batch.images)?;
+            let x = Tensor4::from_vec(batch.shape(), std::mem::take(&mut batch.images))?;
             let logits = self.net.forward(&x, Mode::Train)?;
             let diverged = |loss: f32| Error::NonFiniteLoss {
                 epoch: epoch + 1,
@@ -91,6 +95,20 @@ impl Session {
                 bar.abandon();
                 return Err(diverged(loss));
             }
+            if let Some(path) = &self.mask_path {
+                let l = mask_step(
+                    &mut self.net,
+                    path,
+                    &batch,
+                    cfg.mask_weight,
+                    cfg.mask_pos_weight,
+                )?;
+                if !l.is_finite() {
+                    bar.abandon();
+                    return Err(diverged(l));
+                }
+                sums.mask_loss += l as f64 * batch.n as f64;
+            }
             self.net.zero_grad();
             self.net.backward_params_only(&dlogits)?;
             if let Some(c) = cfg.grad_clip {
@@ -105,8 +123,13 @@ impl Session {
             sums.seen += batch.n;
             let secs = t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "loss {:.4}  acc {:.3}  {:.0} img/s",
+                "loss {:.4}{}  acc {:.3}  {:.0} img/s",
                 sums.loss / sums.seen as f64,
+                if self.mask_path.is_some() {
+                    format!("  mask {:.4}", sums.mask_loss / sums.seen as f64)
+                } else {
+                    String::new()
+                },
                 sums.correct as f64 / sums.seen as f64,
                 sums.seen as f64 / secs
             ));
@@ -195,6 +218,36 @@ impl Session {
         trainer.save_last(&self.net, self.opt.as_ref(), state)?;
         trainer.write_history_files(&state.history)
     }
+}
+
+/// The box-mask loss of the batch the network just ran forward on: reads the mask head's
+/// logits at `path`, computes `weight * BCE(logits, batch.masks)` and hands its gradient to the
+/// head for the coming backward pass. Returns the unweighted loss.
+fn mask_step(
+    net: &mut Sequential,
+    path: &str,
+    batch: &fracture_data::Batch,
+    weight: f32,
+    pos_weight: f32,
+) -> Result<f32> {
+    let head = fracture_layers::find_in_mut(net, path)
+        .and_then(|l| l.as_any_mut())
+        .and_then(|a| a.downcast_mut::<fracture_layers::MaskHead>())
+        .ok_or_else(|| Error::Config(format!("the model has no mask head at {path}")))?;
+    let logits = head
+        .logits()
+        .ok_or_else(|| Error::Config("the mask head produced no logits".into()))?;
+    let (loss, mut grad) = fracture_layers::mask_bce_with_logits(
+        logits,
+        &batch.masks,
+        &batch.mask_weights,
+        pos_weight,
+    )?;
+    for g in grad.as_slice_mut() {
+        *g *= weight;
+    }
+    head.set_logit_grad(grad)?;
+    Ok(loss)
 }
 
 /// The epoch's progress bar on stderr (hidden unless `verbose`).

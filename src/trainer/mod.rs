@@ -89,6 +89,10 @@ pub struct FitInputs {
     pub data: String,
     /// Continue from `last.safetensors` in the output directory instead of starting afresh.
     pub resume: bool,
+    /// Finding boxes of the training images, in input pixels (one entry per image of
+    /// `train`, `None` = not annotated), for a model with a mask head
+    /// ([`ModelConfig::mask_head`]); see [`fracture_data::BoxAnnotations::for_split`].
+    pub train_boxes: Option<Vec<Option<Vec<fracture_data::PixelBox>>>>,
 }
 
 impl FitInputs {
@@ -105,7 +109,15 @@ impl FitInputs {
             test: None,
             data: String::new(),
             resume: false,
+            train_boxes: None,
         }
+    }
+
+    /// Trains the model's mask head against these finding boxes of the training images
+    /// (see [`FitInputs::train_boxes`]).
+    pub fn with_boxes(mut self, boxes: Vec<Option<Vec<fracture_data::PixelBox>>>) -> Self {
+        self.train_boxes = Some(boxes);
+        self
     }
 
     /// Scores `test` once at the end.
@@ -208,8 +220,11 @@ impl Trainer {
     /// Returns `Ok` with the outcome when all epochs ran or early stopping triggered, and also
     /// when [`Trainer::stop_after`] interrupted the run (the outcome then reflects the best
     /// model so far).
-    pub fn fit(&self, inputs: FitInputs) -> Result<TrainOutcome> {
+    pub fn fit(&self, mut inputs: FitInputs) -> Result<TrainOutcome> {
         self.config.validate()?;
+        // A typicality bank describes the weights it was filled with: a run trains without one
+        // and fills a new one at the end.
+        inputs.model = inputs.model.without_typicality();
         inputs.model.validate()?;
         if inputs.model.members > 1 {
             return self.fit_ensemble(inputs);
@@ -249,7 +264,7 @@ impl Trainer {
             session.run_epoch(self, &inputs.val)?;
             session_epochs += 1;
         }
-        self.finish(session.state, inputs.val, inputs.test, sizes)
+        self.finish(session.state, &inputs.train, inputs.val, inputs.test, sizes)
     }
 
     /// The input standardisation and, for a fracture-nn model file as [`Trainer::init`], its
@@ -394,6 +409,25 @@ impl Trainer {
                 prefetch: true,
             },
         )?;
+        let mask = match (&inputs.train_boxes, cfg.mask_weight > 0.0) {
+            (Some(boxes), true) => {
+                let site = inputs.model.mask_site()?;
+                let path = inputs.model.mask_head_path().ok_or_else(|| {
+                    Error::Config("a mask loss needs a model with a mask head (--mask-head)".into())
+                })?;
+                Some((path, site.side, boxes.clone()))
+            }
+            (None, true) => {
+                return Err(Error::Config(
+                    "a mask loss weight is set but no finding boxes were given (--boxes)".into(),
+                ))
+            }
+            _ => None,
+        };
+        let (loader, mask_path) = match mask {
+            Some((path, side, boxes)) => (loader.with_boxes(boxes, side)?, Some(path)),
+            None => (loader, None),
+        };
         let steps_per_epoch = loader.batches_per_epoch();
         let schedule = LrSchedule::Cosine {
             lr: cfg.lr,
@@ -407,6 +441,7 @@ impl Trainer {
             ema,
             loss_fn,
             loader,
+            mask_path,
             schedule,
             head: inputs.model.classifier_prefix(),
             state,
@@ -447,6 +482,7 @@ impl Trainer {
     fn finish(
         &self,
         state: RunState,
+        train: &DatasetSplit,
         val: Arc<DatasetSplit>,
         test: Option<DatasetSplit>,
         sizes: SplitSizes,
@@ -458,7 +494,8 @@ impl Trainer {
             clf.meta.class_names = val.classes().to_vec();
         }
         clf.meta.provenance = self.provenance(&state);
-        let cal = calibrate(&mut clf, &self.config, val, test)?;
+        let cal = calibrate(&mut clf, &self.config, Arc::clone(&val), test)?;
+        crate::typicality::attach(&mut clf, train, &val, self.config.batch_size)?;
         clf.save(&self.model_path())?;
         let parts = ReportParts {
             model: state.model,

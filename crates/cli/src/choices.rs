@@ -88,6 +88,31 @@ impl TrainTta {
     }
 }
 
+/// `--augment` of `train`: how training images are varied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AugmentChoice {
+    /// Flips, rotation up to 15 degrees, mild crops, translation, brightness and contrast.
+    Default,
+    /// The default plus what differs between hospitals: close-up crops down to 35 % of the
+    /// area, rotation up to 20 degrees, gamma, stronger contrast, blur, down-and-up-scaling
+    /// and noise.
+    Strong,
+    /// No augmentation.
+    None,
+}
+
+impl AugmentChoice {
+    /// The pipeline (`None`: no augmentation).
+    pub fn augment(self) -> Option<fracture_nn::data::Augment> {
+        use fracture_nn::data::Augment;
+        match self {
+            AugmentChoice::Default => Some(Augment::default()),
+            AugmentChoice::Strong => Some(Augment::acquisition()),
+            AugmentChoice::None => None,
+        }
+    }
+}
+
 /// `--tta` of `eval`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EvalTta {
