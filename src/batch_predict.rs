@@ -83,7 +83,7 @@ impl From<PathBuf> for Input {
 /// ```
 /// use fracture_nn::batch_predict::Scoring;
 /// let s = Scoring { p_fractured: 0.9, label: "fractured".into(), positive: true,
-///                   warning: None, sop_instance_uid: None, pixels: None };
+///                   warning: None, sop_instance_uid: None, pixels: None, typicality: None };
 /// assert!(s.positive);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +100,8 @@ pub struct Scoring {
     pub sop_instance_uid: Option<String>,
     /// The resized 8-bit image the network saw, with [`StreamConfig::keep_pixels`].
     pub pixels: Option<Vec<u8>>,
+    /// How typical the image is of the training radiographs (`None`: the model cannot judge).
+    pub typicality: Option<crate::typicality::Typicality>,
 }
 
 /// One file's result: its [`Scoring`], or why it could not be classified (the message names
@@ -298,6 +300,11 @@ impl PredictStream<'_> {
             self.clf.predict_batch(&x, good.len())?
         };
         drop(x);
+        let mut typical = self
+            .clf
+            .last_typicality()
+            .filter(|t| t.len() == probs.len())
+            .map(|t| t.into_iter());
         let mut probs = probs.into_iter();
         let positive_name = self.clf.meta.class_names[self.clf.meta.positive_class].clone();
         Ok(batch
@@ -313,6 +320,7 @@ impl PredictStream<'_> {
                         warning: degenerate_input(&pixels),
                         sop_instance_uid: uid,
                         pixels: self.keep_pixels.then_some(pixels),
+                        typicality: typical.as_mut().and_then(|t| t.next()),
                     }
                 });
                 Scored {

@@ -47,6 +47,10 @@ pub struct Provenance {
     pub val_auc: Option<f64>,
     /// Seconds since the Unix epoch when the file was written.
     pub created_unix: u64,
+    /// The local validation that set this copy's threshold (`fracture validate
+    /// --write-model`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_validation: Option<crate::validation::LocalRecord>,
 }
 
 impl Default for Provenance {
@@ -59,6 +63,7 @@ impl Default for Provenance {
             best_epoch: 0,
             val_auc: None,
             created_unix: 0,
+            local_validation: None,
         }
     }
 }
@@ -395,6 +400,14 @@ impl Classifier {
         Ok((0..n)
             .map(|i| probs.as_slice()[i * k + pos] as f64)
             .collect())
+    }
+
+    /// The typicality of each image of the last prediction (the image as given, also under
+    /// flip averaging), if the model holds a bank ([`crate::typicality`]).
+    pub fn last_typicality(&self) -> Option<Vec<crate::typicality::Typicality>> {
+        let cfg = self.meta.model.typicality?;
+        let scores = crate::typicality::last_scores(&self.net)?;
+        Some(scores.into_iter().map(|s| cfg.judge(s)).collect())
     }
 
     /// Decodes, preprocesses (as in training) and classifies one image file.

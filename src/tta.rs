@@ -110,10 +110,15 @@ pub fn hflip(x: &Tensor4) -> Tensor4 {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn predict_probs(net: &mut dyn Layer, x: &Tensor4, tta: Tta) -> Result<Tensor4> {
+    // The mirrored view runs first, so that side outputs of the last pass (typicality, the
+    // mask) describe the image as given; the mean is the same either way (p + q == q + p).
+    let mirrored = match tta {
+        Tta::HFlip => Some(softmax(&net.forward(&hflip(x), Mode::Eval)?)?),
+        Tta::Off => None,
+    };
     let logits = net.forward(x, Mode::Eval)?;
     let mut probs = softmax(&logits)?;
-    if tta == Tta::HFlip {
-        let mirrored = softmax(&net.forward(&hflip(x), Mode::Eval)?)?;
+    if let Some(mirrored) = mirrored {
         for (p, q) in probs.as_slice_mut().iter_mut().zip(mirrored.as_slice()) {
             *p = 0.5 * (*p + q);
         }

@@ -371,8 +371,11 @@ fn json_line(shown: &str, s: &Scoring, heat: Option<&Drawn>) -> String {
         Some(Err(e)) => v["heatmap_error"] = serde_json::json!(e),
         None => {}
     }
+    v["typicality"] = fracture_nn::typicality::record(s.typicality);
     if let Some(n) = &s.warning {
         v["warning"] = serde_json::json!(n);
+    } else if s.typicality.is_some_and(|t| !t.typical) {
+        v["warning"] = serde_json::json!(fracture_nn::typicality::ATYPICAL_WARNING);
     }
     v.to_string()
 }
@@ -383,6 +386,13 @@ fn text_line(shown: &str, s: &Scoring, heat: Option<&Drawn>) -> String {
     if let Some(Ok((png, peak))) = heat {
         let peak = peak.map_or("none".into(), |[x, y]| format!("({x}, {y})"));
         line += &format!("\theatmap {} (peak {peak})", escape_path(png));
+    }
+    if let Some(t) = s.typicality.filter(|t| !t.typical) {
+        line += &format!(
+            "\tATYPICAL (score {:.3}): {}",
+            t.score,
+            fracture_nn::typicality::ATYPICAL_WARNING
+        );
     }
     if let Some(n) = &s.warning {
         line += &format!("\twarning: {n}");

@@ -542,7 +542,12 @@ fn infer(
     let x = standardise(&gray, &w.clf.meta.normalization);
     let p = w.clf.predict_batch(&x, 1).map_err(internal)?[0];
     let label = w.clf.label(p, Some(threshold)).to_string();
-    let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold});
+    let typicality = w.clf.last_typicality().and_then(|t| t.first().copied());
+    let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold,
+        "typicality": fracture_nn::typicality::record(typicality)});
+    if typicality.is_some_and(|t| !t.typical) {
+        v["warning"] = json!(fracture_nn::typicality::ATYPICAL_WARNING);
+    }
     if let Ok(Some(uid)) =
         fracture_nn::data::dicom::sop_instance_uid_from_memory(bytes, Path::new(name))
     {
@@ -565,6 +570,11 @@ fn infer(
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         v["heatmap"] = json!(format!("data:image/png;base64,{}", base64(&png)));
+        v["heatmap_kind"] = json!(if w.clf.meta.model.mask_head {
+            "fracture map (the model's box-mask head)"
+        } else {
+            "Grad-CAM"
+        });
         v["peak"] = json!(heat.peak);
     }
     v["ms"] = json!(start.elapsed().as_secs_f64() * 1000.0);

@@ -119,6 +119,20 @@ impl Sequential {
         Ok(self)
     }
 
+    /// Removes the layer called `name` and returns it, if there is one.
+    ///
+    /// ```
+    /// use fracture_layers::{Relu, Sequential};
+    /// let mut seq = Sequential::new().with("a", Relu::new())?.with("b", Relu::new())?;
+    /// assert!(seq.remove("a").is_some() && seq.remove("a").is_none());
+    /// assert_eq!(seq.len(), 1);
+    /// # Ok::<(), fracture_layers::LayersError>(())
+    /// ```
+    pub fn remove(&mut self, name: &str) -> Option<Box<dyn Layer>> {
+        let at = self.layers.iter().position(|(n, _)| n == name)?;
+        Some(self.layers.remove(at).1)
+    }
+
     /// Builder form of [`Sequential::push`].
     pub fn with(mut self, name: impl Into<String>, layer: impl Layer + 'static) -> Result<Self> {
         self.push(name, layer)?;

@@ -110,10 +110,20 @@ function show(card, res, roundTripMs) {
   el(card, ".meaning").textContent = p >= t
     ? `At or above the threshold ${t.toFixed(4)} (the dark tick), so labelled fractured.`
     : `Below the threshold ${t.toFixed(4)} (the dark tick), so labelled not fractured.`;
+  const warn = el(card, ".atypical");
+  if (res.typicality && res.typicality.typical === false) {
+    warn.textContent = "Warning: this image is unlike the radiographs the model learned from " +
+      `(typicality score ${res.typicality.score.toFixed(3)}). Its probability means little.`;
+    warn.hidden = false;
+  }
   el(card, ".time").textContent =
     `${res.ms.toFixed(0)} ms on the server, ${roundTripMs.toFixed(0)} ms with the upload.`;
   if (res.heatmap) {
     el(card, ".overlay").src = res.heatmap;
+    if (res.heatmap_kind && res.heatmap_kind !== "Grad-CAM") {
+      el(card, ".cam figcaption").textContent =
+        `as the model sees it | ${res.heatmap_kind}: where it places a fracture (red), cross: peak`;
+    }
     el(card, ".cam").hidden = false;
   }
   card.classList.add("done");
