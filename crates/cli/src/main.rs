@@ -13,18 +13,20 @@ mod serve;
 
 use anyhow::{bail, Context, Result};
 use choices::{
-    Arch, BadFiles, EvalTta, HeadChoice, Optimizer, PretrainedArch, SplitChoice, TrainTta,
+    Arch, AugmentChoice, BadFiles, EvalTta, HeadChoice, Optimizer, PretrainedArch, SplitChoice,
+    TrainTta,
 };
 use clap::{Args, Parser, Subcommand};
 use fracture_nn::curves::plot_roc_curve;
 use fracture_nn::data::phantom::PhantomConfig;
-use fracture_nn::data::{DatasetSplit, ImageFolder, LoadOptions, Split};
+use fracture_nn::data::{BoxAnnotations, DatasetSplit, ImageFolder, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 mod audit;
 mod export;
 mod predict;
 mod run_lock;
 mod split;
+mod validate;
 mod walk;
 
 use predict::escape_path;
@@ -67,6 +69,10 @@ enum Command {
     Split(split::SplitArgs),
     /// Write a model file as an ONNX graph (opset 17) for ONNX Runtime, Triton and the like.
     Export(export::ExportArgs),
+    /// Check a model on your own labelled X-rays: ROC-AUC, sensitivity and specificity at its
+    /// threshold and at one re-chosen for a target sensitivity, calibration, typicality and
+    /// subgroups, as report.json and a self-contained index.html.
+    Validate(Box<validate::ValidateArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +175,21 @@ struct TrainArgs {
     /// threads/N threads, and save them as one model that averages their logits (default 1).
     #[arg(long, value_name = "N")]
     members: Option<usize>,
+    /// Add a box-mask head (EfficientNet-Lite: a 1x1 convolution on the stride-16 map) that
+    /// learns where fractures are from --boxes; its map becomes the model's heatmap.
+    #[arg(long)]
+    mask_head: bool,
+    /// Finding boxes of the training images: a CSV with the columns `path` (relative to
+    /// --data) and `boxes` (normalised `cx cy w h`, `;`-separated; empty for intact images),
+    /// as FracAtlas's annotations.csv. Trains the mask head (implies --mask-head).
+    #[arg(long, value_name = "CSV")]
+    boxes: Option<PathBuf>,
+    /// Weight of the box-mask loss beside the classification loss (default 1 with --boxes).
+    #[arg(long, value_name = "W")]
+    mask_weight: Option<f32>,
+    /// Training augmentation.
+    #[arg(long, value_enum, default_value_t = AugmentChoice::Default)]
+    augment: AugmentChoice,
     /// Stop when val ROC-AUC has not improved for this many epochs.
     #[arg(long)]
     patience: Option<usize>,
@@ -232,6 +253,20 @@ struct EvalArgs {
     /// Also draw the ROC curve (operating point in red) into this PNG file.
     #[arg(long)]
     roc_png: Option<PathBuf>,
+    /// A CSV of per-image metadata (a `path` column relative to --data, e.g.
+    /// test/fractured/x.png, and the --by column): figures per value of that column.
+    #[arg(long, value_name = "CSV", requires = "by")]
+    meta: Option<PathBuf>,
+    /// The --meta column to group by (e.g. region, view, hospital).
+    #[arg(long, value_name = "COLUMN", requires = "meta")]
+    by: Option<String>,
+    /// A CSV of finding boxes (`path`, `boxes` as normalised `cx cy w h`, `;`-separated):
+    /// also reports whether the heatmap points at them.
+    #[arg(long, value_name = "CSV")]
+    boxes: Option<PathBuf>,
+    /// Localisation tolerance as a fraction of the input side (with --boxes).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.07)]
+    tolerance: f32,
     /// Test-time augmentation (default: the model's own, chosen on val).
     #[arg(long, value_enum)]
     tta: Option<EvalTta>,
@@ -284,6 +319,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => audit::run(a),
         Command::Split(a) => split::run(a),
         Command::Export(a) => export::export(a),
+        Command::Validate(a) => validate::run(*a),
     };
     match result {
         Ok(code) => code,
@@ -399,6 +435,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if let Some(m) = a.members {
         model.members = m;
     }
+    if a.mask_head || a.boxes.is_some() {
+        model.mask_head = true;
+    }
     model.validate()?;
     let optimizer = OptimizerKind::from(a.optimizer);
     // The library's presets hold the defaults; flags override them.
@@ -421,7 +460,21 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         tta: a.tta.imposed(),
         ema_decay: a.ema,
         backbone_lr_scale: a.backbone_lr_scale.unwrap_or(preset.backbone_lr_scale),
+        augment: a.augment.augment(),
+        mask_weight: match (&a.boxes, a.mask_weight) {
+            (Some(_), w) => w.unwrap_or(1.0),
+            (None, Some(_)) => bail!("--mask-weight needs --boxes (the finding boxes to learn)"),
+            (None, None) => 0.0,
+        },
         ..preset
+    };
+    config.validate()?;
+    let boxes = match (&a.boxes, &a.data) {
+        (Some(csv), Some(_)) => {
+            Some(BoxAnnotations::load(csv).with_context(|| format!("--boxes {}", csv.display()))?)
+        }
+        (Some(_), None) => bail!("--boxes needs --data (the boxes name images of that folder)"),
+        (None, _) => None,
     };
     let out = match a.out {
         Some(o) => o,
@@ -483,14 +536,38 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         val.class_counts(),
         out.display()
     );
+    let train_boxes = match (&boxes, &a.data) {
+        (Some(ann), Some(root)) => {
+            let b = ann.for_split(&train, root, 0, fracture_nn::data::ResizeMode::Letterbox);
+            let known = b.iter().filter(|x| x.is_some()).count();
+            let with_box = b
+                .iter()
+                .filter(|x| x.as_ref().is_some_and(|v| !v.is_empty()))
+                .count();
+            if known == 0 {
+                bail!(
+                    "--boxes: none of the {} training images is listed (paths are relative to --data, e.g. train/fractured/x.png)",
+                    train.len()
+                );
+            }
+            eprintln!(
+                "boxes: {known} of {} training images annotated ({with_box} with a finding box)",
+                train.len()
+            );
+            Some(b)
+        }
+        _ => None,
+    };
     let mut trainer = Trainer::new(config, &out);
     trainer.init = a.pretrained.clone();
-    let outcome = trainer.fit(
-        FitInputs::new(model.clone(), train, val)
-            .with_optional_test(test)
-            .with_data(&description)
-            .resuming(a.resume),
-    )?;
+    let mut inputs = FitInputs::new(model.clone(), train, val)
+        .with_optional_test(test)
+        .with_data(&description)
+        .resuming(a.resume);
+    if let Some(b) = train_boxes {
+        inputs = inputs.with_boxes(b);
+    }
+    let outcome = trainer.fit(inputs)?;
     let r = &outcome.report;
     if a.json {
         println!("{}", serde_json::to_string(r)?);
@@ -720,6 +797,18 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             None => e.into(),
         })?;
     let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
+    let groups = match (&a.meta, &a.by) {
+        (Some(csv), Some(col)) => Some(
+            fracture_nn::subgroups::MetaColumn::load(csv, col)
+                .and_then(|m| m.lookup(data.paths(), &a.data))
+                .with_context(|| format!("--meta {}", csv.display()))?,
+        ),
+        _ => None,
+    };
+    let localisation = match &a.boxes {
+        Some(csv) => Some(localise(&clf, &data, csv, &a.data, a.tolerance)?),
+        None => None,
+    };
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
@@ -736,6 +825,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let labels = ev.positives();
     let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
     let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
+    let subgroups = groups.map(|g| {
+        fracture_nn::subgroups::subgroup_table(&g, &labels, &ev.scores, threshold, 1000, 0)
+    });
     // The curve comes after the report: a failure to draw it must not lose the numbers.
     let point = (1.0 - report.specificity, report.sensitivity);
     if a.json {
@@ -752,6 +844,15 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         );
         if let Some(ci) = &ci {
             obj.insert("bootstrap_95ci".into(), serde_json::to_value(ci)?);
+        }
+        if let Some(rows) = &subgroups {
+            obj.insert(
+                "subgroups".into(),
+                serde_json::json!({"by": a.by, "rows": rows}),
+            );
+        }
+        if let Some(l) = &localisation {
+            obj.insert("localisation".into(), serde_json::to_value(l)?);
         }
         println!("{}", serde_json::to_string(&v)?);
     } else {
@@ -787,12 +888,90 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
                 ci.auc.lower, ci.auc.upper, ci.sensitivity.lower, ci.sensitivity.upper, ci.specificity.lower, ci.specificity.upper
             );
         }
+        if let Some(rows) = &subgroups {
+            println!(
+                "\nby {} (threshold {threshold:.4}):",
+                a.by.as_deref().unwrap_or("")
+            );
+            println!(
+                "{:<20} {:>5} {:>5}  {:>7}  {:>15}  {:>6}  {:>6}",
+                "value", "n", "pos", "ROC-AUC", "95% CI", "sens", "spec"
+            );
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+            for r in rows {
+                println!(
+                    "{:<20} {:>5} {:>5}  {:>7}  {:>15}  {:>6}  {:>6}",
+                    r.value,
+                    r.n,
+                    r.positives,
+                    f(r.auc),
+                    r.auc_ci
+                        .map_or("-".into(), |c| format!("{:.3}-{:.3}", c[0], c[1])),
+                    f(r.sensitivity),
+                    f(r.specificity)
+                );
+            }
+        }
+        if let Some(l) = &localisation {
+            println!(
+                "\nlocalisation ({} fractured images with boxes, tolerance {:.1} px): heatmap peak near a box {:.1} % (always the centre: {:.1} %); heatmap mass inside the boxes {:.1} % (an even map: {:.1} %)",
+                l.n,
+                l.tolerance_px,
+                100.0 * l.peak_near_box,
+                100.0 * l.centre_near_box,
+                100.0 * l.mass_in_boxes,
+                100.0 * l.centre_mass_in_boxes
+            );
+        }
     }
     if let Some(png) = &a.roc_png {
         let roc = roc_curve(&labels, &ev.scores)?;
         plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The localisation figures of `--boxes`: the heatmap of every positive image that has a box
+/// (the mask head's map when the model has one, else Grad-CAM).
+fn localise(
+    clf: &Classifier,
+    data: &DatasetSplit,
+    csv: &Path,
+    root: &Path,
+    tolerance: f32,
+) -> Result<fracture_nn::localisation::LocalisationReport> {
+    if !(tolerance > 0.0 && tolerance <= 1.0) {
+        bail!("--tolerance must be in (0, 1], got {tolerance}");
+    }
+    let ann = BoxAnnotations::load(csv).with_context(|| format!("--boxes {}", csv.display()))?;
+    let boxes = ann.for_split(
+        data,
+        root,
+        clf.meta.positive_class,
+        clf.meta.preprocess.resize_mode,
+    );
+    if boxes.iter().all(Option::is_none) {
+        bail!(
+            "--boxes {}: none of its paths matches an image of the evaluated folder (paths must be relative to --data, e.g. test/fractured/x.png)",
+            csv.display()
+        );
+    }
+    let mut cam = fracture_nn::GradCam::new(clf)?;
+    let mut heats = Vec::new();
+    for (i, b) in boxes.iter().enumerate() {
+        if let Some(b) = b.as_ref().filter(|b| !b.is_empty()) {
+            let (_, heat) = cam
+                .heatmap_file(&data.paths()[i])
+                .with_context(|| format!("heatmap of {}", data.paths()[i].display()))?;
+            heats.push((heat, b.clone()));
+        }
+    }
+    let items: Vec<_> = heats.iter().map(|(h, b)| (h, b.as_slice())).collect();
+    Ok(fracture_nn::localisation::LocalisationReport::new(
+        &items,
+        clf.meta.model.image_size,
+        tolerance,
+    ))
 }
 
 /// Creates `dir` if needed and shows that a file can be written in it, before any work.
@@ -901,6 +1080,19 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         p.best_epoch,
         p.val_auc.map_or("n/a".into(), |v| format!("{v:.4}"))
     );
+    if let Some(l) = &p.local_validation {
+        println!(
+            "local check    threshold {:.4} set by `fracture validate` on {} ({} images, target sensitivity {})",
+            l.threshold, l.data, l.n, l.target_sensitivity
+        );
+    }
+    match &m.model.typicality {
+        Some(t) => println!(
+            "typicality     k-NN check on {} training feature vectors (k = {}); atypical above {:.4} (99 % of validation images below)",
+            t.references, t.k, t.q99
+        ),
+        None => println!("typicality     none (this file cannot say when an image is unlike its training data)"),
+    }
     let s = m.model.image_size;
     let x = fracture_nn::tensor::Tensor4::zeros([1, m.model.in_channels, s, s]);
     let mut net = clf.net;
