@@ -405,7 +405,7 @@ impl Classifier {
     /// The typicality of each image of the last prediction (the image as given, also under
     /// flip averaging), if the model holds a bank ([`crate::typicality`]).
     pub fn last_typicality(&self) -> Option<Vec<crate::typicality::Typicality>> {
-        let cfg = self.meta.model.typicality?;
+        let cfg = self.meta.model.typicality.as_ref()?;
         let scores = crate::typicality::last_scores(&self.net)?;
         Some(scores.into_iter().map(|s| cfg.judge(s)).collect())
     }

@@ -102,6 +102,12 @@ pub trait Backbone {
         None
     }
 
+    /// Where a typicality bank ([`crate::typicality`]) reads the network: `None` (the
+    /// default) puts it after `pool`, on the classifier's input.
+    fn typicality_site(&self, _image_size: usize) -> Option<MaskSite> {
+        None
+    }
+
     /// Total down-sampling factor of the feature extractor: the smallest input side that
     /// leaves a map of at least one cell.
     fn downsampling(&self) -> usize;

@@ -161,6 +161,28 @@ impl Backbone for EfficientNetLite0 {
         None
     }
 
+    /// After `_blocks.4`, the end of the stride-8 stage (40 channels): its channel statistics
+    /// separate radiographs from photographs, text and microscopy (all 12 of
+    /// `not-radiographs` above the 99 % validation cut, where the pooled head features caught
+    /// 4; `examples/typicality_layers.rs`).
+    fn typicality_site(&self, image_size: usize) -> Option<MaskSite> {
+        let mut side = conv_side(image_size, 2);
+        let mut stride = 2;
+        let mut k = 0;
+        for b in &LITE0_BLOCKS[..3] {
+            side = conv_side(side, b.2);
+            stride *= b.2;
+            k += b.0;
+        }
+        Some(MaskSite {
+            sequence: "_blocks".into(),
+            after: (k - 1).to_string(),
+            channels: LITE0_BLOCKS[2].5,
+            side,
+            stride,
+        })
+    }
+
     fn downsampling(&self) -> usize {
         LITE0_BLOCKS.iter().map(|b| b.2).product::<usize>() * 2
     }

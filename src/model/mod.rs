@@ -479,11 +479,28 @@ impl ModelConfig {
         }
         let (drop, fc) = backbone.classifier_names();
         net.push_boxed("pool", self.head.layer())?;
-        if let Some(t) = self.typicality {
-            net.push(
-                crate::typicality::TYPICALITY_NAME,
-                crate::typicality::TypicalityBank::new(t)?,
-            )?;
+        if let Some(t) = &self.typicality {
+            let bank = Box::new(crate::typicality::TypicalityBank::new(t.clone())?);
+            match (
+                t.path.rsplit_once('.'),
+                backbone.typicality_site(self.image_size),
+            ) {
+                (None, _) => {
+                    net.push_boxed(crate::typicality::TYPICALITY_NAME, bank)?;
+                }
+                (Some((parent, name)), Some(site)) if parent == site.sequence => {
+                    fracture_layers::find_in_mut(&mut net, parent)
+                        .and_then(|l| l.as_sequential_mut())
+                        .ok_or_else(|| Error::Config(format!("no sequence {parent}")))?
+                        .insert_after(&site.after, name.to_string(), bank)?;
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "the typicality bank's place {} does not fit the architecture",
+                        t.path
+                    )))
+                }
+            }
         }
         net.push(drop, DropoutConfig::new(self.dropout).init(&mut rng)?)?;
         net.push(

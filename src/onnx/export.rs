@@ -92,6 +92,8 @@ pub(crate) struct Walker<'g> {
     pub(crate) convs_folded: usize,
     /// The value holding the box-mask head's logits `[N, 1, h, w]`, once the walk has met one.
     pub(crate) mask_logits: Option<String>,
+    /// The value holding the typicality score `[N]`, once the walk has met a bank.
+    pub(crate) typicality: Option<String>,
 }
 
 impl Walker<'_> {
@@ -148,6 +150,14 @@ impl Walker<'_> {
                 let conv =
                     as_conv(layer).ok_or_else(|| Self::unsupported(path, "not a Conv2d layer"))?;
                 Ok(self.conv(conv, None, path, x))
+            }
+            "TypicalityBank" => {
+                let bank = layer
+                    .as_any()
+                    .and_then(|a| a.downcast_ref::<crate::typicality::TypicalityBank>())
+                    .ok_or_else(|| Self::unsupported(path, "not a TypicalityBank layer"))?;
+                self.typicality = Some(self.typicality_score(bank, path, x));
+                Ok(x.to_string())
             }
             "MaskHead" => {
                 // The identity on the main path; the head's 1x1 convolution is a side output.
@@ -341,6 +351,62 @@ impl Walker<'_> {
         ];
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         self.g.node("Conv", &refs, attrs, path)
+    }
+
+    /// `1 - mean of the k largest cosine similarities` of the features `x` `[N, D]` to the
+    /// bank's unit rows, as [`crate::typicality::knn_score`]: the rows are a constant `[D, R]`,
+    /// the features are divided by their L2 norm, `MatMul`, `TopK`, `ReduceMean`, `Sub`.
+    fn typicality_score(
+        &mut self,
+        bank: &crate::typicality::TypicalityBank,
+        path: &str,
+        x: &str,
+    ) -> String {
+        let cfg = bank.config();
+        let (r, d) = (cfg.references, cfg.features);
+        let rows = bank.reference();
+        let mut transposed = vec![0f32; r * d];
+        for i in 0..r {
+            for j in 0..d {
+                transposed[j * r + i] = rows[i * d + j];
+            }
+        }
+        let bank_t = self
+            .g
+            .constant_f32(&format!("{path}.reference_t"), &[d, r], &transposed);
+        let norm = self.g.node(
+            "ReduceL2",
+            &[x],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+            &format!("{path}.norm"),
+        );
+        let unit = self
+            .g
+            .node("Div", &[x, &norm], vec![], &format!("{path}.unit"));
+        let sims = self.g.node(
+            "MatMul",
+            &[&unit, &bank_t],
+            vec![],
+            &format!("{path}.cosine"),
+        );
+        let k = self
+            .g
+            .constant_i64(&format!("{path}.k"), &[1], &[cfg.k as i64]);
+        let top = self.g.node(
+            "TopK",
+            &[&sims, &k],
+            vec![attr_int("axis", 1)],
+            &format!("{path}.nearest"),
+        );
+        let mean = self.g.node(
+            "ReduceMean",
+            &[&top],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+            &format!("{path}.mean"),
+        );
+        let one = self.g.constant_f32(&format!("{path}.one"), &[], &[1.0]);
+        self.g
+            .node("Sub", &[&one, &mean], vec![], &format!("{path}.score"))
     }
 
     /// A `BatchNormalization` node (inference form) for a batch norm with no convolution to

@@ -14,7 +14,10 @@
 //! - output `fracture_map` (only for a model with a box-mask head,
 //!   [`crate::ModelConfig::mask_head`]): float32 `[N, 1, h, w]`, per cell of the head's grid
 //!   (`h = w = S / 16`), the probability that it lies on a fracture, for the image as given:
-//!   the "where" answer that `fracture predict --heatmap` draws.
+//!   the "where" answer that `fracture predict --heatmap` draws;
+//! - output `typicality` (only for a model with a typicality bank, [`crate::typicality`]):
+//!   float32 `[N]`, the k-NN score of the image as given; above the metadata's
+//!   `typicality_q99` the image is unlike the training radiographs.
 //!
 //! Every layer the project builds is written out by walking the network (`src/onnx/export.rs`):
 //! plain, residual and EfficientNet-Lite0 networks (grouped/depthwise convolutions, ReLU6 as
@@ -63,6 +66,8 @@ pub const OUTPUT_PROB: &str = "p_fractured";
 pub const OUTPUT_LOGITS: &str = "logits";
 /// Name of the box-mask output of a model with a mask head.
 pub const OUTPUT_MAP: &str = "fracture_map";
+/// Name of the typicality output of a model with a typicality bank.
+pub const OUTPUT_TYPICALITY: &str = "typicality";
 
 /// The classifier as an ONNX model (see the [module docs](self)).
 pub fn export(clf: &Classifier) -> Result<ModelProto> {
@@ -71,7 +76,13 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
     let c = meta.model.in_channels;
     let k = meta.model.num_classes;
     let mut g = GraphBuilder::default();
-    for name in [INPUT, OUTPUT_PROB, OUTPUT_LOGITS, OUTPUT_MAP] {
+    for name in [
+        INPUT,
+        OUTPUT_PROB,
+        OUTPUT_LOGITS,
+        OUTPUT_MAP,
+        OUTPUT_TYPICALITY,
+    ] {
         g.reserve(name);
     }
     // With flip averaging the network sees [x; hflip(x)] as one batch of 2N.
@@ -98,9 +109,29 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
         g: &mut g,
         convs_folded: 0,
         mask_logits: None,
+        typicality: None,
     };
     let logits = walker.layer(&clf.net, "", &net_in)?;
     let mask_logits = walker.mask_logits.take();
+    let typicality = walker.typicality.take();
+    if let Some(t) = &typicality {
+        let t = match meta.tta {
+            Tta::Off => t.clone(),
+            Tta::HFlip => {
+                // [2N] -> [2, N], view 0: the image as given.
+                let shape = g.constant_i64("tta.typicality_shape", &[2], &[2, -1]);
+                let tv = g.node("Reshape", &[t, &shape], vec![], "tta.typicality_by_view");
+                let zero = g.constant_i64("tta.typicality_first_view", &[], &[0]);
+                g.node(
+                    "Gather",
+                    &[&tv, &zero],
+                    vec![attr_int("axis", 0)],
+                    "tta.typicality",
+                )
+            }
+        };
+        g.node_into("Identity", &[&t], vec![], OUTPUT_TYPICALITY);
+    }
     let map_side = meta.model.mask_site().ok().map(|site| site.side);
     if let (Some(m), Some(side)) = (&mask_logits, map_side) {
         let m = match meta.tta {
@@ -182,6 +213,16 @@ pub fn export(clf: &Classifier) -> Result<ModelProto> {
             OUTPUT_MAP,
             &[Dim::Named("N"), Dim::Fixed(1), Dim::Fixed(side), Dim::Fixed(side)],
             "per cell, P(the cell lies on a fracture) from the box-mask head, for the image as given",
+        ));
+    }
+    if let (Some(_), Some(cfg)) = (&typicality, &meta.model.typicality) {
+        outputs.push(value_info(
+            OUTPUT_TYPICALITY,
+            &[Dim::Named("N")],
+            &format!(
+                "k-NN typicality score of the image as given (lower: more like the training radiographs); atypical above {}",
+                cfg.q99
+            ),
         ));
     }
     let graph = g.finish("fracture_nn", &doc, inputs, outputs);
@@ -300,8 +341,15 @@ fn metadata(meta: &ClassifierMeta) -> Vec<StringStringEntryProto> {
             serde_json::to_string(meta).expect("ClassifierMeta serialises"),
         ),
     ];
+    let typicality = meta.model.typicality.as_ref().map(|t| {
+        [
+            ("typicality_q95", t.q95.to_string()),
+            ("typicality_q99", t.q99.to_string()),
+        ]
+    });
     entries
         .into_iter()
+        .chain(typicality.into_iter().flatten())
         .map(|(k, v)| StringStringEntryProto {
             key: k.to_string(),
             value: v,

@@ -112,7 +112,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     );
     let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32, clf.meta.tta)?;
     let labels = ev.positives();
-    let typical: Option<Vec<_>> = match (clf.meta.model.typicality, &ev.typicality) {
+    let typical: Option<Vec<_>> = match (&clf.meta.model.typicality, &ev.typicality) {
         (Some(cfg), Some(t)) => Some(t.iter().map(|&s| cfg.judge(s)).collect()),
         _ => None,
     };

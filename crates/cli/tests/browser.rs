@@ -313,3 +313,71 @@ fn the_page_shows_what_predict_prints() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn the_validation_report_renders_in_chromium() {
+    if require(
+        on_path("chromium") && on_path("chromedriver"),
+        "chromium or chromedriver is not installed (apt-get install chromium chromium-driver)",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model) = support::tiny_phantom_run(tmp.path());
+    let report = tmp.path().join("report");
+    let out = support::fracture(&[
+        "validate",
+        "--model",
+        support::s(&model),
+        "--data",
+        support::s(&data),
+        "--report",
+        support::s(&report),
+        "--resamples",
+        "200",
+    ]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let page = report.join("index.html").canonicalize().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.size(1280, 1400);
+    let url = format!("file://{}", page.display());
+    driver.cmd("POST", "/url", Some(json!({ "url": url })));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let v = driver.js("const imgs = Array.from(document.images);
+             if (imgs.length === 0 || !imgs.every(i => i.complete)) return null;
+             return {widths: imgs.map(i => i.naturalWidth), title: document.title,
+                     rows: document.querySelectorAll('tr').length,
+                     notice: document.querySelector('.notice').textContent};");
+        if !v.is_null() {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the report's images did not load"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let widths: Vec<u64> = shown["widths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_u64().unwrap())
+        .collect();
+    assert_eq!(widths.len(), 3, "{shown}");
+    assert!(
+        widths.iter().all(|&w| w > 0),
+        "an embedded plot did not decode: {shown}"
+    );
+    assert!(shown["notice"]
+        .as_str()
+        .unwrap()
+        .contains("not a medical device"));
+    assert!(shown["rows"].as_u64().unwrap() >= 7, "{shown}");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    driver.screenshot(&shots.join("validation-report.png"));
+}

@@ -177,8 +177,9 @@ impl Layer for MaskHead {
         vec![("conv", &mut self.conv)]
     }
 
+    /// Drops the backward state; the logits of the last pass (a side output, one value per
+    /// cell) stay readable until the next forward pass or [`MaskHead::take_logits`].
     fn clear_cache(&mut self) {
-        self.logits = None;
         self.pending = None;
         self.conv.clear_cache();
     }
