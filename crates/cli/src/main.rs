@@ -1043,6 +1043,18 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     let m = &clf.meta;
     println!("model file     {}", a.model.display());
     println!("architecture   {}", m.model.backbone().describe());
+    if let Ok(site) = m.model.mask_site().map_err(|_| ()).and_then(|s| {
+        if m.model.mask_head {
+            Ok(s)
+        } else {
+            Err(())
+        }
+    }) {
+        println!(
+            "where          box-mask head after {}.{} ({} x {} cells of {} px): its map is the heatmap",
+            site.sequence, site.after, site.side, site.side, site.stride
+        );
+    }
     println!(
         "head           {}, dropout {}, test-time augmentation {:?}",
         m.model.head.describe(),
