@@ -68,8 +68,6 @@ import fracture_preprocess as fp  # noqa: E402
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 FORMATS = {"jsonl": ".jsonl", "parquet": ".parquet"}
-# Fields of a row, in the order `fracture predict --json` writes them.
-FIELDS = ("path", "p_fractured", "label", "sop_instance_uid", "warning", "error")
 
 
 class UsageError(Exception):
@@ -237,6 +235,7 @@ def read_parquet_done(filesystem, path, done):
 # The actors.
 
 def row_schema(with_typicality):
+    """The columns of a row, in the order `fracture predict --json` writes its fields."""
     import pyarrow as pa
 
     fields = [("path", pa.string()), ("p_fractured", pa.float64()), ("label", pa.string()),
