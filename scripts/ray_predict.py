@@ -39,7 +39,8 @@ At the end it prints on stderr the images scored and failed in this run, its rat
 second from the start of the Ray Data job to the last row written; Ray's own start-up is given
 apart) and the rows OUTPUT_DIR holds. Exit status: 0 if every file listed has a scored row, 1 if
 some have error rows (from this run or an earlier one) or got no row, 2 on bad arguments or a
-model that is not a `fracture export` file.
+model that is not a `fracture export` file, 3 if Ray could not be started or reached (any
+other failure is a Python traceback).
 
 The graph's outputs are found by name: `p_fractured` (required, one value per image), and
 `typicality` if present (passed through); any other output (logits, masks...) is not computed.
@@ -388,6 +389,29 @@ def run(a):
     return 0
 
 
+class RayStartError(Exception):
+    """Ray could not be started or reached: exit status 3 with this message."""
+
+
+def start_ray(ray, init):
+    """ray.init, tried twice: a local instance whose raylet does not register within Ray's 30 s
+    (a machine loaded by other work) is shut down and started once more."""
+    for attempt in (1, 2):
+        try:
+            ray.init(**init)
+            return
+        except Exception as e:  # Ray raises a bare Exception for a start-up timeout
+            ray.shutdown()
+            if attempt == 2 or "address" in init:
+                where = f"reach the Ray cluster at {init['address']}" if "address" in init else \
+                    "start a local Ray instance"
+                hint = "" if "address" in init else (
+                    "; on a busy machine, start one beforehand (`ray start --head --num-cpus N`) "
+                    "and pass --address auto")
+                raise RayStartError(f"could not {where}: {e}{hint}") from None
+            print(f"warning: Ray did not start ({e}); trying once more", file=sys.stderr)
+
+
 def score(a, model_bytes, settings, filesystem, todo, prefix, out_uri):
     import ray
 
@@ -405,7 +429,7 @@ def score(a, model_bytes, settings, filesystem, todo, prefix, out_uri):
         if a.local_cpus:
             init["num_cpus"] = a.local_cpus
     start = time.perf_counter()
-    ray.init(**init)
+    start_ray(ray, init)
     started = time.perf_counter()
     try:
         ctx = ray.data.DataContext.get_current()
@@ -439,6 +463,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RayStartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

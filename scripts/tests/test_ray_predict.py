@@ -97,8 +97,13 @@ def run(cmd, ok=(0,)):
 
 
 def ray_predict(model, inp, out, *extra, ok=(0, 1)):
-    return run([sys.executable, SCRIPT, model, inp, out, "--local-cpus", "2", "--concurrency", "2",
-                "--num-cpus", "1", "--batch", "8", "--quiet", *extra], ok=ok)
+    """ray_predict.py in local mode on 2 CPUs; a run that scores must end with its summary (a
+    Python traceback also exits with 1, the status for files that failed)."""
+    p = run([sys.executable, SCRIPT, model, inp, out, "--local-cpus", "2", "--concurrency", "2",
+             "--num-cpus", "1", "--batch", "8", "--quiet", *extra], ok=ok)
+    if p.returncode in (0, 1):
+        assert "failed this run" in p.stderr, p.stderr[-5000:]
+    return p
 
 
 def rows_of(out_dir):
