@@ -8,12 +8,14 @@ MODEL.onnx is a file written by `fracture export`. INPUT_URI is an image file or
 searched recursively for the extensions `fracture predict` takes (png jpg jpeg gif bmp tif tiff
 webp dcm), either a local path or a URI that pyarrow opens (s3://bucket/xrays/, gs://...).
 OUTPUT_DIR (local or URI) receives one row per image with the fields of `fracture predict
---json`: {"path", "p_fractured", "label"} plus "warning" (all pixels equal) and
-"sop_instance_uid" (DICOM) when they apply, "typicality" if the graph has an output of that
-name, or {"path", "error"} for a file that cannot be read. "path" is the absolute local path,
+--json`: {"path", "p_fractured", "label", "typicality"} plus "warning" and "sop_instance_uid"
+(DICOM) when they apply, or {"path", "error"} for a file that cannot be read. "typicality" is
+`fracture predict`'s record: {"score", "typical"} from the graph's `typicality` output (and the
+q99 threshold in the model's metadata; an atypical image gets its warning), or
+{"score": null, "typical": null, "note"} saying why it cannot judge. "path" is the absolute local path,
 or the URI, of the image. JSON lines by default (files `*.jsonl`, one object per line, fields
-that do not apply left out, as `fracture predict --json`); with --format parquet, Parquet files
-with one column per field (null where it does not apply).
+that do not apply left out, keys sorted, as `fracture predict --json`); with --format parquet,
+Parquet files with one column per field (null where it does not apply; typicality a struct).
 
 The pipeline is Ray Data's: the files are listed by the driver, then `read_binary_files` ->
 `map_batches` with a pool of --concurrency actors (a class: each builds one ONNX Runtime session
@@ -43,7 +45,8 @@ model that is not a `fracture export` file, 3 if Ray could not be started or rea
 other failure is a Python traceback).
 
 The graph's outputs are found by name: `p_fractured` (required, one value per image), and
-`typicality` if present (passed through); any other output (logits, masks...) is not computed.
+`typicality` if present (one score per image); any other output (logits, fracture_map...) is
+not computed.
 
 Ray: without --address (or RAY_ADDRESS), a local Ray instance is started with --local-cpus CPUs
 (default: all). With --address auto or ray://host:10001 the job runs on that cluster; the images
@@ -121,7 +124,36 @@ def inspect_model(model_bytes, threshold):
         "meta": meta,
         "outputs": ["p_fractured"] + (["typicality"] if "typicality" in outputs else []),
         "threshold": meta["threshold"] if threshold is None else threshold,
+        "typicality": typicality_settings(session, "typicality" in outputs),
     }
+
+
+# `fracture predict`'s words (src/typicality.rs): the note of a model without a typicality bank,
+# and the warning of an atypical image.
+NO_BANK_NOTE = ("this model file has no typicality reference (written before it existed): "
+                "it cannot judge")
+ATYPICAL_WARNING = ("this image is unlike the radiographs the model learned from: its "
+                    "probability means little")
+
+
+def typicality_settings(session, has_output):
+    """The q99 score above which an image is atypical (from the model description that
+    `fracture export` stores as the `fracture_nn` metadata), and the note for rows that cannot
+    be judged."""
+    try:
+        description = json.loads(session.get_modelmeta().custom_metadata_map.get("fracture_nn", "{}"))
+        bank = (description.get("model") or {}).get("typicality")
+        q99 = None if bank is None else float(bank["q99"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        bank, q99 = None, None
+    if not has_output:
+        note = NO_BANK_NOTE if bank is None else \
+            "this ONNX graph has no typicality output (exported without it): it cannot judge"
+    elif q99 is None:
+        note = "the model's metadata has no typicality threshold (q99): the score cannot be judged"
+    else:
+        note = None
+    return {"q99": q99, "note": note}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,15 +267,25 @@ def read_parquet_done(filesystem, path, done):
 # ---------------------------------------------------------------------------------------------
 # The actors.
 
-def row_schema(with_typicality):
-    """The columns of a row, in the order `fracture predict --json` writes its fields."""
+def row_schema():
+    """The columns of a row: the fields of `fracture predict --json`."""
     import pyarrow as pa
 
-    fields = [("path", pa.string()), ("p_fractured", pa.float64()), ("label", pa.string()),
-              ("sop_instance_uid", pa.string()), ("warning", pa.string()), ("error", pa.string())]
-    if with_typicality:
-        fields.insert(3, ("typicality", pa.float64()))
-    return pa.schema(fields)
+    typicality = pa.struct([("score", pa.float64()), ("typical", pa.bool_()), ("note", pa.string())])
+    return pa.schema([("path", pa.string()), ("p_fractured", pa.float64()), ("label", pa.string()),
+                      ("typicality", typicality), ("sop_instance_uid", pa.string()),
+                      ("warning", pa.string()), ("error", pa.string())])
+
+
+def typicality_record(score, settings):
+    """`fracture predict`'s typicality record for one image (score None: no output)."""
+    t = settings["typicality"]
+    if score is None:
+        return {"score": None, "typical": None, "note": t["note"]}
+    if t["q99"] is None:
+        return {"score": score, "typical": None, "note": t["note"]}
+    # As TypicalityConfig::judge, in float32.
+    return {"score": score, "typical": bool(np.float32(score) <= np.float32(t["q99"]))}
 
 
 class Scorer:
@@ -264,7 +306,8 @@ class Scorer:
         classes, pos = self.meta["classes"], self.meta["positive"]
         self.positive, self.negative = classes[pos], classes[1 - pos]
         self.prefix = prefix
-        self.schema = row_schema("typicality" in self.outputs)
+        self.settings = settings
+        self.schema = row_schema()
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -293,14 +336,16 @@ class Scorer:
                 p = float(probs[i])
                 row["p_fractured"] = p
                 row["label"] = self.positive if p >= self.threshold else self.negative
-                if typ is not None:
-                    row["typicality"] = float(typ[i])
+                t = typicality_record(None if typ is None else float(typ[i]), self.settings)
+                row["typicality"] = t
+                if row["warning"] is None and t["typical"] is False:
+                    row["warning"] = ATYPICAL_WARNING
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
 def jsonl_sink(out_uri):
-    """A Ray datasink writing each block as JSON lines, with the fields of `fracture predict
-    --json` (null fields left out, floats written in full)."""
+    """A Ray datasink writing each block as JSON lines, as `fracture predict --json` writes
+    them (null fields left out, keys sorted, compact, floats written in full)."""
     from ray.data.datasource import BlockBasedFileDatasink
 
     class JsonLines(BlockBasedFileDatasink):
@@ -311,7 +356,9 @@ def jsonl_sink(out_uri):
             lines = []
             for row in block.to_arrow().to_pylist():
                 row = {k: v for k, v in row.items() if v is not None}
-                lines.append(json.dumps(row, separators=(",", ":")))
+                if "typicality" in row and row["typicality"].get("note") is None:
+                    row["typicality"].pop("note", None)  # a judged record has none
+                lines.append(json.dumps(row, separators=(",", ":"), sort_keys=True))
             file.write(("\n".join(lines) + "\n").encode() if lines else b"")
 
     return JsonLines(out_uri)
@@ -405,9 +452,10 @@ def start_ray(ray, init):
             if attempt == 2 or "address" in init:
                 where = f"reach the Ray cluster at {init['address']}" if "address" in init else \
                     "start a local Ray instance"
+                load = os.getloadavg()[0]
                 hint = "" if "address" in init else (
-                    "; on a busy machine, start one beforehand (`ray start --head --num-cpus N`) "
-                    "and pass --address auto")
+                    f" (load average {load:.1f} on {os.cpu_count()} cores: Ray's processes must "
+                    "register within 30 s; run when the machine is less loaded)")
                 raise RayStartError(f"could not {where}: {e}{hint}") from None
             print(f"warning: Ray did not start ({e}); trying once more", file=sys.stderr)
 

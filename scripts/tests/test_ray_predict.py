@@ -162,6 +162,12 @@ def compare(got, want, threshold):
             assert g["label"] == w["label"], f"{path}: label {g['label']} vs {w['label']}"
         assert g.get("warning") == w.get("warning"), path
         assert g.get("sop_instance_uid") == w.get("sop_instance_uid"), path
+        gt, wt = g["typicality"], w["typicality"]
+        assert set(gt) == set(wt) and gt.get("note") == wt.get("note"), (gt, wt)
+        if wt["score"] is None:
+            assert gt == wt, (gt, wt)
+        else:
+            assert abs(gt["score"] - wt["score"]) <= TOL and gt["typical"] == wt["typical"], (gt, wt)
     return worst
 
 
@@ -240,8 +246,9 @@ def rows_of_file(f):
 
 
 def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, ray_stack, onnx_model):
-    """Parquet rows, and a graph that gained outputs: `typicality` is passed through, another
-    output (a mask) is not computed, p_fractured is still found by name."""
+    """Parquet rows, and a graph that gained outputs: `typicality` gives each row its score,
+    judged against the q99 of the model's metadata (an atypical image gets fracture predict's
+    warning); another output (a mask) is not computed; p_fractured is still found by name."""
     require(importable("onnx"), f"{sys.executable} cannot import onnx (pip install onnx)")
     import onnx
     import pyarrow.parquet as pq
@@ -256,12 +263,19 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
     g.node.append(helper.make_node("Identity", ["logits"], ["mask"]))
     g.output.insert(0, helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2]))
     g.output.append(helper.make_tensor_value_info("typicality", TensorProto.FLOAT, ["N"]))
+    q99 = 0.5  # so images with P(fractured) < 0.5 are "atypical" here
+    for prop in m.metadata_props:
+        if prop.key == "fracture_nn":
+            description = json.loads(prop.value)
+            description["model"]["typicality"] = {"references": 4, "features": 8, "k": 2,
+                                                  "q95": 0.4, "q99": q99}
+            prop.value = json.dumps(description)
     extended = tmp_path / "extended.onnx"
     onnx.save(m, str(extended))
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
-    for f in fracatlas_sample(shared, 6)[:6]:
+    for f in fracatlas_sample(shared, 8)[:8]:
         shutil.copy(f, inp / f"{f.parent.name}_{f.name}")
     (inp / "broken_empty.png").write_bytes(b"")
     want = predict_rows(fracture_bin, inp)
@@ -275,6 +289,7 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
                                   "sop_instance_uid", "warning", "error"]
     got = {r["path"]: r for r in table.to_pylist()}
     assert set(got) == set(want)
+    judged = set()
     for path, w in want.items():
         r = got[path]
         if "error" in w:
@@ -282,7 +297,13 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
             continue
         assert r["error"] is None
         assert abs(r["p_fractured"] - w["p_fractured"]) <= TOL, (r, w)
-        assert abs(r["typicality"] - (1.0 - r["p_fractured"])) <= 1e-6, r
+        t = r["typicality"]
+        assert abs(t["score"] - (1.0 - r["p_fractured"])) <= 1e-6, r
+        assert t["typical"] == (t["score"] <= q99) and t["note"] is None, r
+        judged.add(t["typical"])
+        if not t["typical"]:
+            assert "unlike the radiographs the model learned from" in r["warning"], r
+    assert judged == {True, False}, "the sample has typical and atypical images"
 
     # Resume reads Parquet too; results of the other format are refused, naming the option.
     again = ray_predict(extended, inp, out, "--format", "parquet")
