@@ -11,7 +11,7 @@ OUTPUT_DIR (local or URI) receives one row per image with the fields of `fractur
 --json`: {"path", "p_fractured", "label", "typicality"} plus "warning" and "sop_instance_uid"
 (DICOM) when they apply, or {"path", "error"} for a file that cannot be read. "typicality" is
 `fracture predict`'s record: {"score", "typical"} from the graph's `typicality` output (and the
-q99 threshold in the model's metadata; an atypical image gets its warning), or
+`typicality_q99` of the model's metadata; an atypical image gets its warning), or
 {"score": null, "typical": null, "note"} saying why it cannot judge. "path" is the absolute local path,
 or the URI, of the image. JSON lines by default (files `*.jsonl`, one object per line, fields
 that do not apply left out, keys sorted, as `fracture predict --json`); with --format parquet,
@@ -137,15 +137,19 @@ ATYPICAL_WARNING = ("this image is unlike the radiographs the model learned from
 
 
 def typicality_settings(session, has_output):
-    """The q99 score above which an image is atypical (from the model description that
-    `fracture export` stores as the `fracture_nn` metadata), and the note for rows that cannot
-    be judged."""
+    """The q99 score above which an image is atypical (the metadata's `typicality_q99`, else
+    the model description that `fracture export` stores as `fracture_nn`), and the note for
+    rows that cannot be judged."""
+    m = session.get_modelmeta().custom_metadata_map
+    bank, q99 = None, None
     try:
-        description = json.loads(session.get_modelmeta().custom_metadata_map.get("fracture_nn", "{}"))
-        bank = (description.get("model") or {}).get("typicality")
-        q99 = None if bank is None else float(bank["q99"])
+        bank = (json.loads(m.get("fracture_nn", "{}")).get("model") or {}).get("typicality")
+        q99 = float(m["typicality_q99"]) if "typicality_q99" in m else \
+            None if bank is None else float(bank["q99"])
     except (ValueError, TypeError, KeyError, AttributeError):
-        bank, q99 = None, None
+        pass
+    if q99 is not None and bank is None:
+        bank = {"q99": q99}
     if not has_output:
         note = NO_BANK_NOTE if bank is None else \
             "this ONNX graph has no typicality output (exported without it): it cannot judge"

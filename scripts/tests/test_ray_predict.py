@@ -247,7 +247,7 @@ def rows_of_file(f):
 
 def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, ray_stack, onnx_model):
     """Parquet rows, and a graph that gained outputs: `typicality` gives each row its score,
-    judged against the q99 of the model's metadata (an atypical image gets fracture predict's
+    judged against the metadata's typicality_q99 (an atypical image gets fracture predict's
     warning); another output (a mask) is not computed; p_fractured is still found by name."""
     require(importable("onnx"), f"{sys.executable} cannot import onnx (pip install onnx)")
     import onnx
@@ -264,12 +264,9 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
     g.output.insert(0, helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2]))
     g.output.append(helper.make_tensor_value_info("typicality", TensorProto.FLOAT, ["N"]))
     q99 = 0.5  # so images with P(fractured) < 0.5 are "atypical" here
-    for prop in m.metadata_props:
-        if prop.key == "fracture_nn":
-            description = json.loads(prop.value)
-            description["model"]["typicality"] = {"references": 4, "features": 8, "k": 2,
-                                                  "q95": 0.4, "q99": q99}
-            prop.value = json.dumps(description)
+    assert not [p for p in m.metadata_props if p.key.startswith("typicality")], "no bank here"
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "typicality_q99", str(q99)  # as `fracture export` writes it
     extended = tmp_path / "extended.onnx"
     onnx.save(m, str(extended))
 
