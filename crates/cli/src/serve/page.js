@@ -23,6 +23,11 @@ async function loadModel() {
       ["Model file", model.file || "?"],
       ["Trained with", `fracture-nn ${model.provenance.crate_version}, ${model.provenance.epochs} epochs (best ${model.provenance.best_epoch}), seed ${model.provenance.seed}`],
     ];
+    if (model.warning) {
+      const w = el(document, "#model-warning");
+      w.textContent = "Warning: " + model.warning;
+      w.hidden = false;
+    }
     facts.replaceChildren();
     for (const [k, v] of rows) {
       const dt = document.createElement("dt"); dt.textContent = k;
@@ -110,6 +115,9 @@ function show(card, res, roundTripMs) {
   el(card, ".meaning").textContent = p >= t
     ? `At or above the threshold ${t.toFixed(4)} (the dark tick), so labelled fractured.`
     : `Below the threshold ${t.toFixed(4)} (the dark tick), so labelled not fractured.`;
+  if (res.warning) {
+    el(card, ".meaning").textContent = `Warning: ${res.warning}. ` + el(card, ".meaning").textContent;
+  }
   el(card, ".time").textContent =
     `${res.ms.toFixed(0)} ms on the server, ${roundTripMs.toFixed(0)} ms with the upload.`;
   if (res.heatmap) {
