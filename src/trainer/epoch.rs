@@ -113,6 +113,21 @@ impl Session {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        // The last step can break the weights without any loss showing it; validation would
+        // then fail on NaN logits instead of saying that training diverged.
+        let mut broken = None;
+        self.net.visit_params_ref("", &mut |_, p| {
+            if broken.is_none() {
+                broken = p.value.as_slice().iter().copied().find(|v| !v.is_finite());
+            }
+        });
+        if let Some(bad) = broken {
+            return Err(Error::NonFiniteLoss {
+                epoch: epoch + 1,
+                batch: steps_per_epoch,
+                loss: bad,
+            });
+        }
         Ok(sums)
     }
 
