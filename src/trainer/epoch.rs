@@ -154,7 +154,19 @@ impl Session {
             normalization,
             cfg.batch_size,
             Tta::Off,
-        )?;
+        )
+        .map_err(|e| match e {
+            // Weights (or running statistics) that training broke give non-finite validation
+            // logits: that is a divergence, not a fault of the validation images.
+            Error::Layers(fracture_layers::LayersError::Loss(m)) if m.contains("not finite") => {
+                Error::NonFiniteLoss {
+                    epoch: self.state.epochs_done + 1,
+                    batch: self.loader.batches_per_epoch(),
+                    loss: f32::NAN,
+                }
+            }
+            other => other,
+        })?;
         let val_auc = ev.auc();
         let record = EpochRecord {
             epoch: self.state.epochs_done + 1,
