@@ -483,8 +483,11 @@ fn summary(
     let n = c.scored + c.failed;
     let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     eprintln!(
-        "predict: {} scored, {} failed, {} flagged as {positive} ({n} images in {secs:.1} s, {rate:.1} images/s)",
-        c.scored, c.failed, c.positive
+        "predict: {} scored, {} failed, {} flagged as {positive} ({} in {secs:.1} s, {rate:.1} images/s)",
+        c.scored,
+        c.failed,
+        c.positive,
+        crate::images(n as usize)
     );
     if c.overlay_failed > 0 {
         eprintln!(
