@@ -179,6 +179,7 @@ fn import_of_a_pth_bomb_refuses_it_before_inflating_it() {
     assert!(std::fs::metadata(&bomb).unwrap().len() < 10_000_000);
     let (o, peak) = fracture_peak_rss(&["import", "--from", s(&bomb), "--out", s(&out)]);
     assert_one_line_error(&o, "_conv_stem.weight is missing from the file");
+    eprintln!("import of 4 x 192 MiB zero storages under wrong names: peak RSS {peak} bytes");
     assert!(
         peak <= budget,
         "peak RSS {peak} bytes > {budget}: {}",
@@ -193,6 +194,7 @@ fn import_of_a_pth_bomb_refuses_it_before_inflating_it() {
     );
     let (o, peak) = fracture_peak_rss(&["import", "--from", s(&big), "--out", s(&out)]);
     assert!(!o.status.success());
+    eprintln!("import of a 768 MiB storage behind a 864-element tensor: peak RSS {peak} bytes");
     assert!(peak <= budget, "peak RSS {peak} bytes > {budget}");
     // A pickle that inflates to 768 MiB before it could be parsed.
     let fat = dir.path().join("fat_pickle.pth");
@@ -204,6 +206,7 @@ fn import_of_a_pth_bomb_refuses_it_before_inflating_it() {
     drop(pickle);
     let (o, peak) = fracture_peak_rss(&["import", "--from", s(&fat), "--out", s(&out)]);
     assert_one_line_error(&o, "pickle");
+    eprintln!("import of a 768 MiB pickle: peak RSS {peak} bytes");
     assert!(peak <= budget, "peak RSS {peak} bytes > {budget}");
     assert!(!out.exists());
 }
@@ -415,6 +418,28 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// POSTs `body` (shared by the threads, not copied) as `image/png` and returns the status;
+/// the body is written from another thread so that an early answer (503) is still read.
+fn upload_shared(addr: SocketAddr, body: &std::sync::Arc<Vec<u8>>) -> u16 {
+    let mut c = start_upload(addr, body.len(), 0);
+    let mut writer = c.try_clone().unwrap();
+    let body = std::sync::Arc::clone(body);
+    let sender = std::thread::spawn(move || {
+        for chunk in body.chunks(1 << 16) {
+            if writer.write_all(chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (raw, _) = read_answer(&mut c, Duration::from_secs(120));
+    let _ = c.shutdown(std::net::Shutdown::Both);
+    sender.join().unwrap();
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {raw:?}"))
+}
+
 #[test]
 fn forty_parallel_49_mb_uploads_keep_the_server_small() {
     let (_, model) = fixture();
@@ -430,16 +455,7 @@ fn forty_parallel_49_mb_uploads_keep_the_server_small() {
         .map(|_| {
             let body = std::sync::Arc::clone(&body);
             let addr = server.addr;
-            std::thread::spawn(move || {
-                let r = support::request(
-                    addr,
-                    "POST",
-                    "/api/predict",
-                    &[("Content-Type", "image/png")],
-                    body.to_vec(),
-                );
-                r.status
-            })
+            std::thread::spawn(move || upload_shared(addr, &body))
         })
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -475,6 +491,7 @@ fn a_one_byte_per_second_body_is_cut_off_within_the_timeout() {
         }
     });
     let (raw, took) = read_answer(&mut c, Duration::from_secs(12));
+    eprintln!("1 byte/s body with --timeout 3: answered after {took:?}");
     assert!(took < Duration::from_secs(6), "cut off after {took:?}");
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw:?}");
     assert!(json_body(&raw)["error"].as_str().unwrap().contains("3 s"));
@@ -499,6 +516,7 @@ fn slow_headers_are_cut_off_within_the_timeout() {
         }
     });
     let (_, took) = read_answer(&mut c, Duration::from_secs(12));
+    eprintln!("1 byte/s headers with --timeout 3: closed after {took:?}");
     assert!(took < Duration::from_secs(6), "cut off after {took:?}");
     drop(c);
     trickle.join().unwrap();
@@ -536,6 +554,7 @@ fn sigterm_exits_within_10_s_despite_a_slow_client() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let took = t0.elapsed();
+    eprintln!("SIGTERM with a slow upload in flight: exited after {took:?}");
     assert!(took < Duration::from_secs(10), "exited after {took:?}");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     drop(c);
