@@ -136,11 +136,11 @@ impl ClassifierMeta {
         let s = self.preprocess.image_size;
         format!(
             "x = (p / 255 - {}) / {} (float32, i.e. (p / 255 - mean) * (1 / std)), p the 8-bit \
-             gray value (BT.601 luma of colour images) after a {:?} resize to {s} x {s} px \
+             gray value (BT.601 luma of colour images) after a {} resize to {s} x {s} px \
              (triangle filter{})",
             n.mean,
             n.std,
-            self.preprocess.resize_mode,
+            self.preprocess.resize_mode.name(),
             match self.preprocess.resize_mode {
                 fracture_data::ResizeMode::Letterbox => {
                     format!(", longest side to {s}, black padding, centred")

@@ -119,17 +119,152 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, SourceTensor>> {
         return Ok(out);
     }
     let dict = fracture_layers::pth::load(path).map_err(fracture_layers::LayersError::from)?;
-    let mut out = BTreeMap::new();
-    for (name, t) in dict.tensors {
-        out.insert(
-            name,
-            SourceTensor {
-                shape: t.shape.clone(),
-                data: t.to_f32(),
-            },
-        );
-    }
-    Ok(out)
+    Ok(source_tensors(dict))
+}
+
+/// The tensors of a state dict as [`SourceTensor`]s, moving `f32` data rather than copying it.
+fn source_tensors(dict: fracture_layers::pth::StateDict) -> BTreeMap<String, SourceTensor> {
+    use fracture_layers::pth::PthData;
+    dict.tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let data = match t.data {
+                PthData::F32(v) => v,
+                other => other.to_f32(),
+            };
+            (
+                name,
+                SourceTensor {
+                    shape: t.shape,
+                    data,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The model's tensors by state-dict name with their PyTorch shapes.
+fn expected_shapes(net: &Sequential) -> BTreeMap<String, Vec<usize>> {
+    let mut want = BTreeMap::new();
+    net.visit_params_ref("", &mut |name, p| {
+        want.insert(name.to_string(), p.torch_shape().to_vec());
+    });
+    net.visit_buffers_ref("", &mut |name, b| {
+        want.insert(name.to_string(), b.torch_shape().to_vec());
+    });
+    want
+}
+
+/// Whether a file tensor of shape `src` can fill a model tensor of shape `dst`: the same
+/// shape, or an RGB stem summed to the model's gray one (see [`load_into`]).
+fn fits(src: &[usize], dst: &[usize]) -> bool {
+    src == dst
+        || (src.len() == 4
+            && dst.len() == 4
+            && src[0] == dst[0]
+            && src[2..] == dst[2..]
+            && dst[1] == 1
+            && src[1] > 1)
+}
+
+/// Reads from a PyTorch checkpoint only the tensors `net` takes, bounded by the architecture's
+/// size: the names and shapes in the file's pickle are checked against the model before any
+/// tensor data is read (a missing or mis-shaped tensor is an error naming it), the classifier
+/// that importing replaces and `num_batches_tracked` are not read, and at most twice the
+/// model's own bytes (plus 1 MiB) of tensor data is read or inflated
+/// ([`fracture_layers::pth::load_selected`]). Returns the tensors and the names of the file's
+/// tensors the model does not use.
+fn read_pth_for(
+    path: &Path,
+    net: &Sequential,
+    classifier: ClassifierInit,
+) -> Result<(BTreeMap<String, SourceTensor>, Vec<String>)> {
+    use fracture_layers::pth::{load_selected, LoadOptions, ReadLimits, TensorInfo};
+    let want = expected_shapes(net);
+    // The model's tensor names in network order (stem first), for messages.
+    let mut order = Vec::new();
+    net.visit_params_ref("", &mut |name, _| order.push(name.to_string()));
+    net.visit_buffers_ref("", &mut |name, _| order.push(name.to_string()));
+    let model_bytes: u64 = want
+        .values()
+        .map(|s| s.iter().product::<usize>() as u64 * 4)
+        .sum();
+    let skip = |name: &str| {
+        (classifier == ClassifierInit::Replace && name.starts_with(CLASSIFIER_PREFIX))
+            || name.ends_with("num_batches_tracked")
+    };
+    let mut unused = Vec::new();
+    let mut pick =
+        |tensors: &[TensorInfo<'_>]| -> std::result::Result<Vec<bool>, String> {
+            let mut problems = Vec::new();
+            let mut found = std::collections::BTreeSet::new();
+            let chosen: Vec<bool> = tensors
+                .iter()
+                .map(|t| {
+                    if skip(t.name) {
+                        return false;
+                    }
+                    match want.get(t.name) {
+                        Some(shape) if fits(t.shape, shape) => {
+                            found.insert(t.name);
+                            true
+                        }
+                        Some(shape) => {
+                            found.insert(t.name);
+                            problems.push(format!(
+                                "{} has shape {:?} in the file but {shape:?} in the model",
+                                t.name, t.shape
+                            ));
+                            false
+                        }
+                        None => {
+                            unused.push(t.name.to_string());
+                            false
+                        }
+                    }
+                })
+                .collect();
+            if found.is_empty() {
+                let theirs: Vec<&str> = tensors.iter().take(4).map(|t| t.name).collect();
+                let ours: Vec<&str> = order
+                    .iter()
+                    .filter(|n| !skip(n))
+                    .take(3)
+                    .map(String::as_str)
+                    .collect();
+                return Err(format!(
+                "the pretrained weights do not fit the architecture: none of its {} tensors is \
+                 in the file ({} is missing from the file, like {}); the file's {} tensor(s) \
+                 are named {}{}",
+                want.keys().filter(|n| !skip(n)).count(),
+                ours.first().copied().unwrap_or("?"),
+                ours.get(1..).map_or(String::new(), |r| r.join(", ")),
+                tensors.len(),
+                theirs.join(", "),
+                if tensors.len() > theirs.len() { ", ..." } else { "" }
+            ));
+            }
+            for name in &order {
+                if !skip(name) && !found.contains(name.as_str()) {
+                    problems.push(format!("{name} is missing from the file"));
+                }
+            }
+            if let Some(first) = problems.first() {
+                let more = match problems.len() {
+                    1 => String::new(),
+                    n if n <= 4 => format!(" (and {}: {})", n - 1, problems[1..].join("; ")),
+                    n => format!(" (and {} more, e.g. {})", n - 1, problems[1..4].join("; ")),
+                };
+                return Err(format!(
+                    "the pretrained weights do not fit the architecture: {first}{more}"
+                ));
+            }
+            Ok(chosen)
+        };
+    let limits = ReadLimits::for_data(2 * model_bytes + (1 << 20));
+    let dict = load_selected(path, &LoadOptions::default(), limits, &mut pick)
+        .map_err(fracture_layers::LayersError::from)?;
+    Ok((source_tensors(dict), unused))
 }
 
 /// `true` when `path` is a safetensors file whose metadata names it a fracture-nn model file
@@ -300,15 +435,27 @@ pub fn load_into(
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 pub fn import(path: &Path, model: &ModelConfig, seed: u64) -> Result<(Classifier, ImportReport)> {
-    let source = read_tensors(path)?;
     let mut net = model.build(seed)?;
-    let report = load_into(&mut net, &source, ClassifierInit::Replace).map_err(|e| match e {
-        Error::Config(reason) => Error::ModelFile {
-            path: path.to_path_buf(),
-            reason,
-        },
-        other => other,
-    })?;
+    // A PyTorch checkpoint is read only as far as the architecture needs; safetensors files
+    // are read whole.
+    let (source, unused) = if is_safetensors(path) {
+        (read_tensors(path)?, None)
+    } else {
+        let (s, u) = read_pth_for(path, &net, ClassifierInit::Replace)?;
+        (s, Some(u))
+    };
+    let mut report =
+        load_into(&mut net, &source, ClassifierInit::Replace).map_err(|e| match e {
+            Error::Config(reason) => Error::ModelFile {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })?;
+    drop(source);
+    if let Some(unused) = unused {
+        report.unused = unused;
+    }
     let mut meta = ClassifierMeta::new(model.clone(), PRETRAINED_NORMALIZATION);
     let file = path
         .file_name()

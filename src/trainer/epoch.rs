@@ -136,6 +136,21 @@ impl Session {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        // The last step can break the weights without any loss showing it; validation would
+        // then fail on NaN logits instead of saying that training diverged.
+        let mut broken = None;
+        self.net.visit_params_ref("", &mut |_, p| {
+            if broken.is_none() {
+                broken = p.value.as_slice().iter().copied().find(|v| !v.is_finite());
+            }
+        });
+        if let Some(bad) = broken {
+            return Err(Error::NonFiniteLoss {
+                epoch: epoch + 1,
+                batch: steps_per_epoch,
+                loss: bad,
+            });
+        }
         Ok(sums)
     }
 
@@ -162,7 +177,19 @@ impl Session {
             normalization,
             cfg.batch_size,
             Tta::Off,
-        )?;
+        )
+        .map_err(|e| match e {
+            // Weights (or running statistics) that training broke give non-finite validation
+            // logits: that is a divergence, not a fault of the validation images.
+            Error::Layers(fracture_layers::LayersError::Loss(m)) if m.contains("not finite") => {
+                Error::NonFiniteLoss {
+                    epoch: self.state.epochs_done + 1,
+                    batch: self.loader.batches_per_epoch(),
+                    loss: f32::NAN,
+                }
+            }
+            other => other,
+        })?;
         let val_auc = ev.auc();
         let record = EpochRecord {
             epoch: self.state.epochs_done + 1,

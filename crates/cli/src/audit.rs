@@ -89,8 +89,9 @@ pub fn scan_with_bar(
 pub fn run(a: AuditArgs) -> Result<ExitCode> {
     crate::set_threads(a.threads)?;
     let cfg = config(a.max_hamming, a.min_correlation)?;
-    let files = fracture_nn::data::audit::list_dataset(&a.data)
-        .with_context(|| format!("--data {}", a.data.display()))?;
+    check_folder(&a.data, "--data")?;
+    // The library's error names the folder.
+    let files = fracture_nn::data::audit::list_dataset(&a.data).context("--data")?;
     let scan = scan_with_bar(&a.data, files, &cfg, a.quiet)?;
     let report = AuditReport::new(&scan);
     if a.json {
@@ -103,6 +104,21 @@ pub fn run(a: AuditArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `dir` (given as `flag`) exists and is a folder: a file or a missing path is one clear error.
+pub fn check_folder(dir: &std::path::Path, flag: &str) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "{flag} {} is a file, not a folder: give the folder that holds the images",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{flag} {}: no such folder", dir.display())
+        }
+        Err(e) => anyhow::bail!("{flag} {}: {e}", dir.display()),
+    }
 }
 
 /// Warns on stderr when `val` or `test` hold images identical to training images (after

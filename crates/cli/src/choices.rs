@@ -28,6 +28,19 @@ impl From<Arch> for BlockKind {
     }
 }
 
+impl Arch {
+    /// The `--arch` value that names `kind`, as typed on the command line (`plain`,
+    /// `efficientnet-lite0`).
+    pub fn name_of(kind: BlockKind) -> String {
+        Arch::value_variants()
+            .iter()
+            .find(|a| BlockKind::from(**a) == kind)
+            .and_then(|a| a.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_else(|| format!("{kind:?}").to_lowercase())
+    }
+}
+
 /// `--optimizer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Optimizer {

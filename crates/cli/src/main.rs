@@ -23,6 +23,7 @@ use fracture_nn::data::{BoxAnnotations, DatasetSplit, ImageFolder, LoadOptions, 
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 mod audit;
 mod export;
+mod output;
 mod predict;
 mod run_lock;
 mod split;
@@ -370,6 +371,15 @@ fn check_threshold(threshold: Option<f64>) -> Result<()> {
     Ok(())
 }
 
+/// "1 image", "2 images".
+pub(crate) fn images(n: usize) -> String {
+    if n == 1 {
+        "1 image".into()
+    } else {
+        format!("{n} images")
+    }
+}
+
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
@@ -400,8 +410,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let mut model = if let Some(m) = init_model {
         if let Some(arch) = arch.filter(|&k| k != m.kind()) {
             bail!(
-                "--arch {arch:?} differs from the architecture of the --pretrained model file ({:?})",
-                m.kind()
+                "--arch {} differs from the architecture of the --pretrained model file ({}): leave --arch out to fine-tune that model",
+                choices::Arch::name_of(arch),
+                choices::Arch::name_of(m.kind())
             );
         }
         ModelConfig { image_size, ..m }
@@ -488,6 +499,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     };
     // Held until the run ends: a second train on the same folder fails at once.
     let _run_lock = run_lock::RunLock::claim(&out, a.resume, a.overwrite)?;
+    run_lock::on_interrupt(out.clone());
     let (mut folder, description) = match &a.data {
         None => {
             let cfg = PhantomConfig {
@@ -529,10 +541,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
     audit::warn_shared_images(&train, &val, test.as_ref());
     eprintln!(
-        "train {} images {:?}, val {} images {:?}; writing to {}",
-        train.len(),
+        "train {} {:?}, val {} {:?}; writing to {}",
+        images(train.len()),
         train.class_counts(),
-        val.len(),
+        images(val.len()),
         val.class_counts(),
         out.display()
     );
@@ -624,6 +636,7 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
         a.image_size,
         "the square input side in pixels",
     )?;
+    check_image_size(a.image_size)?;
     if let Some(w) = &a.widths {
         if w.is_empty() || w.contains(&0) {
             bail!("--widths {w:?}: every stage needs at least 1 channel, e.g. 32,64,128,256");
@@ -762,6 +775,18 @@ fn align_classes(data: DatasetSplit, model_classes: &[String], dir: &Path) -> Re
     )
 }
 
+/// `--image-size` within what a model file may hold, checked before any work: a larger model
+/// would train and then be refused by every command that opens it.
+fn check_image_size(size: Option<usize>) -> Result<()> {
+    let max = fracture_nn::ClassifierMeta::MAX_MODEL_IMAGE_SIZE;
+    match size {
+        Some(s) if s > max => bail!(
+            "--image-size {s}: at most {max} px (the largest input a model file may have), e.g. 224 or 384"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Fewest training phantoms: enough for both classes in every split and a few batches.
 const MIN_PHANTOMS: usize = 20;
 
@@ -857,10 +882,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
-            "{} on {} ({} images), threshold {threshold:.4}{}",
+            "{} on {} ({}), threshold {threshold:.4}{}",
             a.model.display(),
             split_dir.display(),
-            report.n,
+            images(report.n as usize),
             if a.threshold.is_some() {
                 " (given)"
             } else {
@@ -1056,10 +1081,10 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
         );
     }
     println!(
-        "head           {}, dropout {}, test-time augmentation {:?}",
+        "head           {}, dropout {}, test-time augmentation {}",
         m.model.head.describe(),
         m.model.dropout,
-        m.tta
+        tta_words(m.tta)
     );
     if m.model.members > 1 {
         println!(
@@ -1069,8 +1094,11 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     }
     println!("parameters     {}", clf.net.num_params());
     println!(
-        "input          {} x {} px, {} channel(s), resize {:?}",
-        m.model.image_size, m.model.image_size, m.model.in_channels, m.preprocess.resize_mode
+        "input          {} x {} px, {} channel(s), resize {}",
+        m.model.image_size,
+        m.model.image_size,
+        m.model.in_channels,
+        m.preprocess.resize_mode.describe()
     );
     println!(
         "normalisation  mean {:.4}, std {:.4}",
@@ -1113,10 +1141,20 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Test-time augmentation in words: "none", "horizontal flip (2 views averaged)".
+pub(crate) fn tta_words(tta: Tta) -> String {
+    match tta {
+        Tta::Off => "off".into(),
+        Tta::HFlip => "horizontal flip (the image and its mirror image averaged)".into(),
+    }
+}
+
 fn import(a: ImportArgs) -> Result<ExitCode> {
     use fracture_nn::layers::Layer;
     // The only architecture with weights to import (a closed set: clap refuses the others).
     let PretrainedArch::EfficientNetLite0 = a.arch;
+    check_image_size(Some(a.image_size))?;
+    let out = output::OutputFile::check(&a.out, "--out", &[&a.from])?;
     let model = ModelConfig::lite0(a.image_size);
     let (clf, report) = fracture_nn::pretrained::import(&a.from, &model, a.seed)?;
     for line in &report.adapted {
@@ -1133,7 +1171,7 @@ fn import(a: ImportArgs) -> Result<ExitCode> {
             report.unused.join(", ")
         );
     }
-    clf.save(&a.out)?;
+    clf.save(&out.path)?;
     println!(
         "wrote {} ({} tensors from {}, {} parameters, {} px, input (x - {}) / {})",
         a.out.display(),

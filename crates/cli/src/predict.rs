@@ -108,6 +108,10 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
         None => default_model()?,
     };
     let mut clf = Classifier::load(&model)?;
+    let untrained = untrained_warning(&clf.meta);
+    if let Some(w) = &untrained {
+        eprintln!("warning: {}: {w}", model.display());
+    }
     let threshold = a.threshold.unwrap_or(clf.meta.threshold);
     let positive_name = clf.meta.class_names[clf.meta.positive_class].clone();
     // The overlay folder is made (and shown writable) before any work, and is not searched:
@@ -180,7 +184,15 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
         let batch = batch?;
         let n = batch.len() as u64;
         let stop_on_error = a.bad_files == BadFiles::Fail;
-        let (lines, stop) = batch_lines(batch, &mut cam, &sink, &mut counts, &bar, stop_on_error);
+        let (lines, stop) = batch_lines(
+            batch,
+            &mut cam,
+            &sink,
+            &mut counts,
+            &bar,
+            stop_on_error,
+            untrained.as_deref(),
+        );
         if let Sink::File(log) = &mut sink {
             log.append(&lines)?;
         }
@@ -196,12 +208,26 @@ pub fn run(mut a: PredictArgs) -> Result<ExitCode> {
         Sink::Stdout { .. } => None,
     };
     summary(&counts, &skipped, before, &positive_name, start);
+    if let Some(w) = &untrained {
+        eprintln!("warning: {}: {w}", model.display());
+    }
     let failed = counts.failed + counts.overlay_failed + skipped.failed.load(Ordering::Relaxed);
     if failed > 0 {
         eprintln!("error: {failed} file(s) could not be classified or explained");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The warning every answer of a model whose classifier was never trained carries: what
+/// `fracture import` writes (its provenance records 0 epochs) has pretrained features and a
+/// randomly initialised classifier, so its probabilities and labels mean nothing yet.
+pub fn untrained_warning(meta: &fracture_nn::ClassifierMeta) -> Option<String> {
+    (meta.provenance.epochs == 0).then(|| {
+        "the classifier was not trained (imported weights, 0 epochs): its probabilities and \
+         labels mean nothing until `fracture train --pretrained` fine-tunes it"
+            .to_string()
+    })
 }
 
 /// Flags that only make sense together, checked before any work.
@@ -312,6 +338,7 @@ fn batch_lines(
     counts: &mut Counts,
     bar: &ProgressBar,
     stop_on_error: bool,
+    untrained: Option<&str>,
 ) -> (Vec<String>, Option<String>) {
     let mut lines = Vec::with_capacity(batch.len());
     let (to_file, json) = match sink {
@@ -321,7 +348,13 @@ fn batch_lines(
     for s in batch {
         let shown = escape_path(&s.path);
         let line = match s.outcome {
-            Ok(scoring) => {
+            Ok(mut scoring) => {
+                if let Some(w) = untrained {
+                    scoring.warning = Some(match scoring.warning.take() {
+                        Some(other) => format!("{w}; {other}"),
+                        None => w.to_string(),
+                    });
+                }
                 counts.scored += 1;
                 counts.positive += usize::from(scoring.positive);
                 let heat = cam.as_mut().map(|c| c.draw(&s.path, &scoring));
@@ -460,8 +493,11 @@ fn summary(
     let n = c.scored + c.failed;
     let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     eprintln!(
-        "predict: {} scored, {} failed, {} flagged as {positive} ({n} images in {secs:.1} s, {rate:.1} images/s)",
-        c.scored, c.failed, c.positive
+        "predict: {} scored, {} failed, {} flagged as {positive} ({} in {secs:.1} s, {rate:.1} images/s)",
+        c.scored,
+        c.failed,
+        c.positive,
+        crate::images(n as usize)
     );
     if c.overlay_failed > 0 {
         eprintln!(

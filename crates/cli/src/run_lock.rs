@@ -1,13 +1,19 @@
 //! Claiming a run folder for `train`: one run per folder at a time, and no silent overwrite.
 //!
 //! [`RunLock::claim`] creates the folder if needed (so an unwritable `--out` fails before any
-//! work), then creates `<out>/.lock` exclusively with the process id inside. A second `train`
-//! on the same folder finds the lock and fails at once, naming the holder's process id; a lock
-//! left by a process that no longer runs (killed, power cut) is detected and taken over. A
-//! folder that already holds files is refused unless the run resumes or overwrites it. The lock
-//! is removed when the [`RunLock`] is dropped, together with the folder itself if this run
-//! created it and left nothing in it (a run that failed before writing anything).
+//! work), then opens `<out>/.lock` and takes an exclusive lock on it with
+//! [`std::fs::File::try_lock`] (`flock` on Unix, `LockFileEx` on Windows). The lock belongs to
+//! the open file, so the operating system releases it whenever the process ends, however it
+//! ends (Ctrl-C, SIGKILL, a crash): there is no process id to check and no stale lock to take
+//! over. A second `train` on the same folder fails at once. A folder that already holds files
+//! is refused unless the run resumes or overwrites it. When the [`RunLock`] is dropped, the
+//! lock file is removed, together with the folder itself if this run created it and left
+//! nothing in it (a run that failed before writing anything).
+//!
+//! [`on_interrupt`] turns Ctrl-C (SIGINT) into a message saying what is left in the folder,
+//! and exit status 130 as a shell reports an interrupted command.
 
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +21,7 @@ use anyhow::{bail, Context, Result};
 /// Name of the lock file inside a run folder.
 pub const LOCK_FILE: &str = ".lock";
 
-/// A run folder held by this process; released on drop.
+/// A run folder held by this process; released on drop (or by the OS when the process ends).
 ///
 /// ```text
 /// let lock = RunLock::claim(Path::new("runs/a"), false, false)?; // fails if in use or not empty
@@ -25,7 +31,8 @@ pub const LOCK_FILE: &str = ".lock";
 #[derive(Debug)]
 pub struct RunLock {
     dir: PathBuf,
-    lock: PathBuf,
+    /// The locked lock file, or `None` if the lock was never taken.
+    held: Option<(PathBuf, File)>,
     created_dir: bool,
 }
 
@@ -39,14 +46,13 @@ impl RunLock {
         let created_dir = !dir.exists();
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-        let lock = dir.join(LOCK_FILE);
         let mut held = RunLock {
             dir: dir.to_path_buf(),
-            lock: PathBuf::new(),
+            held: None,
             created_dir,
         };
-        take_lock(&lock, dir)?;
-        held.lock = lock;
+        let lock = dir.join(LOCK_FILE);
+        held.held = Some((lock.clone(), take_lock(&lock, dir)?));
         let existing = run_files(dir)?;
         if !existing.is_empty() && !resume && !overwrite {
             bail!(
@@ -61,14 +67,12 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        if self.lock.as_os_str().is_empty() {
-            // The lock was never taken: the folder belongs to someone else, or is empty and ours.
-            if self.created_dir {
-                let _ = std::fs::remove_dir(&self.dir);
-            }
-            return;
+        if let Some((path, file)) = self.held.take() {
+            // Removed while still locked, so that no other process locks the removed file
+            // while a third one creates a new one (see `take_lock`).
+            let _ = std::fs::remove_file(&path);
+            drop(file);
         }
-        let _ = std::fs::remove_file(&self.lock);
         if self.created_dir {
             // Only succeeds on an empty folder: a failed run leaves no empty folder behind.
             let _ = std::fs::remove_dir(&self.dir);
@@ -93,82 +97,104 @@ fn run_files(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Creates `lock` exclusively with this process's id, taking over a stale one once.
+/// Opens (creating if needed) and exclusively locks `lock`, without waiting.
 ///
-/// The id is written to a private file first, which is then hard-linked to the lock name: the
-/// link either fails (a lock exists) or creates the lock with its content complete, so another
-/// process never reads a half-written lock and mistakes it for a stale one.
-fn take_lock(lock: &Path, dir: &Path) -> Result<()> {
-    let mine = dir.join(format!("{LOCK_FILE}.{}", std::process::id()));
-    std::fs::write(&mine, format!("{}\n", std::process::id())).with_context(|| {
-        format!(
-            "cannot write the lock file {} (is the run folder writable?)",
-            mine.display()
-        )
-    })?;
-    let result = link_lock(&mine, lock, dir);
-    let _ = std::fs::remove_file(&mine);
-    result
-}
-
-fn link_lock(mine: &Path, lock: &Path, dir: &Path) -> Result<()> {
-    for attempt in 0..2 {
-        match std::fs::hard_link(mine, lock) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt == 0 => {
-                let content = std::fs::read_to_string(lock).unwrap_or_default();
-                match content.trim().parse::<u32>() {
-                    Ok(pid) if process_is_running(pid) => bail!(
-                        "{} is in use by another `fracture train` (process id {pid}, lock file {}): wait for it to finish or choose another --out",
-                        dir.display(),
-                        lock.display()
-                    ),
-                    Ok(pid) => eprintln!(
-                        "warning: taking over the lock of process {pid}, which no longer runs ({})",
-                        lock.display()
-                    ),
-                    Err(_) => eprintln!(
-                        "warning: taking over an unreadable lock file {}",
-                        lock.display()
-                    ),
-                }
-                std::fs::remove_file(lock)
-                    .with_context(|| format!("cannot remove the stale lock {}", lock.display()))?;
+/// A lock file left by an earlier version (holding a process id) or by a run that ended is
+/// simply locked again. After locking, the file is checked to still be the one at `lock`: a
+/// run that ends removes its lock file while holding the lock, and a process that opened the
+/// file just before that must not run on a removed file while another creates a new one.
+fn take_lock(lock: &Path, dir: &Path) -> Result<File> {
+    for _ in 0..8 {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock)
+            .with_context(|| {
+                format!(
+                    "cannot create the lock file {} (is the run folder writable?)",
+                    lock.display()
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "{} is in use by another `fracture train` (it holds the lock file {}): wait for it to finish or choose another --out",
+                dir.display(),
+                lock.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock.display()))
             }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot create the lock file {} (is the run folder writable?)",
-                        lock.display()
-                    )
-                })
-            }
+        }
+        if still_there(&file, lock) {
+            return Ok(file);
         }
     }
     bail!(
-        "{} is in use: another process took the lock {} at the same moment",
+        "{} is in use: its lock file {} keeps being replaced by other runs",
         dir.display(),
         lock.display()
     )
 }
 
-/// True if a process with this id exists (or might: unknown on this platform).
-fn process_is_running(pid: u32) -> bool {
+/// The open `file` is the file now at `path` (same device and inode).
+fn still_there(file: &File, path: &Path) -> bool {
     #[cfg(unix)]
     {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        if pid <= 0 {
-            return false;
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
         }
-        // SAFETY: signal 0 only checks that the process exists and may be signalled.
-        let rc = unsafe { libc::kill(pid, 0) };
-        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
     #[cfg(not(unix))]
     {
-        let _ = pid;
-        true
+        let _ = file;
+        path.exists()
     }
+}
+
+/// On Ctrl-C (SIGINT): says on stderr what the run folder `out` holds and how to continue,
+/// then exits with status 130. The run lock goes with the process. Files are written
+/// atomically, so an interrupted write leaves the previous complete file.
+#[cfg(not(unix))]
+pub fn on_interrupt(_out: PathBuf) {}
+
+/// See the other `on_interrupt`.
+#[cfg(unix)]
+pub fn on_interrupt(out: PathBuf) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        // Without a handler Ctrl-C keeps its default action: the same exit status, silently.
+        Err(_) => return,
+    };
+    // The handler is installed before this returns, so no Ctrl-C is missed.
+    let Ok(signal) = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    }) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut signal = signal;
+        runtime.block_on(signal.recv());
+        let checkpoint = out.join("last.safetensors");
+        if checkpoint.exists() {
+            eprintln!(
+                "\ninterrupted: {} holds the checkpoint of the last completed epoch; continue with --resume --out {}",
+                out.display(),
+                out.display()
+            );
+        } else {
+            eprintln!(
+                "\ninterrupted before the first epoch ended: nothing to resume in {}",
+                out.display()
+            );
+        }
+        std::process::exit(130);
+    });
 }

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -88,7 +88,12 @@ pub struct ServeArgs {
     /// Largest image width or height in pixels (default: the model file's decode limits).
     #[arg(long)]
     max_side: Option<u32>,
-    /// Seconds a prediction request may take, waiting included, before a 503.
+    /// Largest total of request bodies held in memory at once, in MB: a request that would
+    /// go over it is answered 503 (with Retry-After) before its body is read.
+    #[arg(long, default_value_t = 200)]
+    max_buffered_mb: usize,
+    /// Seconds a client has to send a request's headers, and a prediction request to be
+    /// received and answered (waiting for a slot included); beyond it, 408 or 503.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
     /// Worker threads of the network's parallel loops (default: all cores).
@@ -109,10 +114,16 @@ struct AppState {
     preprocess: PreprocessConfig,
     workers: Mutex<Vec<Worker>>,
     slots: Arc<Semaphore>,
-    /// Prediction requests admitted (running or waiting for a slot).
+    /// Prediction requests admitted (receiving their body, running or waiting for a slot).
     admitted: AtomicUsize,
     capacity: usize,
     timeout: Duration,
+    /// Bytes of request bodies that may be held at once, one permit per byte.
+    buffer: Arc<Semaphore>,
+    /// Largest request body in bytes.
+    body_limit: usize,
+    /// Set when the model's classifier was never trained (see [`untrained_warning`]).
+    warning: Option<String>,
 }
 
 /// A JSON error answer: `{"error": message}` with `status` (and `Retry-After` on 503).
@@ -152,7 +163,7 @@ impl From<DataError> for ApiError {
         };
         let message = match &e {
             DataError::UnknownFormat { path } => format!(
-                "{}: not an image this server reads (PNG, JPEG, GIF, BMP, TIFF or WebP)",
+                "{}: not an image this server reads (PNG, JPEG, GIF, BMP, TIFF, WebP or DICOM)",
                 path.display()
             ),
             other => other.to_string(),
@@ -171,6 +182,13 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     }
     if a.timeout == 0 {
         bail!("--timeout must be at least 1 second");
+    }
+    if a.max_buffered_mb < a.max_body_mb {
+        bail!(
+            "--max-buffered-mb {} is below --max-body-mb {}: one upload of the largest size could never be received",
+            a.max_buffered_mb,
+            a.max_body_mb
+        );
     }
     if let Some(n) = a.threads {
         if n == 0 {
@@ -192,8 +210,13 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         preprocess.limits.max_width = preprocess.limits.max_width.min(side);
         preprocess.limits.max_height = preprocess.limits.max_height.min(side);
     }
+    let body_limit = a.max_body_mb * 1_000_000;
+    let warning = crate::predict::untrained_warning(&clf.meta);
+    if let Some(w) = &warning {
+        eprintln!("warning: {}: {w}", a.model.display());
+    }
     let state = Arc::new(AppState {
-        description: describe(clf, &a.model),
+        description: describe(clf, &a.model, warning.as_deref()),
         threshold: clf.meta.threshold,
         preprocess,
         workers: Mutex::new(workers),
@@ -201,8 +224,14 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         admitted: AtomicUsize::new(0),
         capacity: a.slots + a.queue,
         timeout: Duration::from_secs(a.timeout),
+        buffer: Arc::new(Semaphore::new(
+            a.max_buffered_mb
+                .saturating_mul(1_000_000)
+                .min(Semaphore::MAX_PERMITS),
+        )),
+        body_limit,
+        warning,
     });
-    let body_limit = a.max_body_mb * 1_000_000;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -219,21 +248,103 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
         println!("listening on http://{bound}");
         std::io::stdout().flush().ok();
         eprintln!(
-            "model {}; {} slot(s), queue {}, body limit {} MB, timeout {} s; Ctrl-C stops",
+            "model {}; {} slot(s), queue {}, body limit {} MB, {} MB of bodies at once, timeout {} s; Ctrl-C stops",
             a.model.display(),
             a.slots,
             a.queue,
             a.max_body_mb,
+            a.max_buffered_mb,
             a.timeout
         );
-        axum::serve(listener, router(state, body_limit))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the server failed")?;
-        eprintln!("stopped");
+        let timeout = Duration::from_secs(a.timeout);
+        serve_until(listener, router(state, body_limit), timeout, shutdown).await;
         anyhow::Ok(())
     })?;
+    // Inference still running past the deadline is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long requests in flight may take to finish after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest request target (path and query) in bytes; longer is a 414 with a JSON body.
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Most header fields, and most header bytes, of a request; more is a 431 with a JSON body.
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Accepts connections until `shutdown` resolves, then lets the requests in flight finish for
+/// at most [`SHUTDOWN_GRACE`] and drops the rest.
+///
+/// Each connection is HTTP/1.1 served by hyper with a header read timeout of `timeout` (a
+/// client must send a request's headers within it, so a slow or silent client cannot hold a
+/// connection); axum's own `serve` has no such setting. hyper's own limits are set above this
+/// server's ([`MAX_URI_BYTES`], [`MAX_HEADERS`]), so that the usual oversized requests reach
+/// [`check_head`] and get a JSON error; only a request line over 64 KiB or a head over hyper's
+/// 400 KB buffer is answered by hyper itself, with an empty body.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    eprintln!("warning: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut close_rx = close_rx.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_headers(4 * MAX_HEADERS);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = close_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(close_tx);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "shutting down: {} connection(s) still open after {} s are closed",
+            connections.len(),
+            SHUTDOWN_GRACE.as_secs()
+        );
+        connections.abort_all();
+    }
 }
 
 fn router(state: Arc<AppState>, body_limit: usize) -> Router {
@@ -252,8 +363,40 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(check_head))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// 414 and 431 with a JSON body, like every other error, for a request target or headers
+/// larger than this server takes.
+async fn check_head(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request target is {target} bytes long; at most {MAX_URI_BYTES} are accepted"
+            ),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "{} header fields ({bytes} bytes); at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes are accepted",
+                headers.len()
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// One stderr line per request: method, path, status, milliseconds.
@@ -286,7 +429,10 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = tokio::signal::ctrl_c() => {},
             _ = term => {},
         }
-        eprintln!("shutting down: finishing the requests in flight");
+        eprintln!(
+            "shutting down: finishing the requests in flight (at most {} s)",
+            SHUTDOWN_GRACE.as_secs()
+        );
     })
 }
 
@@ -323,7 +469,7 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// The model's description for `/api/model` and the page's side panel.
-fn describe(clf: &Classifier, path: &Path) -> Value {
+fn describe(clf: &Classifier, path: &Path, warning: Option<&str>) -> Value {
     let m = &clf.meta;
     let architecture = format!(
         "{}, {}",
@@ -331,13 +477,13 @@ fn describe(clf: &Classifier, path: &Path) -> Value {
         m.model.head.describe()
     );
     let p = &m.provenance;
-    json!({
+    let mut v = json!({
         "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
         "architecture": architecture,
         "members": m.model.members,
         "parameters": clf.net.num_params(),
         "input_size": m.model.image_size,
-        "resize_mode": format!("{:?}", m.preprocess.resize_mode),
+        "resize_mode": m.preprocess.resize_mode.name(),
         "class_names": m.class_names,
         "positive_class": m.class_names.get(m.positive_class),
         "threshold": m.threshold,
@@ -346,7 +492,11 @@ fn describe(clf: &Classifier, path: &Path) -> Value {
         "val_auc": p.val_auc,
         "provenance": p,
         "notice": NOTICE,
-    })
+    });
+    if let Some(w) = warning {
+        v["warning"] = json!(w);
+    }
+    v
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -370,9 +520,9 @@ impl Drop for Admission<'_> {
 async fn predict(
     State(state): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Json<Value>, ApiError> {
+    let start = Instant::now();
     let Query(query) = query.map_err(|r| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -380,31 +530,75 @@ async fn predict(
         )
     })?;
     let heatmap = matches!(query.heatmap.as_deref(), Some("1" | "true" | "yes"));
-    let body = body.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "the request body is larger than the server's limit (--max-body-mb)",
-            )
-        } else {
-            ApiError::new(
-                status,
-                format!("cannot read the request body: {}", r.body_text()),
-            )
-        }
-    })?;
-    let (bytes, name) = upload(&headers, body, query.name)?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than the server's limit (--max-body-mb)",
+        )
+    };
+    let length = match req.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad Content-Length"))?,
+        ),
+    };
+    if length.is_some_and(|n| n > state.body_limit) {
+        return Err(too_large());
+    }
 
+    // Admitted (a slot or a queue place) and memory reserved before any of the body is read:
+    // a busy server answers at once instead of buffering uploads it cannot serve.
+    let busy = |what: &str| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the server is busy ({what}): retry shortly"),
+        )
+    };
     if state.admitted.fetch_add(1, Ordering::SeqCst) >= state.capacity {
         state.admitted.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy (all inference slots and the queue are full): retry shortly",
-        ));
+        return Err(busy("all inference slots and the queue are full"));
     }
     let _admission = Admission(&state.admitted);
+    // A body of unknown length may grow to the limit.
+    let reserve = length.unwrap_or(state.body_limit).max(1);
+    let _buffered = u32::try_from(reserve)
+        .ok()
+        .and_then(|n| Arc::clone(&state.buffer).try_acquire_many_owned(n).ok())
+        .ok_or_else(|| busy("too many uploads are held in memory"))?;
+
     let timeout = state.timeout;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, state.body_limit);
+    let body = match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
+            let limit = e.is::<http_body_util::LengthLimitError>();
+            return Err(if limit {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            });
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (--timeout)",
+                    timeout.as_secs()
+                ),
+            ))
+        }
+    };
+    let (bytes, name) = upload(&parts.headers, body, query.name)?;
+
+    let remaining = timeout.saturating_sub(start.elapsed());
     let work = {
         let state = Arc::clone(&state);
         async move {
@@ -430,7 +624,7 @@ async fn predict(
                     )
                 }));
                 lock(&state.workers).push(worker);
-                result.unwrap_or_else(|panic| {
+                let mut result = result.unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -440,13 +634,17 @@ async fn predict(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("inference failed on {name}: {what}"),
                     ))
-                })
+                });
+                if let (Ok(v), Some(w)) = (&mut result, &state.warning) {
+                    v["warning"] = json!(w);
+                }
+                result
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         }
     };
-    match tokio::time::timeout(timeout, work).await {
+    match tokio::time::timeout(remaining, work).await {
         Ok(result) => result.map(Json),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,9 +1,9 @@
 //! `fracture split`: a folder of class folders split into train/val/test by copy group.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use fracture_nn::data::audit::{
     list_class_folder, plan_split, write_split, AuditConfig, LinkMode, SplitFractions,
@@ -57,8 +57,10 @@ pub fn run(a: SplitArgs) -> Result<ExitCode> {
     };
     fractions.validate().context("--val / --test")?;
     let cfg = crate::audit::config(a.max_hamming, a.min_correlation)?;
-    let files = list_class_folder(&a.from, "all")
-        .with_context(|| format!("--from {}", a.from.display()))?;
+    crate::audit::check_folder(&a.from, "--from")?;
+    check_apart(&a.from, &a.out)?;
+    // The library's error names the folder.
+    let files = list_class_folder(&a.from, "all").context("--from")?;
     let scan = crate::audit::scan_with_bar(&a.from, files, &cfg, a.quiet)?;
     let plan = plan_split(&scan, fractions, a.seed)?;
     let mode = if a.copy {
@@ -110,4 +112,56 @@ pub fn run(a: SplitArgs) -> Result<ExitCode> {
     }
     println!("wrote {} and {}", a.out.display(), manifest.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--out` must not lie inside `--from` (the split would be written into the folder being
+/// read, and its links and manifest read back as images of a class), nor `--from` inside
+/// `--out` (`--overwrite` removes `--out`'s split folders). Compared as canonical paths; an
+/// `--out` that does not exist yet is resolved through its nearest existing ancestor.
+fn check_apart(from: &Path, out: &Path) -> Result<()> {
+    let from_c = std::fs::canonicalize(from)
+        .with_context(|| format!("--from {}: cannot resolve the path", from.display()))?;
+    let out_c = resolve(out);
+    if out_c.starts_with(&from_c) {
+        bail!(
+            "--out {} is inside --from {}: the split would be written into the folder it reads; choose an --out outside it",
+            out.display(),
+            from.display()
+        );
+    }
+    if from_c.starts_with(&out_c) {
+        bail!(
+            "--from {} is inside --out {}: writing the split there could change the images being split; choose an --out outside it",
+            from.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `p` made absolute with its existing part canonicalized (symbolic links resolved).
+fn resolve(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(base) {
+            let mut r = c;
+            for part in rest.iter().rev() {
+                r.push(part);
+            }
+            return r;
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            _ => return abs,
+        }
+    }
 }

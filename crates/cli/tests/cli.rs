@@ -292,7 +292,7 @@ fn info_describes_the_model() {
         "{s}"
     );
     assert!(
-        s.contains("head           global average pooling") && s.contains("augmentation Off"),
+        s.contains("head           global average pooling") && s.contains("augmentation off"),
         "{s}"
     );
     // --json: the metadata as the model file holds it, the parameter count and the layer table.

@@ -200,7 +200,7 @@ pub fn decode_luma8_from_memory(
     let corrupt = |reason: String| DataError::Corrupt {
         path: path.to_path_buf(),
         format: format_name.clone(),
-        reason,
+        reason: plain_decoder_message(&reason),
     };
 
     // Header-only look at the dimensions, before anything is allocated for pixels.
@@ -225,6 +225,39 @@ pub fn decode_luma8_from_memory(
         .decode()
         .map_err(|e| map_image_error(e, path, limits, (width, height), &corrupt))?;
     Ok(to_luma8(image))
+}
+
+/// A decoder's message without the Rust values some decoders print into it: the PNG
+/// decoder writes a chunk as `ChunkType { type: IDAT, critical: true, ... }`, which becomes
+/// `IDAT`.
+///
+/// ```
+/// # use fracture_data::decode::plain_decoder_message;
+/// let m = "CRC error: expected 0x1 have 0x2 while decoding ChunkType { type: IDAT, critical: true, private: false, reserved: false, safecopy: false } chunk.";
+/// assert_eq!(plain_decoder_message(m), "CRC error: expected 0x1 have 0x2 while decoding IDAT chunk.");
+/// ```
+#[doc(hidden)]
+pub fn plain_decoder_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("ChunkType {") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let Some(end) = after.find('}') else {
+            out.push_str(after);
+            return out;
+        };
+        let inner = &after["ChunkType {".len()..end];
+        let name = inner
+            .split(',')
+            .find_map(|f| f.trim().strip_prefix("type:"))
+            .map(str::trim)
+            .unwrap_or("a");
+        out.push_str(name);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn guess_format(bytes: &[u8], path: &Path) -> Result<ImageFormat> {

@@ -4,7 +4,8 @@
 //! preamble), or at byte 0 (a file written without the preamble). The extension does not
 //! matter: archives export `.dcm` files and extension-less ones alike. Reading the file and
 //! running the codecs is dicom-rs's job (`dicom-object`, `dicom-pixeldata` with the pure-Rust
-//! codecs for JPEG baseline/extended/lossless, RLE, deflate and JPEG 2000); everything after
+//! codecs for 8-bit JPEG baseline/extended, lossless JPEG, RLE, deflate and JPEG 2000; 12-bit
+//! extended JPEG is refused as unsupported); everything after
 //! the raw stored sample values is done here, so that each step is ours and tested.
 //!
 //! # The display pipeline
@@ -42,9 +43,12 @@
 //! - Objects without pixel data (RT plans, structured reports, waveforms, DICOMDIR, ...):
 //!   [`DataError::NotAnImage`], a "not an image" bad file under the folder's
 //!   [`BadFilePolicy`](crate::BadFilePolicy).
-//! - Compression without a built-in pure-Rust codec (JPEG-LS, JPEG XL, ...), and photometric
-//!   interpretations a radiograph never uses (`PALETTE COLOR`): [`DataError::Unsupported`],
-//!   naming the transfer syntax.
+//! - Objects whose *Modality* is not a projection radiograph (CT, MR, US, NM, PT, XA, MG, ...;
+//!   see [`RADIOGRAPH_MODALITIES`]): [`DataError::Unsupported`] naming the modality. A missing
+//!   Modality is accepted.
+//! - Compression without a built-in pure-Rust codec (JPEG-LS, JPEG XL, 12-bit extended JPEG,
+//!   ...), and photometric interpretations a radiograph never uses (`PALETTE COLOR`):
+//!   [`DataError::Unsupported`], naming the transfer syntax.
 //! - Damaged files (truncated, bad element lengths, pixel data shorter than the header says):
 //!   [`DataError::Corrupt`] with format `DICOM`.
 //! - Larger than [`DecodeLimits`]: [`DataError::TooLarge`]. The file, *Rows*/*Columns*, the
@@ -184,6 +188,33 @@ pub fn sop_instance_uid_from_memory(bytes: &[u8], path: &Path) -> Result<Option<
 /// into 8-bit luminance. Called by [`crate::decode_luma8_from_memory`] when the bytes are
 /// DICOM; `path` only names the source in errors.
 pub(crate) fn decode_dicom(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
+    decode_checked(bytes, path, limits, true)
+}
+
+/// Decodes a DICOM file's first frame as [`crate::decode_luma8`] does, but whatever its
+/// Modality: for tools and tests that look at the pixel encodings of CT, MR or nuclear
+/// medicine objects, which a fracture classifier refuses (see [`check_modality`]).
+///
+/// ```
+/// use fracture_data::dicom::{decode_file_any_modality, SyntheticDicom};
+/// use fracture_data::DecodeLimits;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("a.dcm");
+/// std::fs::write(&path, SyntheticDicom::from_luma8(&[9, 200], 2, 1, "1.2").to_bytes()).unwrap();
+/// let img = decode_file_any_modality(&path, &DecodeLimits::default()).unwrap();
+/// assert_eq!(img.dimensions(), (2, 1));
+/// ```
+pub fn decode_file_any_modality(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
+    let bytes = crate::decode::read_image_bytes(path, limits)?;
+    decode_checked(&bytes, path, limits, false)
+}
+
+fn decode_checked(
+    bytes: &[u8],
+    path: &Path,
+    limits: &DecodeLimits,
+    radiographs_only: bool,
+) -> Result<GrayImage> {
     if bytes.len() as u64 > limits.max_alloc {
         return Err(too_large(path, limits, 0, 0));
     }
@@ -193,7 +224,71 @@ pub(crate) fn decode_dicom(bytes: &[u8], path: &Path, limits: &DecodeLimits) -> 
         let obj = OpenFileOptions::new()
             .from_reader(&bytes[offset..])
             .map_err(|e| corrupt(path, e.to_string()))?;
+        if radiographs_only && element(&obj, PIXEL_DATA).is_some() {
+            check_modality(string_of(&obj, MODALITY).as_deref(), path)?;
+        }
         decode_object(&obj, path, limits)
+    })
+}
+
+/// Modalities (0008,0060) of projection radiographs, the images a fracture classifier is made
+/// for: CR (computed radiography), DX (digital radiography), RG (radiographic imaging,
+/// film/screen), DR (digital radiography's retired code), PX (panoramic X-ray), IO
+/// (intra-oral radiography), RF (radiofluoroscopy, e.g. an orthopaedic C-arm) and OT ("other",
+/// as scanned films and secondary captures are often marked, which says no more than a
+/// missing Modality). Everything else is refused: cross-sectional images (CT, MR, PT, NM,
+/// US), X-ray angiography and mammography (no bone to judge), and the rest.
+pub const RADIOGRAPH_MODALITIES: [&str; 8] = ["CR", "DX", "RG", "DR", "PX", "IO", "RF", "OT"];
+
+/// Refuses a DICOM object whose Modality is not a projection radiograph
+/// ([`RADIOGRAPH_MODALITIES`]); a missing Modality is accepted. The reason names the
+/// modality.
+///
+/// ```
+/// use std::path::Path;
+/// use fracture_data::dicom::check_modality;
+/// assert!(check_modality(Some("DX"), Path::new("a.dcm")).is_ok());
+/// assert!(check_modality(None, Path::new("a.dcm")).is_ok());
+/// let e = check_modality(Some("CT"), Path::new("a.dcm")).unwrap_err().to_string();
+/// assert!(e.contains("modality CT (computed tomography)"), "{e}");
+/// ```
+pub fn check_modality(modality: Option<&str>, path: &Path) -> Result<()> {
+    let Some(m) = modality else {
+        return Ok(());
+    };
+    let m = m.trim();
+    if RADIOGRAPH_MODALITIES.contains(&m) {
+        return Ok(());
+    }
+    let shown: String = m
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(16)
+        .collect();
+    let name = match shown.as_str() {
+        "CT" => " (computed tomography)",
+        "MR" => " (magnetic resonance)",
+        "US" => " (ultrasound)",
+        "NM" => " (nuclear medicine)",
+        "PT" => " (positron emission tomography)",
+        "XA" => " (X-ray angiography)",
+        "MG" => " (mammography)",
+        "RTDOSE" => " (radiotherapy dose)",
+        "RTIMAGE" => " (radiotherapy image)",
+        "SEG" => " (segmentation)",
+        "ES" => " (endoscopy)",
+        "SM" => " (slide microscopy)",
+        "OP" => " (ophthalmic photography)",
+        "XC" => " (external camera photography)",
+        "BMD" => " (bone densitometry)",
+        _ => "",
+    };
+    Err(DataError::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!(
+            "modality {shown}{name} is not a projection radiograph; fracture classifies X-ray \
+             radiographs (modality CR, DX, RG, DR, PX, IO, RF or OT)"
+        ),
     })
 }
 
@@ -371,8 +466,8 @@ fn decode_object(
             path: path.to_path_buf(),
             reason: format!(
                 "transfer syntax {} ({ts_uid}): no pure-Rust decoder for this compression is \
-                 built in (supported: uncompressed, deflate, RLE, JPEG baseline/extended/\
-                 lossless, JPEG 2000)",
+                 built in (supported: uncompressed, deflate, RLE, 8-bit JPEG baseline/extended, \
+                 lossless JPEG, JPEG 2000)",
                 ts.name()
             ),
         });
@@ -402,10 +497,32 @@ fn decode_object(
         return Err(too_large(path, limits, w, h));
     }
     if let Some(fragments) = pixel_data.value().fragments() {
-        if let Some((cw, ch)) = fragments.first().and_then(|f| codestream_size(f)) {
+        if let Some(cs) = fragments.first().and_then(|f| codestream_size(f)) {
+            let (cw, ch) = (cs.width, cs.height);
             let bytes = (cw as u64) * (ch as u64) * 4 * 2;
             if cw > limits.max_width || ch > limits.max_height || bytes > limits.max_alloc {
+                // A codestream far larger than the header's own Rows/Columns is damaged, not
+                // a huge image: say so with both sizes.
+                if (cw, ch) != (w, h) {
+                    return Err(corrupt(
+                        path,
+                        format!(
+                            "the compressed stream announces {cw}x{ch} px but the header \
+                             (Rows/Columns) says {w}x{h} px"
+                        ),
+                    ));
+                }
                 return Err(too_large(path, limits, cw, ch));
+            }
+            if let Some(bits) = cs.jpeg_lossy_precision.filter(|&b| b != 8) {
+                return Err(DataError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{bits}-bit extended JPEG (transfer syntax {} ({ts_uid})): the built-in \
+                         decoder reads 8-bit lossy JPEG, lossless JPEG and JPEG 2000 only",
+                        ts.name()
+                    ),
+                });
             }
         }
     }
@@ -528,9 +645,18 @@ fn decode_object(
     }
 }
 
+/// What a compressed frame's own header announces.
+struct Codestream {
+    width: u32,
+    height: u32,
+    /// For a lossy (DCT) JPEG, the sample precision of its SOF marker (8 or 12 bits).
+    jpeg_lossy_precision: Option<u8>,
+}
+
 /// Width and height announced by a JPEG (SOF marker) or JPEG 2000 (SIZ marker) codestream,
-/// so that a small DICOM header cannot hide a huge compressed image.
-fn codestream_size(stream: &[u8]) -> Option<(u32, u32)> {
+/// so that a small DICOM header cannot hide a huge compressed image; for lossy JPEG also the
+/// sample precision.
+fn codestream_size(stream: &[u8]) -> Option<Codestream> {
     let be16 = |i: usize| -> Option<u32> {
         Some(u16::from_be_bytes([*stream.get(i)?, *stream.get(i + 1)?]) as u32)
     };
@@ -544,7 +670,11 @@ fn codestream_size(stream: &[u8]) -> Option<(u32, u32)> {
         (0..limit.saturating_sub(4)).find(|&i| stream[i..i + 4] == [0xFF, 0x4F, 0xFF, 0x51])
     {
         let (x, y, xo, yo) = (be32(i + 8)?, be32(i + 12)?, be32(i + 16)?, be32(i + 20)?);
-        return Some((x.saturating_sub(xo), y.saturating_sub(yo)));
+        return Some(Codestream {
+            width: x.saturating_sub(xo),
+            height: y.saturating_sub(yo),
+            jpeg_lossy_precision: None,
+        });
     }
     // JPEG: walk the marker segments from SOI to the first SOFn.
     if stream.get(0..2)? != [0xFF, 0xD8] {
@@ -563,7 +693,13 @@ fn codestream_size(stream: &[u8]) -> Option<(u32, u32)> {
         let len = be16(i + 2)? as usize;
         if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
             let (height, width) = (be16(i + 5)?, be16(i + 7)?);
-            return Some((width, height));
+            // SOF3, 7, 11 and 15 are lossless; the others are DCT (lossy) processes.
+            let lossless = matches!(marker, 0xC3 | 0xC7 | 0xCB | 0xCF);
+            return Some(Codestream {
+                width,
+                height,
+                jpeg_lossy_precision: (!lossless).then_some(*stream.get(i + 4)?),
+            });
         }
         i += 2 + len;
     }

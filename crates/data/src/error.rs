@@ -77,7 +77,7 @@ pub enum DataError {
     /// The image is larger than the configured limits (protection against decompression bombs).
     #[error(
         "{path}: image of {width}x{height} px exceeds the limit of {max_width}x{max_height} px \
-         / {max_alloc} bytes of decoder memory (see DecodeLimits)"
+         / {max_alloc} bytes of decoder memory"
     )]
     TooLarge {
         /// The file at fault.
@@ -96,9 +96,7 @@ pub enum DataError {
 
     /// The file is larger than the decoder may allocate ([`crate::DecodeLimits::max_alloc`]);
     /// it is not read past that size.
-    #[error(
-        "{path}: file of {size} bytes or more exceeds the limit of {max} bytes (see DecodeLimits)"
-    )]
+    #[error("{path}: file of {size} bytes or more exceeds the limit of {max} bytes for one image")]
     FileTooLarge {
         /// The file at fault.
         path: PathBuf,

@@ -26,6 +26,29 @@ pub enum ResizeMode {
     Stretch,
 }
 
+impl ResizeMode {
+    /// Its name in lower case, as people write it.
+    ///
+    /// ```
+    /// use fracture_data::ResizeMode;
+    /// assert_eq!(ResizeMode::Letterbox.name(), "letterbox");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeMode::Letterbox => "letterbox",
+            ResizeMode::Stretch => "stretch",
+        }
+    }
+
+    /// What it does, in a few words: `"letterbox (aspect ratio kept, padded with black)"`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResizeMode::Letterbox => "letterbox (aspect ratio kept, padded with black)",
+            ResizeMode::Stretch => "stretch (width and height scaled apart)",
+        }
+    }
+}
+
 /// Resizes `image` to `size` x `size` pixels and returns them row-major (`size * size` bytes).
 ///
 /// `size` must be at least 1 (callers validate it; see [`crate::PreprocessConfig`]).

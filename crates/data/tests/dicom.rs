@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fracture_data::dicom::{render_monochrome, sop_instance_uid, SyntheticDicom, Voi};
+use fracture_data::dicom::{
+    decode_file_any_modality, is_dicom_file, render_monochrome, sop_instance_uid, SyntheticDicom,
+    Voi,
+};
 use fracture_data::phantom::PhantomConfig;
 use fracture_data::{
     decode_luma8, decode_luma8_from_memory, BadFileKind, BadFilePolicy, DataError, DecodeLimits,
@@ -166,15 +169,14 @@ const EXPECTED: &[(&str, Outcome)] = &[
     ("ExplVR_BigEnd.dcm", Outcome::Decoded),
     ("GDCMJ2K_TextGBR.dcm", Outcome::Decoded),
     ("J2K_pixelrep_mismatch.dcm", Outcome::Decoded),
-    // 12-bit lossy JPEG (process 4): jpeg-decoder refuses 12-bit baseline/extended DCT.
-    ("JPEG-lossy.dcm", Outcome::Corrupt),
-    ("JPGExtended.dcm", Outcome::Corrupt),
+    // 12-bit lossy JPEG (process 4): no pure-Rust decoder reads 12-bit DCT JPEG, so it is
+    // refused as unsupported, naming the bit depth, before the codec is called.
+    ("JPEG-lossy.dcm", Outcome::Unsupported),
+    ("JPGExtended.dcm", Outcome::Unsupported),
     // Four codestream bytes overwritten by a delimiter: the J2K header announces a width of
-    // 3 722 445 056 px, refused before the codec allocates for it.
-    (
-        "JPEG2000-embedded-sequence-delimiter.dcm",
-        Outcome::TooLarge,
-    ),
+    // 3 722 445 056 px against the header's 256 x 1024, refused as damaged (naming both
+    // sizes) before the codec allocates for it.
+    ("JPEG2000-embedded-sequence-delimiter.dcm", Outcome::Corrupt),
     ("JPEG2000.dcm", Outcome::Decoded),
     // JPEG-LS: no pure-Rust codec (CharLS is C).
     ("JPEGLSNearLossless_08.dcm", Outcome::Unsupported),
@@ -286,7 +288,12 @@ fn decode_bounded(path: &Path, bound: Duration) -> Option<Result<image::GrayImag
     let (tx, rx) = mpsc::channel();
     let p = path.to_path_buf();
     std::thread::spawn(move || {
-        let r = decode_luma8(&p, &DecodeLimits::default());
+        // Every modality, to check the encodings (the modality check has its own test).
+        let r = if is_dicom_file(&p) {
+            decode_file_any_modality(&p, &DecodeLimits::default())
+        } else {
+            decode_luma8(&p, &DecodeLimits::default())
+        };
         let _ = tx.send(r);
     });
     match rx.recv_timeout(bound) {
@@ -350,6 +357,54 @@ fn pydicom_files_decode_or_are_refused_clearly() {
     assert_eq!(files.len(), 176);
     assert_eq!(counts.get("Decoded"), Some(&75));
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Issue 29/31: a DICOM object that is not a projection radiograph is refused by the loader
+/// every command uses, naming its modality; the damaged and 12-bit files say what they are.
+#[test]
+fn only_projection_radiographs_are_read_and_refusals_say_why() {
+    let Some(dir) = sample_dir("pydicom-test-files") else {
+        return;
+    };
+    let limits = DecodeLimits::default();
+    for (file, needle) in [
+        (
+            "CT_small.dcm",
+            "modality CT (computed tomography) is not a projection radiograph",
+        ),
+        ("MR_small.dcm", "modality MR (magnetic resonance)"),
+        ("JPGExtended.dcm", "modality NM (nuclear medicine)"),
+        ("rtdose.dcm", "modality RTDOSE"),
+    ] {
+        let e = decode_luma8(&dir.join(file), &limits).unwrap_err();
+        assert!(matches!(e, DataError::Unsupported { .. }), "{file}: {e}");
+        assert!(e.to_string().contains(needle), "{file}: {e}");
+    }
+    for (file, needle) in [
+        ("JPGExtended.dcm", "12-bit extended JPEG"),
+        ("JPEG-lossy.dcm", "12-bit extended JPEG"),
+        (
+            "JPEG2000-embedded-sequence-delimiter.dcm",
+            "announces 3722445056x1024 px but the header (Rows/Columns) says 256x1024 px",
+        ),
+    ] {
+        let e = decode_file_any_modality(&dir.join(file), &limits).unwrap_err();
+        assert!(e.to_string().contains(needle), "{file}: {e}");
+        assert!(!e.to_string().contains("truncated"), "{file}: {e}");
+    }
+    // The radiographs of the sample (DX and CR) are read.
+    let Some(fa) = sample_dir("fracatlas") else {
+        return;
+    };
+    let mut n = 0;
+    for e in std::fs::read_dir(fa).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "dcm") {
+            decode_luma8(&p, &limits).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 30);
 }
 
 fn phantom_dicom(seed: u32) -> Vec<u8> {

@@ -487,3 +487,102 @@ proptest! {
         survives(&b);
     }
 }
+
+/// A `torch.save` zip of `{name: FloatStorage tensor [numel]}` for each `(name, key, numel)`,
+/// each storage `bytes[key]` zero bytes, deflated.
+fn zip_checkpoint(tensors: &[(&str, &str, u32)], storages: &[(&str, usize)]) -> Vec<u8> {
+    let mut p = vec![0x80, 0x02, b'}'];
+    let string = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: u32| {
+        p.push(b'J');
+        p.extend(v.to_le_bytes());
+    };
+    for &(name, key, numel) in tensors {
+        string(&mut p, name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        string(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        string(&mut p, key);
+        string(&mut p, "cpu");
+        int(&mut p, numel);
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        int(&mut p, numel);
+        p.push(0x85);
+        int(&mut p, 1);
+        p.extend(b"\x85\x89ccollections\nOrderedDict\n)RtRs");
+    }
+    p.push(b'.');
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("archive/data.pkl", opts).unwrap();
+    w.write_all(&p).unwrap();
+    for (key, n) in storages {
+        w.start_file(format!("archive/data/{key}"), opts).unwrap();
+        w.write_all(&vec![0u8; *n]).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Issue 31: `load_selected` shows the names and shapes first, reads only what is picked, and
+/// checks every bound before inflating.
+#[test]
+fn load_selected_checks_names_before_reading_and_bounds_what_it_inflates() {
+    use fracture_layers::pth::{load_selected, ReadLimits, TensorInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.pth");
+    std::fs::write(
+        &path,
+        zip_checkpoint(
+            &[("keep", "0", 4), ("skip", "1", 16 << 20)],
+            &[("0", 16), ("1", 64 << 20)],
+        ),
+    )
+    .unwrap();
+    let opts = LoadOptions::default();
+    // Only "keep" is read: the 64 MiB storage of "skip" stays compressed under a 1 kB limit.
+    let mut seen = Vec::new();
+    let mut pick = |ts: &[TensorInfo<'_>]| {
+        seen = ts
+            .iter()
+            .map(|t| (t.name.to_string(), t.shape.to_vec()))
+            .collect();
+        Ok(ts.iter().map(|t| t.name == "keep").collect())
+    };
+    let sd = load_selected(&path, &opts, ReadLimits::for_data(1024), &mut pick).unwrap();
+    assert_eq!(
+        seen,
+        [("keep".into(), vec![4]), ("skip".into(), vec![16 << 20])]
+    );
+    assert_eq!(sd.names().collect::<Vec<_>>(), ["keep"]);
+    assert_eq!(sd.get("keep").unwrap().data, PthData::F32(vec![0.0; 4]));
+    // A refusal stops the load with the caller's words.
+    let mut refuse = |_: &[TensorInfo<'_>]| Err("no tensor named stem".to_string());
+    let e = load_selected(&path, &opts, ReadLimits::for_data(1024), &mut refuse).unwrap_err();
+    assert!(matches!(e, PthError::Refused { .. }), "{e}");
+    assert!(
+        e.to_string().ends_with("c.pth: no tensor named stem"),
+        "{e}"
+    );
+    // Picking a tensor larger than the data bound is refused before any storage is read.
+    let mut all = |ts: &[TensorInfo<'_>]| Ok(vec![true; ts.len()]);
+    let e = load_selected(&path, &opts, ReadLimits::for_data(1024), &mut all).unwrap_err();
+    assert!(e.to_string().contains("the 2 tensors to read"), "{e}");
+    // A storage entry declaring more than the bound is refused from its declared size.
+    let big = dir.path().join("big.pth");
+    std::fs::write(&big, zip_checkpoint(&[("w", "0", 4)], &[("0", 64 << 20)])).unwrap();
+    let e = load_selected(&big, &opts, ReadLimits::for_data(1024), &mut all).unwrap_err();
+    assert!(e.to_string().contains("zip entry archive/data/0"), "{e}");
+    // A pickle over its bound is refused from its declared size.
+    let limits = ReadLimits {
+        max_pickle_bytes: 16,
+        max_data_bytes: 1024,
+    };
+    let e = load_selected(&path, &opts, limits, &mut all).unwrap_err();
+    assert!(e.to_string().contains("archive/data.pkl"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! Just enough of `multipart/form-data` (RFC 7578) to take one uploaded file out of a body that
-//! is already in memory: the boundary from the content type, then the first part whose
-//! `Content-Disposition` has a `filename` (or failing that, the first part named `file`).
+//! is already in memory: the boundary from the content type, then the one part whose
+//! `Content-Disposition` has a `filename` (or failing that, the first part named `file`); a
+//! form with two or more files is refused rather than half answered.
 //! Parts are located by byte search, so binary content is never copied or re-encoded.
 
 use std::ops::Range;
@@ -46,7 +47,7 @@ fn disposition_param(value: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The first file part of `body`; the error says what is missing.
+/// The file part of `body`; the error says what is missing, or that there are several.
 pub fn first_file(body: &[u8], boundary: &str) -> Result<FilePart, String> {
     let delimiter = format!("--{boundary}");
     let next_delimiter = format!("\r\n--{boundary}");
@@ -54,6 +55,7 @@ pub fn first_file(body: &[u8], boundary: &str) -> Result<FilePart, String> {
         .ok_or("multipart body without its boundary")?
         + delimiter.len();
     let mut named_file = None;
+    let mut files = Vec::new();
     loop {
         // After a delimiter: "--" ends the body, otherwise CRLF and the part's headers.
         if body[pos..].starts_with(b"--") {
@@ -82,7 +84,9 @@ pub fn first_file(body: &[u8], boundary: &str) -> Result<FilePart, String> {
                 filename: disposition_param(&d, "filename").filter(|f| !f.is_empty()),
             };
             if part.filename.is_some() {
-                return Ok(part);
+                files.push(part);
+                pos = content_end + next_delimiter.len();
+                continue;
             }
             if named_file.is_none() && disposition_param(&d, "name").as_deref() == Some("file") {
                 named_file = Some(part);
@@ -90,7 +94,13 @@ pub fn first_file(body: &[u8], boundary: &str) -> Result<FilePart, String> {
         }
         pos = content_end + next_delimiter.len();
     }
-    named_file.ok_or_else(|| "multipart body without a file field".to_string())
+    match files.len() {
+        0 => named_file.ok_or_else(|| "multipart body without a file field".to_string()),
+        1 => Ok(files.remove(0)),
+        n => Err(format!(
+            "the form holds {n} files; send one file per request (each answer is about one image)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +130,13 @@ mod tests {
         let part = first_file(&body, "XY").unwrap();
         assert_eq!(part.range, start..end);
         assert_eq!(part.filename.as_deref(), Some("a b.png"));
+    }
+
+    #[test]
+    fn two_files_are_refused() {
+        let body = b"--XY\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nA\r\n--XY\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.png\"\r\n\r\nB\r\n--XY--\r\n";
+        let e = first_file(body, "XY").unwrap_err();
+        assert!(e.contains("2 files"), "{e}");
     }
 
     #[test]

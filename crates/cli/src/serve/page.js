@@ -23,6 +23,11 @@ async function loadModel() {
       ["Model file", model.file || "?"],
       ["Trained with", `fracture-nn ${model.provenance.crate_version}, ${model.provenance.epochs} epochs (best ${model.provenance.best_epoch}), seed ${model.provenance.seed}`],
     ];
+    if (model.warning) {
+      const w = el(document, "#model-warning");
+      w.textContent = "Warning: " + model.warning;
+      w.hidden = false;
+    }
     facts.replaceChildren();
     for (const [k, v] of rows) {
       const dt = document.createElement("dt"); dt.textContent = k;
@@ -115,6 +120,8 @@ function show(card, res, roundTripMs) {
     warn.textContent = "Warning: this image is unlike the radiographs the model learned from " +
       `(typicality score ${res.typicality.score.toFixed(3)}). Its probability means little.`;
     warn.hidden = false;
+  } else if (res.warning) {
+    el(card, ".meaning").textContent = `Warning: ${res.warning}. ` + el(card, ".meaning").textContent;
   }
   el(card, ".time").textContent =
     `${res.ms.toFixed(0)} ms on the server, ${roundTripMs.toFixed(0)} ms with the upload.`;

@@ -8,27 +8,115 @@
 //! buffers only grow with bytes actually produced, so declared sizes cannot force an allocation.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 
 use zip::ZipArchive;
 
 use super::pickle::{self, Obj, Value, LEGACY_MAGIC};
 use super::tensor::{self, Storages};
-use super::{LoadOptions, PthDType, PthError, PthFormat, StateDict, MAX_FILE_BYTES};
+use super::{
+    LoadOptions, Pick, PthDType, PthError, PthFormat, ReadLimits, StateDict, MAX_FILE_BYTES,
+};
+
+/// The bounds of one read, and (for [`super::load_selected`]) the caller's choice of tensors.
+pub(crate) struct Plan<'p, 'q> {
+    pub(crate) limits: ReadLimits,
+    pub(crate) pick: Option<&'q mut Pick<'p>>,
+    /// Bytes of tensor storage read so far.
+    pub(crate) data_read: u64,
+}
+
+impl Plan<'_, '_> {
+    /// No bounds beyond [`MAX_FILE_BYTES`], every tensor read ([`super::load`]).
+    pub(crate) fn unbounded() -> Self {
+        Plan {
+            limits: ReadLimits {
+                max_pickle_bytes: MAX_FILE_BYTES,
+                max_data_bytes: MAX_FILE_BYTES,
+            },
+            pick: None,
+            data_read: 0,
+        }
+    }
+
+    /// Bytes of tensor storage that may still be read.
+    fn data_left(&self) -> u64 {
+        self.limits.max_data_bytes.saturating_sub(self.data_read)
+    }
+}
 
 /// Reads a checkpoint of any supported format. `nested`: whether a zip without `data.pkl` may
 /// be searched for a `.pth`/`.pt` entry (only at the outermost level).
-pub(crate) fn read(bytes: &[u8], opts: &LoadOptions, nested: bool) -> Result<StateDict, PthError> {
+pub(crate) fn read(
+    bytes: &[u8],
+    opts: &LoadOptions,
+    nested: bool,
+    plan: &mut Plan<'_, '_>,
+) -> Result<StateDict, PthError> {
     if bytes.is_empty() {
         return Err(not_checkpoint("the input is empty"));
     }
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        return read_zip(bytes, opts, nested);
+        let zip = ZipArchive::new(Cursor::new(bytes)).map_err(|e| zip_err(e.to_string()))?;
+        return read_zip(zip, bytes.len(), opts, nested, plan);
     }
     if bytes[0] == 0x80 {
-        return read_legacy(bytes, opts);
+        return read_legacy(bytes, opts, plan);
     }
     Err(not_checkpoint(describe_start(bytes)))
+}
+
+/// [`read`] on an open file of `len` bytes: a zip is read entry by entry through the file; a
+/// legacy checkpoint is read whole, if it is within the plan's limits.
+pub(crate) fn read_file(
+    file: &mut std::fs::File,
+    len: u64,
+    opts: &LoadOptions,
+    plan: &mut Plan<'_, '_>,
+) -> Result<StateDict, PthError> {
+    let io = |e: std::io::Error| not_checkpoint(format!("cannot read it: {e}"));
+    let mut head = [0u8; 512];
+    let n = read_up_to(file, &mut head).map_err(io)?;
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let reader = std::io::BufReader::new(file);
+        let zip = ZipArchive::new(reader).map_err(|e| zip_err(e.to_string()))?;
+        return read_zip(zip, len.min(usize::MAX as u64) as usize, opts, true, plan);
+    }
+    if head.first() != Some(&0x80) {
+        return read(head, opts, true, plan);
+    }
+    let limit = plan
+        .limits
+        .max_pickle_bytes
+        .saturating_add(plan.limits.max_data_bytes)
+        .min(MAX_FILE_BYTES);
+    if len > limit {
+        return Err(PthError::TooLarge {
+            file: String::new(),
+            what: "this legacy-format checkpoint (read whole, unlike a zip one), more than the \
+                   tensors asked for need; it"
+                .into(),
+            size: len,
+            limit,
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    read_legacy(&bytes, opts, plan)
+}
+
+fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn not_checkpoint(reason: impl Into<String>) -> PthError {
@@ -72,26 +160,36 @@ fn describe_start(bytes: &[u8]) -> String {
     }
 }
 
-type Zip<'a> = ZipArchive<Cursor<&'a [u8]>>;
-
-/// Reads a whole zip entry, bounded as the module docs say.
-fn read_entry(zip: &mut Zip<'_>, name: &str) -> Result<Vec<u8>, PthError> {
+/// Reads a whole zip entry, bounded as the module docs say and by `bound` (what the caller
+/// allows this entry, described by `why`). The declared size is checked before inflating.
+fn read_entry<R: Read + Seek>(
+    zip: &mut ZipArchive<R>,
+    name: &str,
+    bound: u64,
+    why: &str,
+) -> Result<Vec<u8>, PthError> {
     let f = zip
         .by_name(name)
         .map_err(|e| zip_err(format!("entry {name}: {e}")))?;
-    let cap = f
+    let ratio_cap = f
         .compressed_size()
         .saturating_mul(1032)
         .saturating_add(1024)
         .min(MAX_FILE_BYTES);
+    let cap = ratio_cap.min(bound);
     let declared = f.size();
     if declared > cap {
-        return Err(PthError::TooLarge {
-            file: String::new(),
-            what: format!(
+        let what = if cap < ratio_cap {
+            format!("zip entry {name} ({why})")
+        } else {
+            format!(
                 "zip entry {name} (declared size, compressed {} bytes)",
                 f.compressed_size()
-            ),
+            )
+        };
+        return Err(PthError::TooLarge {
+            file: String::new(),
+            what,
             size: declared,
             limit: cap,
         });
@@ -109,8 +207,13 @@ fn read_entry(zip: &mut Zip<'_>, name: &str) -> Result<Vec<u8>, PthError> {
     Ok(v)
 }
 
-fn read_zip(bytes: &[u8], opts: &LoadOptions, nested: bool) -> Result<StateDict, PthError> {
-    let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(|e| zip_err(e.to_string()))?;
+fn read_zip<R: Read + Seek>(
+    mut zip: ZipArchive<R>,
+    input_len: usize,
+    opts: &LoadOptions,
+    nested: bool,
+    plan: &mut Plan<'_, '_>,
+) -> Result<StateDict, PthError> {
     // Archive order; names that are not valid UTF-8 cannot be checkpoint entries.
     let names: Vec<String> = zip
         .file_names()
@@ -124,7 +227,7 @@ fn read_zip(bytes: &[u8], opts: &LoadOptions, nested: bool) -> Result<StateDict,
         let prefix = &pkl[..pkl.len() - "data.pkl".len()];
         let order = format!("{prefix}byteorder");
         if names.contains(&order) {
-            let b = read_entry(&mut zip, &order)?;
+            let b = read_entry(&mut zip, &order, 64, "a byte-order mark")?;
             match String::from_utf8_lossy(&b).trim() {
                 "little" => {}
                 "big" => {
@@ -141,17 +244,26 @@ fn read_zip(bytes: &[u8], opts: &LoadOptions, nested: bool) -> Result<StateDict,
                 }
             }
         }
-        let data = read_entry(&mut zip, pkl)?;
+        let data = read_entry(
+            &mut zip,
+            pkl,
+            plan.limits.max_pickle_bytes,
+            "the pickle, larger than any state dict's",
+        )?;
         let p = pickle::parse(&data, 0, pkl)?;
+        drop(data);
         let sel = tensor::select(&p, opts)?;
+        let sel = tensor::apply_pick(sel, plan)?;
+        drop(p);
         let key = sel.key.clone();
         let mut st = ZipStorages {
             zip: &mut zip,
             prefix: format!("{prefix}data/"),
             cache: HashMap::new(),
             read: 0,
+            plan,
         };
-        let tensors = tensor::materialise_all(sel, &mut st, bytes.len())?;
+        let tensors = tensor::materialise_all(sel, &mut st, input_len)?;
         return Ok(StateDict {
             tensors,
             format: PthFormat::Zip,
@@ -179,29 +291,44 @@ fn read_zip(bytes: &[u8], opts: &LoadOptions, nested: bool) -> Result<StateDict,
             some.join(", ") + if names.len() > 5 { ", ..." } else { "" }
         )));
     };
-    let data = read_entry(&mut zip, inner)?;
-    let mut sd = read(&data, opts, false).map_err(|e| e.in_file(inner))?;
+    let bound = plan
+        .limits
+        .max_pickle_bytes
+        .saturating_add(plan.limits.max_data_bytes);
+    let data = read_entry(
+        &mut zip,
+        inner,
+        bound,
+        "a checkpoint larger than the tensors asked for need",
+    )?;
+    let mut sd = read(&data, opts, false, plan).map_err(|e| e.in_file(inner))?;
     sd.entry = Some(inner.clone());
     Ok(sd)
 }
 
-/// Storages of a zip-format checkpoint, read on first use.
-struct ZipStorages<'z, 'a> {
-    zip: &'z mut Zip<'a>,
+/// Storages of a zip-format checkpoint, read on first use and dropped when released.
+struct ZipStorages<'z, 'p, 'q, 'r, R> {
+    zip: &'z mut ZipArchive<R>,
     prefix: String,
     cache: HashMap<String, Vec<u8>>,
     read: usize,
+    plan: &'r mut Plan<'p, 'q>,
 }
 
-impl Storages for ZipStorages<'_, '_> {
+impl<R: Read + Seek> Storages for ZipStorages<'_, '_, '_, '_, R> {
     fn bytes(&mut self, key: &str, _dtype: PthDType) -> Result<&[u8], PthError> {
         if !self.cache.contains_key(key) {
             let name = format!("{}{key}", self.prefix);
             if self.zip.index_for_name(&name).is_none() {
                 return Err(storage_err(key, format!("the archive has no entry {name}")));
             }
-            let b = read_entry(self.zip, &name)?;
+            let why = format!(
+                "{} bytes of tensor data are allowed in all, {} already read",
+                self.plan.limits.max_data_bytes, self.plan.data_read
+            );
+            let b = read_entry(self.zip, &name, self.plan.data_left(), &why)?;
             self.read += b.len();
+            self.plan.data_read += b.len() as u64;
             self.cache.insert(key.to_string(), b);
         }
         Ok(&self.cache[key])
@@ -209,6 +336,10 @@ impl Storages for ZipStorages<'_, '_> {
 
     fn bytes_read(&self) -> usize {
         self.read
+    }
+
+    fn release(&mut self, key: &str) {
+        self.cache.remove(key);
     }
 }
 
@@ -230,7 +361,11 @@ impl Storages for LegacyStorages<'_> {
     }
 }
 
-fn read_legacy(bytes: &[u8], opts: &LoadOptions) -> Result<StateDict, PthError> {
+fn read_legacy(
+    bytes: &[u8],
+    opts: &LoadOptions,
+    plan: &mut Plan<'_, '_>,
+) -> Result<StateDict, PthError> {
     let magic = pickle::parse(bytes, 0, "1 (magic number)")?;
     if !matches!(&magic.root, Value::BigInt(b) if **b == LEGACY_MAGIC) {
         return Err(not_checkpoint(
@@ -322,7 +457,16 @@ fn read_legacy(bytes: &[u8], opts: &LoadOptions) -> Result<StateDict, PthError> 
         map.insert(key.to_string(), &bytes[pos..pos + nbytes]);
         pos += nbytes;
     }
+    if keys.end as u64 > plan.limits.max_pickle_bytes {
+        return Err(PthError::TooLarge {
+            file: String::new(),
+            what: "the pickles of this legacy-format checkpoint".into(),
+            size: keys.end as u64,
+            limit: plan.limits.max_pickle_bytes,
+        });
+    }
     let sel = tensor::select(&main, opts)?;
+    let sel = tensor::apply_pick(sel, plan)?;
     let key = sel.key.clone();
     let tensors = tensor::materialise_all(sel, &mut LegacyStorages { map }, bytes.len())?;
     Ok(StateDict {

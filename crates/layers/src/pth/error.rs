@@ -119,6 +119,16 @@ pub enum PthError {
     },
 
     /// The checkpoint was written on a big-endian machine; only little-endian is supported.
+    /// [`super::load_selected`]'s `pick` function refused the tensors (names or shapes that
+    /// do not fit), before any tensor data was read.
+    #[error("{file}: {reason}")]
+    Refused {
+        /// The file.
+        file: String,
+        /// What `pick` said.
+        reason: String,
+    },
+
     #[error("{file}: written on a big-endian machine ({detail}); only little-endian checkpoints are supported")]
     BigEndian {
         /// The file.
@@ -142,6 +152,7 @@ impl PthError {
             | PthError::Storage { file, .. }
             | PthError::Tensor { file, .. }
             | PthError::NotStateDict { file, .. }
+            | PthError::Refused { file, .. }
             | PthError::BigEndian { file, .. } => file,
         };
         *slot = if slot.is_empty() {

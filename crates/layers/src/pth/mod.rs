@@ -367,6 +367,108 @@ impl LoadOptions {
     }
 }
 
+/// A tensor as the checkpoint's pickle describes it, before any of its data is read: what
+/// [`load_selected`] shows its `pick` function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorInfo<'a> {
+    /// The state-dict name.
+    pub name: &'a str,
+    /// The dtype in the checkpoint.
+    pub dtype: PthDType,
+    /// The shape.
+    pub shape: &'a [usize],
+}
+
+impl TensorInfo<'_> {
+    /// Bytes of its elements in the checkpoint's dtype (saturating).
+    pub fn bytes(&self) -> u64 {
+        self.shape
+            .iter()
+            .fold(self.dtype.size() as u64, |a, &d| a.saturating_mul(d as u64))
+    }
+}
+
+/// How much [`load_selected`] may read and inflate.
+///
+/// ```
+/// use fracture_layers::pth::ReadLimits;
+/// let l = ReadLimits::for_data(20_000_000);
+/// assert_eq!(l.max_data_bytes, 20_000_000);
+/// assert_eq!(l.max_pickle_bytes, ReadLimits::MAX_PICKLE_BYTES);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Largest pickle read (`data.pkl` of a zip; the pickles of a legacy file), in bytes.
+    pub max_pickle_bytes: u64,
+    /// Most bytes of tensor storage read (inflated from a zip, or held in a legacy file) in
+    /// all, and the most the picked tensors may hold.
+    pub max_data_bytes: u64,
+}
+
+impl ReadLimits {
+    /// The default pickle bound, 16 MiB: a state dict's pickle takes a few hundred bytes per
+    /// tensor (EfficientNet-Lite0's 296 tensors: 26 kB).
+    pub const MAX_PICKLE_BYTES: u64 = 16 << 20;
+
+    /// [`ReadLimits::MAX_PICKLE_BYTES`] and at most `max_data_bytes` of tensor data.
+    pub fn for_data(max_data_bytes: u64) -> Self {
+        ReadLimits {
+            max_pickle_bytes: Self::MAX_PICKLE_BYTES,
+            max_data_bytes,
+        }
+    }
+}
+
+/// What [`load_selected`]'s `pick` function sees (every tensor of the state dict, before any
+/// data is read) and returns: for each, whether to read it, or an error that stops the load.
+pub type Pick<'p> = dyn FnMut(&[TensorInfo<'_>]) -> Result<Vec<bool>, String> + 'p;
+
+/// Reads the state dict of the checkpoint at `path` as [`load_with`] does, but bounded for a
+/// known architecture: `pick` sees the names, dtypes and shapes of every tensor before any
+/// tensor data is read, and says which to read (or refuses the file with its message, as
+/// [`PthError::Refused`]); only those are read and returned. At most
+/// [`ReadLimits::max_pickle_bytes`] of pickle and [`ReadLimits::max_data_bytes`] of tensor
+/// storage are read or inflated, each zip entry's declared size being checked before it is
+/// inflated; a storage is dropped as soon as the tensors read from it are copied out. A zip
+/// checkpoint is read from the file entry by entry, never whole; a legacy one is read whole,
+/// so it may be no larger than the two limits together.
+///
+/// ```no_run
+/// use fracture_layers::pth::{load_selected, LoadOptions, ReadLimits};
+/// let mut pick = |ts: &[fracture_layers::pth::TensorInfo<'_>]| {
+///     Ok(ts.iter().map(|t| !t.name.starts_with("_fc.")).collect())
+/// };
+/// let sd = load_selected("weights.pth".as_ref(), &LoadOptions::default(),
+///     ReadLimits::for_data(40_000_000), &mut pick)?;
+/// # Ok::<(), fracture_layers::pth::PthError>(())
+/// ```
+pub fn load_selected(
+    path: &Path,
+    opts: &LoadOptions,
+    limits: ReadLimits,
+    pick: &mut Pick<'_>,
+) -> Result<StateDict, PthError> {
+    let io = |source| PthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let label = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut plan = container::Plan {
+        limits,
+        pick: Some(pick),
+        data_read: 0,
+    };
+    container::read_file(&mut file, meta.len(), opts, &mut plan).map_err(|e| e.in_file(&label))
+}
+
 /// Reads the state dict of the checkpoint at `path` (any supported format; see the
 /// [module docs](self)). Refuses files over [`MAX_FILE_BYTES`]; errors name the file.
 ///
@@ -398,7 +500,8 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<StateDict, PthError>
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large(&label, "the file", bytes.len() as u64));
     }
-    container::read(&bytes, opts, true).map_err(|e| e.in_file(&label))
+    container::read(&bytes, opts, true, &mut container::Plan::unbounded())
+        .map_err(|e| e.in_file(&label))
 }
 
 /// Reads the state dict of a checkpoint held in memory; errors call it `<bytes>`. See the
@@ -409,7 +512,8 @@ pub fn load_bytes(bytes: &[u8]) -> Result<StateDict, PthError> {
 
 /// [`load_bytes`] with options.
 pub fn load_bytes_with(bytes: &[u8], opts: &LoadOptions) -> Result<StateDict, PthError> {
-    container::read(bytes, opts, true).map_err(|e| e.in_file("<bytes>"))
+    container::read(bytes, opts, true, &mut container::Plan::unbounded())
+        .map_err(|e| e.in_file("<bytes>"))
 }
 
 fn too_large(file: &str, what: &str, size: u64) -> PthError {

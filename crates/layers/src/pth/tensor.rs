@@ -7,7 +7,7 @@
 //! reader allocate more than a small multiple of what it was given.
 
 use super::pickle::{Obj, Pickle, TensorSpec, Value};
-use super::{LoadOptions, PthDType, PthData, PthError, PthTensor, NESTED_KEYS};
+use super::{LoadOptions, PthDType, PthData, PthError, PthTensor, TensorInfo, NESTED_KEYS};
 
 /// Gives the bytes of a storage by key.
 pub(crate) trait Storages {
@@ -16,6 +16,9 @@ pub(crate) trait Storages {
 
     /// Bytes decompressed so far (beyond the input itself); they raise the element budget.
     fn bytes_read(&self) -> usize;
+
+    /// The storage `key` is no longer needed (its tensors are copied out).
+    fn release(&mut self, _key: &str) {}
 }
 
 /// The chosen state dict: names, tensor descriptions, and the key it was nested under.
@@ -136,6 +139,53 @@ pub(crate) fn select(p: &Pickle, opts: &LoadOptions) -> Result<Selected, PthErro
     Ok(Selected { tensors, key })
 }
 
+/// The selection narrowed to what the plan's `pick` function chose, which sees every tensor's
+/// name, dtype and shape before any data is read; the chosen tensors must fit the plan's
+/// data limit.
+pub(crate) fn apply_pick(
+    mut sel: Selected,
+    plan: &mut super::container::Plan<'_, '_>,
+) -> Result<Selected, PthError> {
+    if let Some(pick) = plan.pick.as_mut() {
+        let infos: Vec<TensorInfo<'_>> = sel
+            .tensors
+            .iter()
+            .map(|(name, spec)| TensorInfo {
+                name,
+                dtype: spec.storage.dtype,
+                shape: &spec.shape,
+            })
+            .collect();
+        let chosen = pick(&infos).map_err(|reason| PthError::Refused {
+            file: String::new(),
+            reason,
+        })?;
+        let mut keep = chosen.into_iter().chain(std::iter::repeat(false));
+        sel.tensors.retain(|_| keep.next().unwrap_or(false));
+    }
+    let need: u64 = sel
+        .tensors
+        .iter()
+        .map(|(name, spec)| {
+            TensorInfo {
+                name,
+                dtype: spec.storage.dtype,
+                shape: &spec.shape,
+            }
+            .bytes()
+        })
+        .fold(0u64, u64::saturating_add);
+    if need > plan.limits.max_data_bytes {
+        return Err(PthError::TooLarge {
+            file: String::new(),
+            what: format!("the {} tensors to read", sel.tensors.len()),
+            size: need,
+            limit: plan.limits.max_data_bytes,
+        });
+    }
+    Ok(sel)
+}
+
 /// Copies every selected tensor out of its storage. `input_len` (plus whatever the storages
 /// decompressed) sets the element budget.
 pub(crate) fn materialise_all(
@@ -145,6 +195,11 @@ pub(crate) fn materialise_all(
 ) -> Result<Vec<(String, PthTensor)>, PthError> {
     let mut out = Vec::with_capacity(sel.tensors.len());
     let mut used = 0usize;
+    // Tensors still to read from each storage: a storage is released after its last one.
+    let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (_, spec) in &sel.tensors {
+        *uses.entry(spec.storage.key.to_string()).or_default() += 1;
+    }
     for (name, spec) in sel.tensors {
         storages.bytes(&spec.storage.key, spec.storage.dtype)?;
         let budget = input_len
@@ -161,6 +216,13 @@ pub(crate) fn materialise_all(
         })?;
         used += before - left;
         out.push((name, t));
+        let key = spec.storage.key.to_string();
+        if let Some(n) = uses.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                storages.release(&key);
+            }
+        }
     }
     Ok(out)
 }
