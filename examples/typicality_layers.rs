@@ -88,13 +88,8 @@ fn main() {
         "_bn1",
     ]
     .iter()
-    .filter_map(|s| {
-        chain
-            .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| n == s)
-            .last()
-    })
+    .filter(|s| chain.iter().any(|(n, _)| n == *s))
+    .map(|s| s.to_string())
     .collect();
     let options = LoadOptions {
         preprocess: meta.preprocess,

@@ -60,7 +60,7 @@ fn mask_loss(
     let side = clf.meta.model.mask_site().unwrap().side;
     let path = clf.meta.model.mask_head_path().unwrap();
     let mut total = 0.0;
-    for i in 0..data.len() {
+    for (i, b) in boxes.iter().enumerate().take(data.len()) {
         let x: Vec<f32> = data
             .image(i)
             .iter()
@@ -77,13 +77,7 @@ fn mask_loss(
             .and_then(|a| a.downcast_ref::<MaskHead>())
             .unwrap();
         let mut target = vec![0.0; side * side];
-        fracture_nn::data::boxes::mask_target(
-            boxes[i].as_deref().unwrap(),
-            None,
-            SIZE,
-            side,
-            &mut target,
-        );
+        fracture_nn::data::boxes::mask_target(b.as_deref().unwrap(), None, SIZE, side, &mut target);
         let (l, _) = mask_bce_with_logits(head.logits().unwrap(), &target, &[1.0], 20.0).unwrap();
         total += l;
     }

@@ -7,13 +7,26 @@ mod common;
 
 use fracture_nn::data::Split;
 use fracture_nn::layers::Layer;
+use fracture_nn::layers::{Mode, Sequential};
 use fracture_nn::tensor::Tensor4;
-use fracture_nn::typicality::{knn_score, pooled_features, TypicalityBank, TYPICALITY_NAME};
+use fracture_nn::typicality::{bank_of, knn_score};
 use fracture_nn::{Classifier, ClassifierMeta, FitInputs, ModelConfig, TrainConfig, Trainer};
 use prost::Message;
 use tract_onnx::prelude::*;
 
 const SIZE: usize = 32;
+
+/// The classifier's input (the output of `pool`) for a batch, in eval mode.
+fn pooled(net: &mut Sequential, x: &Tensor4) -> Tensor4 {
+    let mut h = x.clone();
+    for (name, layer) in net.layers_mut() {
+        h = layer.forward_owned(h, Mode::Eval).unwrap();
+        if name == "pool" {
+            return h;
+        }
+    }
+    panic!("no pool layer")
+}
 
 fn train(dir: &std::path::Path, init: Option<&std::path::Path>, seed: u64) -> Classifier {
     let mut data = common::phantoms(SIZE, 60, 2);
@@ -70,13 +83,9 @@ fn the_bank_is_filled_scored_saved_refilled_and_exported() {
     let x = test_images(&clf, 8);
     clf.predict_tensor(&x).unwrap();
     let judged = clf.last_typicality().expect("a model with a bank judges");
-    let feats = pooled_features(&mut clf.net, &x).unwrap();
-    let bank = clf
-        .net
-        .get(TYPICALITY_NAME)
-        .and_then(|l| l.as_any())
-        .and_then(|a| a.downcast_ref::<TypicalityBank>())
-        .unwrap();
+    let feats = pooled(&mut clf.net, &x);
+    let bank = bank_of(&clf.net).unwrap();
+    assert!(!cfg.mean_std && cfg.path == "typicality");
     for (i, f) in feats.as_slice().chunks_exact(64).enumerate() {
         let want = knn_score(bank.reference(), 64, f, cfg.k);
         assert!(

@@ -497,7 +497,7 @@ fn summary(
         c.scored,
         c.failed,
         c.positive,
-        crate::images(n as usize)
+        crate::images(n)
     );
     if c.overlay_failed > 0 {
         eprintln!(

@@ -2,7 +2,7 @@
 //! seed gives the same output, and loader batches do not depend on the thread count or on
 //! prefetching.
 
-use fracture_data::augment::{Jitter, Noise, ResizedCrop, Rotation, Translate};
+use fracture_data::augment::{Blur, Downscale, Gamma, Jitter, Noise, ResizedCrop, Rotation, Translate};
 use fracture_data::phantom::PhantomConfig;
 use fracture_data::{sample_rng, Augment, BatchLoader, LoaderConfig, Normalization, Split};
 use proptest::prelude::*;
@@ -21,7 +21,9 @@ prop_compose! {
         b_p in probability(), b in 0.0f32..=1.0,
         c_p in probability(), c in 0.0f32..=1.0,
         n_p in probability(), n in 0.0f32..=0.5,
+        acq in (probability(), 0.1f32..=3.0, probability(), 0.3f32..=4.0, probability(), 0.1f32..=1.0),
     ) -> Augment {
+        let (g_p, g, bl_p, sigma, d_p, f) = acq;
         Augment {
             hflip,
             vflip,
@@ -31,6 +33,9 @@ prop_compose! {
             brightness: Jitter { p: b_p, amount: b },
             contrast: Jitter { p: c_p, amount: c },
             noise: Noise { p: n_p, std: n },
+            gamma: Gamma { p: g_p, range: [g.min(1.0), g.max(1.0)] },
+            blur: Blur { p: bl_p, max_sigma: sigma },
+            downscale: Downscale { p: d_p, min_factor: f },
         }
     }
 }
