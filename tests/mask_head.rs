@@ -20,6 +20,7 @@ fn model() -> ModelConfig {
     ModelConfig {
         mask_head: true,
         ..ModelConfig::lite0(SIZE)
+            .with_arch(fracture_nn::model::EfficientNetLite0 { drop_path: 0.0 })
     }
 }
 
@@ -69,7 +70,9 @@ fn mask_loss(
         clf.net
             .forward(
                 &Tensor4::from_vec([1, 1, SIZE, SIZE], x).unwrap(),
-                Mode::Eval,
+                // Batch statistics: a few tiny epochs leave Lite's slow (momentum 0.01) running
+                // statistics near their start, so eval mode would not show what was learned.
+                Mode::Train,
             )
             .unwrap();
         let head = find_in(&clf.net, &path)
@@ -104,7 +107,12 @@ fn train(dir: &std::path::Path, mask_weight: f32, init: &std::path::Path) -> Cla
                 .with_data("phantoms"),
         )
         .unwrap();
-    Classifier::load(&dir.join("model.safetensors")).unwrap()
+    // The weights after the last epoch (the saved model is the best epoch by ROC-AUC).
+    let mut meta = Classifier::read_meta(&dir.join("model.safetensors")).unwrap();
+    meta.model = meta.model.without_typicality();
+    let mut net = meta.model.build(0).unwrap();
+    fracture_nn::layers::checkpoint::load_model(dir.join("last.safetensors"), &mut net).unwrap();
+    Classifier::from_parts(net, meta)
 }
 
 #[test]
