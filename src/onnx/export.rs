@@ -392,7 +392,7 @@ impl Walker<'_> {
         let k = self
             .g
             .constant_i64(&format!("{path}.k"), &[1], &[cfg.k as i64]);
-        let top = self.g.node(
+        let (top, _) = self.g.node2(
             "TopK",
             &[&sims, &k],
             vec![attr_int("axis", 1)],

@@ -136,6 +136,28 @@ impl GraphBuilder {
         name
     }
 
+    /// As [`GraphBuilder::node`] for an op with two outputs (`TopK`: values and indices);
+    /// returns both names.
+    pub(crate) fn node2(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        out: &str,
+    ) -> (String, String) {
+        let first = self.fresh(out);
+        let second = self.fresh(&format!("{out}.indices"));
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![first.clone(), second.clone()],
+            name: first.clone(),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        (first, second)
+    }
+
     /// As [`GraphBuilder::node`], writing exactly `out` (already reserved).
     pub(crate) fn node_into(
         &mut self,
