@@ -1295,7 +1295,10 @@ mod tests {
         ];
         let wh = |s: &[u8]| codestream_size(s).map(|c| (c.width, c.height));
         assert_eq!(wh(&jpeg), Some((0x0304, 0x0102)));
-        assert_eq!(codestream_size(&jpeg).unwrap().jpeg_lossy_precision, Some(8));
+        assert_eq!(
+            codestream_size(&jpeg).unwrap().jpeg_lossy_precision,
+            Some(8)
+        );
         let mut j2k = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
         j2k.extend_from_slice(&70_000u32.to_be_bytes());
         j2k.extend_from_slice(&50u32.to_be_bytes());

@@ -2,7 +2,9 @@
 //! seed gives the same output, and loader batches do not depend on the thread count or on
 //! prefetching.
 
-use fracture_data::augment::{Blur, Downscale, Gamma, Jitter, Noise, ResizedCrop, Rotation, Translate};
+use fracture_data::augment::{
+    Blur, Downscale, Gamma, Jitter, Noise, ResizedCrop, Rotation, Translate,
+};
 use fracture_data::phantom::PhantomConfig;
 use fracture_data::{sample_rng, Augment, BatchLoader, LoaderConfig, Normalization, Split};
 use proptest::prelude::*;
