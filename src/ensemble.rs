@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use fracture_layers::{checkpoint, Ensemble, Sequential};
+use fracture_layers::{Ensemble, Sequential};
 
 use crate::classifier::Classifier;
 use crate::error::{io_err, Error, Result};
@@ -136,9 +136,18 @@ impl Trainer {
                     reason: "its normalisation differs from member 0's (members must share the training split)".into(),
                 });
             }
-            let mut net = single.build(0)?;
-            checkpoint::load_model(&path, &mut net)?;
-            nets.push(net);
+            // A member file carries its own typicality bank; the joined model has none
+            // (banks are not defined for ensembles), so it is dropped here.
+            let mut member = Classifier::load(&path)?;
+            crate::typicality::remove(&mut member);
+            if member.meta.model != single {
+                return Err(Error::ModelFile {
+                    path,
+                    reason: "its architecture differs from the ensemble's member description"
+                        .into(),
+                });
+            }
+            nets.push(member.net);
         }
         let net = Sequential::new().with("members", Ensemble::new(nets)?)?;
         let mut clf = Classifier::from_parts(net, meta);

@@ -25,6 +25,10 @@ pub fn phantoms(size: usize, train: usize, seed: u64) -> ImageFolder {
 
 /// Every parameter and buffer of a model file built as `model`, by name, in walk order.
 pub fn tensors(path: &Path, model: &ModelConfig) -> Vec<(String, Vec<f32>)> {
+    // A model file at the end of a run also holds its typicality bank: build what it describes.
+    let model = fracture_nn::Classifier::read_meta(path)
+        .map(|m| m.model)
+        .unwrap_or_else(|_| model.clone());
     let mut net = model.build(0).unwrap();
     checkpoint::load_model(path, &mut net).unwrap();
     named_tensors(&net)
