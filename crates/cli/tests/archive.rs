@@ -378,8 +378,20 @@ fn batching_does_not_change_a_probability_and_json_keeps_its_fields() {
     assert_eq!(one.len(), 21);
     for (a, b) in one.iter().zip(&many) {
         let keys: Vec<&String> = a.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["label", "p_fractured", "path"]);
+        // An image the typicality check calls atypical also gets a warning, and only then.
+        let atypical = a["typicality"]["typical"] == false;
+        let want: &[&str] = if atypical {
+            &["label", "p_fractured", "path", "typicality", "warning"]
+        } else {
+            &["label", "p_fractured", "path", "typicality"]
+        };
+        assert_eq!(keys, want);
         assert_eq!(a["path"], b["path"], "same order");
+        let (s, t) = (&a["typicality"]["score"], &b["typicality"]["score"]);
+        assert!(
+            (s.as_f64().unwrap() - t.as_f64().unwrap()).abs() < 1e-5,
+            "typicality {s} vs {t}"
+        );
         let (p, q) = (
             a["p_fractured"].as_f64().unwrap(),
             b["p_fractured"].as_f64().unwrap(),
