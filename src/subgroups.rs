@@ -155,6 +155,17 @@ impl MetaColumn {
         Ok(got)
     }
 
+    /// Reads column `column` of `csv` and looks up every image of `paths` (under `root`) in
+    /// one step, as `eval --meta` and `validate --meta` do.
+    pub fn groups_of(
+        csv: &Path,
+        column: &str,
+        paths: &[PathBuf],
+        root: &Path,
+    ) -> Result<Vec<Option<String>>> {
+        MetaColumn::load(csv, column)?.lookup(paths, root)
+    }
+
     /// The column's name.
     pub fn column(&self) -> &str {
         &self.column

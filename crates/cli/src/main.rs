@@ -824,8 +824,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     let groups = match (&a.meta, &a.by) {
         (Some(csv), Some(col)) => Some(
-            fracture_nn::subgroups::MetaColumn::load(csv, col)
-                .and_then(|m| m.lookup(data.paths(), &a.data))
+            fracture_nn::subgroups::MetaColumn::groups_of(csv, col, data.paths(), &a.data)
                 .with_context(|| format!("--meta {}", csv.display()))?,
         ),
         _ => None,

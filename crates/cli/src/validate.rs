@@ -97,8 +97,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     }
     let groups = match (&a.meta, &a.by) {
         (Some(csv), Some(col)) => Some(
-            fracture_nn::subgroups::MetaColumn::load(csv, col)
-                .and_then(|m| m.lookup(data.paths(), &a.data))
+            fracture_nn::subgroups::MetaColumn::groups_of(csv, col, data.paths(), &a.data)
                 .with_context(|| format!("--meta {}", csv.display()))?,
         ),
         _ => None,
