@@ -104,7 +104,7 @@ fn train_and_predict_on_a_folder_of_dicom_files() {
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            ["label", "p_fractured", "path", "sop_instance_uid"],
+            ["label", "p_fractured", "path", "sop_instance_uid", "typicality"],
             "{v}"
         );
     }
