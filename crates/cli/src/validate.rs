@@ -85,7 +85,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
-    let data = crate::align_classes(data, &clf.meta.class_names, &split_dir)?;
+    let data = crate::train::align_classes(data, &clf.meta.class_names, &split_dir)?;
     let counts = data.class_counts();
     if counts.contains(&0) {
         bail!(
