@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fracture_nn::curves::plot_roc_curve;
+use fracture_nn::data::classes::align_classes;
 use fracture_nn::data::{BoxAnnotations, DatasetSplit, LoadOptions, Split};
 use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
 use fracture_nn::{evaluate_split, Classifier, Tta};
 
 use crate::choices::{BadFiles, EvalTta, SplitChoice};
-use crate::train::align_classes;
 use crate::{check_threshold, check_writable_file, images, set_threads};
 
 #[derive(Args, Debug)]

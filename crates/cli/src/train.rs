@@ -2,13 +2,14 @@
 //! `--data`. The flags become a [`ModelConfig`] and a [`TrainConfig`]; the [`Trainer`] does the
 //! rest, and this file prints what it did.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fracture_nn::data::classes::ClassFolders;
 use fracture_nn::data::phantom::PhantomConfig;
-use fracture_nn::data::{BoxAnnotations, DatasetSplit, ImageFolder, LoadOptions, Split};
+use fracture_nn::data::{BoxAnnotations, DataError, ImageFolder, LoadOptions, Split};
 use fracture_nn::{
     model::ArchOverrides, BlockKind, Classifier, FitInputs, ModelConfig, OptimizerKind,
     TrainConfig, Trainer,
@@ -253,7 +254,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     // Held until the run ends: a second train on the same folder fails at once.
     let _run_lock = run_lock::RunLock::claim(&out, a.resume, a.overwrite)?;
     run_lock::on_interrupt(out.clone());
-    let (mut folder, description) = match &a.data {
+    let (mut folder, description, classes) = match &a.data {
         None => {
             let cfg = PhantomConfig {
                 size: image_size,
@@ -271,11 +272,13 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
                 "phantoms(size={}, train={}, seed={})",
                 cfg.size, cfg.train, cfg.seed
             );
-            (cfg.folder()?, desc)
+            (cfg.folder()?, desc, None)
         }
         Some(root) => {
             let policy = a.bad_files.policy(a.strict, false);
-            let (positive, negative) = class_folders(root, a.positive_class.as_deref())?;
+            let classes = ClassFolders::read(root, a.positive_class.as_deref())
+                .map_err(class_folder_error)?;
+            let (positive, negative) = (&classes.positive, &classes.negative);
             eprintln!(
                 "loading {} at {image_size} px; positive class {positive:?}, negative {negative:?} ...",
                 root.display()
@@ -285,13 +288,20 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
             report_skipped(&folder);
             // The folder's name and a fingerprint of its file list, never this machine's path.
             let desc = folder.describe();
-            (folder, desc)
+            (folder, desc, Some(classes))
         }
     };
     let train = folder.take_split(Split::Train)?;
     let val = folder.take_split(Split::Val)?;
     let test = folder.take_split(Split::Test).ok();
-    let (train, val, test) = positive_first(train, val, test, a.positive_class.as_deref())?;
+    let (train, val, test) = match &classes {
+        Some(c) => (
+            c.positive_first(train)?,
+            c.positive_first(val)?,
+            test.map(|t| c.positive_first(t)).transpose()?,
+        ),
+        None => (train, val, test),
+    };
     audit::warn_shared_images(&train, &val, test.as_ref());
     eprintln!(
         "train {} {:?}, val {} {:?}; writing to {}",
@@ -444,103 +454,13 @@ fn report_skipped(folder: &ImageFolder) {
     }
 }
 
-/// The positive and negative class folder names of `<root>/train`, read before any image
-/// loads: exactly two classes, named fractured and not_fractured unless `positive` names one.
-fn class_folders(root: &Path, positive: Option<&str>) -> Result<(String, String)> {
-    let train = root.join("train");
-    let mut names: Vec<String> = std::fs::read_dir(&train)
-        .with_context(|| {
-            format!(
-                "--data {}: cannot read its train folder (expected {}/train/<class>/<images>)",
-                root.display(),
-                root.display()
-            )
-        })?
-        .filter_map(|e| e.ok())
-        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    if names.len() != 2 {
-        bail!(
-            "--data {}: {} has {} class folder(s) {names:?}; a fracture classifier needs exactly two, fractured/ and not_fractured/ (or two others with --positive-class NAME)",
-            root.display(),
-            train.display(),
-            names.len()
-        );
+/// A class-folder error of `--data` with the flag that fixes it.
+fn class_folder_error(e: DataError) -> anyhow::Error {
+    match e {
+        DataError::UnknownPositiveClass { .. } => anyhow::anyhow!("--positive-class {e}"),
+        DataError::PositiveClassUnnamed { .. } => {
+            anyhow::anyhow!("--data {e} with --positive-class NAME")
+        }
+        e => anyhow::anyhow!("--data: {e}"),
     }
-    let positive = match positive {
-        Some(p) if names.iter().any(|n| n == p) => p.to_string(),
-        Some(p) => bail!(
-            "--positive-class {p:?}: not one of the class folders {names:?} in {}",
-            train.display()
-        ),
-        None if names == fracture_nn::data::CLASS_NAMES => names[0].clone(),
-        None => bail!(
-            "--data {}: class folders {names:?} are not fractured/ and not_fractured/; say which one is positive with --positive-class NAME",
-            root.display()
-        ),
-    };
-    let negative = names
-        .into_iter()
-        .find(|n| *n != positive)
-        .unwrap_or_default();
-    Ok((positive, negative))
-}
-
-/// The splits relabelled so that the positive class is label 0 (the trainer's positive
-/// label), when `--positive-class` names the folder that sorts second.
-fn positive_first(
-    train: DatasetSplit,
-    val: DatasetSplit,
-    test: Option<DatasetSplit>,
-    positive: Option<&str>,
-) -> Result<(DatasetSplit, DatasetSplit, Option<DatasetSplit>)> {
-    let Some(p) = positive else {
-        return Ok((train, val, test));
-    };
-    if train.classes().first().map(String::as_str) == Some(p) {
-        return Ok((train, val, test));
-    }
-    Ok((
-        swap_classes(train)?,
-        swap_classes(val)?,
-        test.map(swap_classes).transpose()?,
-    ))
-}
-
-/// A two-class split with its class order reversed (label 0 becomes 1 and 1 becomes 0).
-fn swap_classes(s: DatasetSplit) -> Result<DatasetSplit> {
-    let classes: Vec<String> = s.classes().iter().rev().cloned().collect();
-    let labels = s.labels().iter().map(|&l| 1 - l.min(1)).collect();
-    Ok(DatasetSplit::new(
-        s.split(),
-        classes,
-        s.image_size(),
-        s.images().to_vec(),
-        labels,
-        s.paths().to_vec(),
-    )?)
-}
-
-/// `data` labelled in the model's class order: its class folders must be the model's classes
-/// (in either order; a model trained with --positive-class has its positive class first).
-pub(crate) fn align_classes(
-    data: DatasetSplit,
-    model_classes: &[String],
-    dir: &Path,
-) -> Result<DatasetSplit> {
-    if data.classes() == model_classes {
-        return Ok(data);
-    }
-    let reversed: Vec<String> = model_classes.iter().rev().cloned().collect();
-    if data.classes() == reversed.as_slice() {
-        return swap_classes(data);
-    }
-    bail!(
-        "{}: class folders {:?} are not the model's classes {model_classes:?}; evaluate on data laid out like the training data",
-        dir.display(),
-        data.classes()
-    )
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fracture_nn::data::classes::align_classes;
 use fracture_nn::data::{DatasetSplit, LoadOptions, Split};
 use fracture_nn::validation::{LocalRecord, LocalValidation};
 use fracture_nn::validation_report::{render_html, ReportContext};
@@ -85,7 +86,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
-    let data = crate::train::align_classes(data, &clf.meta.class_names, &split_dir)?;
+    let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     let counts = data.class_counts();
     if counts.contains(&0) {
         bail!(
