@@ -68,6 +68,23 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A run folder that already holds a run, claimed without resuming or overwriting it
+    /// ([`crate::run_folder::RunFolder::claim`]).
+    #[error("{} already holds a run ({}): pass --resume to continue it, --overwrite to replace it, or choose another --out", path.display(), files.join(", "))]
+    RunExists {
+        /// The run folder.
+        path: PathBuf,
+        /// Some of the files it holds (at most four named).
+        files: Vec<String>,
+    },
+    /// A run folder whose lock another process holds: a run is training into it.
+    #[error("{} is in use by another `fracture train` (it holds the lock file {}): wait for it to finish or choose another --out", path.display(), lock.display())]
+    RunInUse {
+        /// The run folder.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
     /// A member of an ensemble failed to train (its run directory keeps what it finished).
     #[error("ensemble member {index} ({}): {source}", dir.display())]
     Member {

@@ -57,6 +57,7 @@ pub mod onnx;
 pub mod overlay;
 pub mod pretrained;
 pub mod results_log;
+pub mod run_folder;
 pub mod subgroups;
 pub mod summary;
 pub mod trainer;

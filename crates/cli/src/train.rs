@@ -10,13 +10,14 @@ use clap::Args;
 use fracture_nn::data::classes::ClassFolders;
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BoxAnnotations, DataError, ImageFolder, LoadOptions, Split};
+use fracture_nn::run_folder::{ExistingRun, RunFolder};
 use fracture_nn::{
     model::ArchOverrides, BlockKind, Classifier, FitInputs, ModelConfig, OptimizerKind,
     TrainConfig, Trainer,
 };
 
 use crate::choices::{self, Arch, AugmentChoice, BadFiles, HeadChoice, Optimizer, TrainTta};
-use crate::{audit, check_image_size, images, run_lock, set_threads};
+use crate::{audit, check_image_size, images, interrupt, set_threads};
 
 #[derive(Args, Debug)]
 // Negative numbers reach validation, which says what is wrong with them.
@@ -252,8 +253,14 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         ),
     };
     // Held until the run ends: a second train on the same folder fails at once.
-    let _run_lock = run_lock::RunLock::claim(&out, a.resume, a.overwrite)?;
-    run_lock::on_interrupt(out.clone());
+    let existing = match (a.resume, a.overwrite) {
+        (true, true) => bail!("--resume and --overwrite contradict each other: --resume continues the run in --out, --overwrite replaces it"),
+        (true, false) => ExistingRun::Resume,
+        (false, true) => ExistingRun::Overwrite,
+        (false, false) => ExistingRun::Refuse,
+    };
+    let _run_folder = RunFolder::claim(&out, existing)?;
+    interrupt::on_interrupt(out.clone());
     let (mut folder, description, classes) = match &a.data {
         None => {
             let cfg = PhantomConfig {
