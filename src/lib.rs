@@ -55,6 +55,7 @@ pub mod localisation;
 pub mod model;
 pub mod onnx;
 pub mod overlay;
+pub mod prediction_record;
 pub mod pretrained;
 pub mod results_log;
 pub mod run_folder;

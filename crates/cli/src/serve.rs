@@ -55,6 +55,7 @@ use clap::Args;
 use fracture_nn::data::{load_resized_from_memory, standardise, DataError, PreprocessConfig};
 use fracture_nn::layers::Layer;
 use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
+use fracture_nn::prediction_record::PredictionRecord;
 use fracture_nn::{Classifier, GradCam};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -521,7 +522,7 @@ async fn predict(
     State(state): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PredictionRecord>, ApiError> {
     let start = Instant::now();
     let Query(query) = query.map_err(|r| {
         ApiError::new(
@@ -621,10 +622,11 @@ async fn predict(
                         &state.preprocess,
                         state.threshold,
                         heatmap,
+                        state.warning.as_deref(),
                     )
                 }));
                 lock(&state.workers).push(worker);
-                let mut result = result.unwrap_or_else(|panic| {
+                result.unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -634,11 +636,7 @@ async fn predict(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("inference failed on {name}: {what}"),
                     ))
-                });
-                if let (Ok(v), Some(w)) = (&mut result, &state.warning) {
-                    v["warning"] = json!(w);
-                }
-                result
+                })
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -731,7 +729,8 @@ fn infer(
     preprocess: &PreprocessConfig,
     threshold: f64,
     heatmap: bool,
-) -> Result<Value, ApiError> {
+    warning: Option<&str>,
+) -> Result<PredictionRecord, ApiError> {
     let start = Instant::now();
     let internal = |e: fracture_nn::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"))
@@ -741,15 +740,13 @@ fn infer(
     let p = w.clf.predict_batch(&x, 1).map_err(internal)?[0];
     let label = w.clf.label(p, Some(threshold)).to_string();
     let typicality = w.clf.last_typicality().and_then(|t| t.first().copied());
-    let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold,
-        "typicality": fracture_nn::typicality::record(typicality)});
-    if typicality.is_some_and(|t| !t.typical) {
-        v["warning"] = json!(fracture_nn::typicality::ATYPICAL_WARNING);
-    }
+    // A model-wide warning (an untrained classifier) comes before the image's own.
+    let mut v = PredictionRecord::scored(name, p, label, typicality, warning.map(String::from));
+    v.threshold = Some(threshold);
     if let Ok(Some(uid)) =
         fracture_nn::data::dicom::sop_instance_uid_from_memory(bytes, Path::new(name))
     {
-        v["sop_instance_uid"] = json!(uid); // DICOM: match back to the archive, as predict --json does
+        v.sop_instance_uid = Some(uid); // DICOM: match back to the archive, as predict --json does
     }
     if heatmap {
         if w.cam.is_none() {
@@ -767,15 +764,18 @@ fn infer(
         let mut png = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        v["heatmap"] = json!(format!("data:image/png;base64,{}", base64(&png)));
-        v["heatmap_kind"] = json!(if w.clf.meta.model.mask_head {
-            "fracture map (the model's box-mask head)"
-        } else {
-            "Grad-CAM"
-        });
-        v["peak"] = json!(heat.peak);
+        v.heatmap = Some(format!("data:image/png;base64,{}", base64(&png)));
+        v.heatmap_kind = Some(
+            if w.clf.meta.model.mask_head {
+                "fracture map (the model's box-mask head)"
+            } else {
+                "Grad-CAM"
+            }
+            .into(),
+        );
+        v.peak = Some(heat.peak);
     }
-    v["ms"] = json!(start.elapsed().as_secs_f64() * 1000.0);
+    v.ms = Some(start.elapsed().as_secs_f64() * 1000.0);
     Ok(v)
 }
 
