@@ -49,6 +49,7 @@ pub mod curves;
 pub mod ema;
 pub mod ensemble;
 pub mod error;
+pub mod evaluator;
 pub mod fonts;
 pub mod gradcam;
 pub mod localisation;

@@ -10,8 +10,9 @@ use clap::Args;
 use fracture_nn::curves::plot_roc_curve;
 use fracture_nn::data::classes::align_classes;
 use fracture_nn::data::{BoxAnnotations, DatasetSplit, LoadOptions, Split};
-use fracture_nn::metrics::{bootstrap_ci, roc_curve, BinaryReport, ClassificationReport};
-use fracture_nn::{evaluate_split, Classifier, Tta};
+use fracture_nn::evaluator::Evaluator;
+use fracture_nn::metrics::roc_curve;
+use fracture_nn::{Classifier, Tta};
 
 use crate::choices::{BadFiles, EvalTta, SplitChoice};
 use crate::{check_threshold, check_writable_file, images, set_threads};
@@ -110,41 +111,22 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         );
     }
     let skipped: Vec<String> = summary.skipped.iter().map(|f| f.to_string()).collect();
-    let threshold = a.threshold.unwrap_or(clf.meta.threshold);
-    let tta = a.tta.map_or(clf.meta.tta, Tta::from);
-    let ev = evaluate_split(&mut clf.net, data, clf.meta.normalization, 32, tta)?;
-    let labels = ev.positives();
-    let report = BinaryReport::new(&labels, &ev.scores, threshold)?;
-    let ci = bootstrap_ci(&labels, &ev.scores, threshold, 1000, 0).ok();
-    let subgroups = groups.map(|g| {
-        fracture_nn::subgroups::subgroup_table(&g, &labels, &ev.scores, threshold, 1000, 0)
-    });
+    let evaluator = Evaluator {
+        threshold: a.threshold,
+        tta: a.tta.map(Tta::from),
+        ..Evaluator::default()
+    };
+    let groups = match (groups, &a.by) {
+        (Some(g), Some(by)) => Some((by.as_str(), g)),
+        _ => None,
+    };
+    let ev = evaluator.evaluate(&mut clf, data, groups)?;
+    let (report, threshold) = (&ev.report, ev.threshold);
     // The curve comes after the report: a failure to draw it must not lose the numbers.
     let point = (1.0 - report.specificity, report.sensitivity);
     if a.json {
-        let kappa = report.cohen_kappa;
-        let mut v = serde_json::to_value(report)?;
-        let obj = v.as_object_mut().expect("a report is an object");
-        obj.insert("kappa".into(), serde_json::json!(kappa));
-        obj.insert("split".into(), serde_json::json!(split.dir_name()));
-        obj.insert("skipped".into(), serde_json::json!(skipped));
-        obj.insert("tta".into(), serde_json::json!(tta.to_string()));
-        obj.insert(
-            "model".into(),
-            serde_json::json!(a.model.display().to_string()),
-        );
-        if let Some(ci) = &ci {
-            obj.insert("bootstrap_95ci".into(), serde_json::to_value(ci)?);
-        }
-        if let Some(rows) = &subgroups {
-            obj.insert(
-                "subgroups".into(),
-                serde_json::json!({"by": a.by, "rows": rows}),
-            );
-        }
-        if let Some(l) = &localisation {
-            obj.insert("localisation".into(), serde_json::to_value(l)?);
-        }
+        let model = a.model.display().to_string();
+        let v = ev.to_json(split.dir_name(), &model, &skipped, localisation.as_ref());
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!(
@@ -158,32 +140,17 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 " (the model's, chosen on val)"
             }
         );
-        let names: Vec<&str> = clf.meta.class_names.iter().map(String::as_str).collect();
-        let y_pred: Vec<usize> = ev
-            .scores
-            .iter()
-            .map(|&p| {
-                if p >= threshold {
-                    clf.meta.positive_class
-                } else {
-                    1 - clf.meta.positive_class
-                }
-            })
-            .collect();
-        let cr = ClassificationReport::new(&ev.labels, &y_pred, &names)?;
+        let cr = ev.classification_report(&clf.meta.class_names, clf.meta.positive_class)?;
         println!("\n{cr}");
         println!("{report}");
-        if let Some(ci) = ci {
+        if let Some(ci) = &ev.ci {
             println!(
-                "bootstrap 95% CI (1000 resamples): ROC-AUC [{:.4}, {:.4}], sensitivity [{:.4}, {:.4}], specificity [{:.4}, {:.4}]",
-                ci.auc.lower, ci.auc.upper, ci.sensitivity.lower, ci.sensitivity.upper, ci.specificity.lower, ci.specificity.upper
+                "bootstrap 95% CI ({} resamples): ROC-AUC [{:.4}, {:.4}], sensitivity [{:.4}, {:.4}], specificity [{:.4}, {:.4}]",
+                evaluator.resamples, ci.auc.lower, ci.auc.upper, ci.sensitivity.lower, ci.sensitivity.upper, ci.specificity.lower, ci.specificity.upper
             );
         }
-        if let Some(rows) = &subgroups {
-            println!(
-                "\nby {} (threshold {threshold:.4}):",
-                a.by.as_deref().unwrap_or("")
-            );
+        if let Some((by, rows)) = &ev.subgroups {
+            println!("\nby {by} (threshold {threshold:.4}):");
             println!(
                 "{:<20} {:>5} {:>5}  {:>7}  {:>15}  {:>6}  {:>6}",
                 "value", "n", "pos", "ROC-AUC", "95% CI", "sens", "spec"
@@ -216,7 +183,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
     }
     if let Some(png) = &a.roc_png {
-        let roc = roc_curve(&labels, &ev.scores)?;
+        let roc = roc_curve(&ev.positives, &ev.scores)?;
         plot_roc_curve(png, &roc.fpr, &roc.tpr, Some(point))?;
     }
     Ok(ExitCode::SUCCESS)
