@@ -6,6 +6,8 @@
 //! because axum runs on it and it gives signals, timeouts, a semaphore and `spawn_blocking` for
 //! the CPU-bound inference. Only the features in use are compiled (HTTP/1, JSON, query strings);
 //! multipart uploads are parsed by [`multipart`] rather than by axum's `multipart` feature.
+//! The accept loop, the checks of a request's head and the shutdown are in [`connections`]; the
+//! page and the model's description in [`page`](mod@page); this file holds the routes and the inference.
 //!
 //! Routes:
 //!
@@ -31,12 +33,15 @@
 //!
 //! Research software, not a medical device.
 
+mod connections;
 mod multipart;
+mod page;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,26 +52,19 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
 use fracture_nn::data::{load_resized_from_memory, standardise, DataError, PreprocessConfig};
-use fracture_nn::layers::Layer;
 use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
 use fracture_nn::prediction_record::PredictionRecord;
 use fracture_nn::{Classifier, GradCam};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-const PAGE_HTML: &str = include_str!("serve/page.html");
-const PAGE_CSS: &str = include_str!("serve/page.css");
-const PAGE_JS: &str = include_str!("serve/page.js");
-
-/// The notice shown on the page and returned by `/api/model`.
-pub const NOTICE: &str =
-    "Research software, not a medical device: never use its output for diagnosis.";
+use connections::{check_head, log_request, serve_until, shutdown_signal};
+use page::{css, describe, js, page};
 
 /// Arguments of `fracture serve`.
 #[derive(Args, Debug)]
@@ -123,7 +121,7 @@ struct AppState {
     buffer: Arc<Semaphore>,
     /// Largest request body in bytes.
     body_limit: usize,
-    /// Set when the model's classifier was never trained (see [`untrained_warning`]).
+    /// Set when the model's classifier was never trained (see [`crate::predict::untrained_warning`]).
     warning: Option<String>,
 }
 
@@ -267,87 +265,6 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long requests in flight may take to finish after Ctrl-C or SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Longest request target (path and query) in bytes; longer is a 414 with a JSON body.
-const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// Most header fields, and most header bytes, of a request; more is a 431 with a JSON body.
-const MAX_HEADERS: usize = 100;
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Accepts connections until `shutdown` resolves, then lets the requests in flight finish for
-/// at most [`SHUTDOWN_GRACE`] and drops the rest.
-///
-/// Each connection is HTTP/1.1 served by hyper with a header read timeout of `timeout` (a
-/// client must send a request's headers within it, so a slow or silent client cannot hold a
-/// connection); axum's own `serve` has no such setting. hyper's own limits are set above this
-/// server's ([`MAX_URI_BYTES`], [`MAX_HEADERS`]), so that the usual oversized requests reach
-/// [`check_head`] and get a JSON error; only a request line over 64 KiB or a head over hyper's
-/// 400 KB buffer is answered by hyper itself, with an empty body.
-async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    timeout: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let (close_tx, close_rx) = tokio::sync::watch::channel(());
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    eprintln!("warning: cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            // Reap finished connections as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let mut close_rx = close_rx.clone();
-        connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .max_headers(4 * MAX_HEADERS);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = close_rx.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    drop(close_tx);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!(
-            "shutting down: {} connection(s) still open after {} s are closed",
-            connections.len(),
-            SHUTDOWN_GRACE.as_secs()
-        );
-        connections.abort_all();
-    }
-}
-
 fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(page))
@@ -369,135 +286,8 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// 414 and 431 with a JSON body, like every other error, for a request target or headers
-/// larger than this server takes.
-async fn check_head(req: Request, next: Next) -> Response {
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target > MAX_URI_BYTES {
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            format!(
-                "the request target is {target} bytes long; at most {MAX_URI_BYTES} are accepted"
-            ),
-        )
-        .into_response();
-    }
-    let headers = req.headers();
-    let bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "{} header fields ({bytes} bytes); at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes are accepted",
-                headers.len()
-            ),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// One stderr line per request: method, path, status, milliseconds.
-async fn log_request(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let response = next.run(req).await;
-    eprintln!(
-        "{method} {path} {} {} ms",
-        response.status().as_u16(),
-        start.elapsed().as_millis()
-    );
-    response
-}
-
-/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    Ok(async move {
-        #[cfg(unix)]
-        let term = async move {
-            term.recv().await;
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-        }
-        eprintln!(
-            "shutting down: finishing the requests in flight (at most {} s)",
-            SHUTDOWN_GRACE.as_secs()
-        );
-    })
-}
-
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Everything the page needs comes from this server; uploads show as blob: URLs and
-            // overlays as data: URLs.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn page() -> Response {
-    static_file("text/html; charset=utf-8", PAGE_HTML)
-}
-
-async fn css() -> Response {
-    static_file("text/css; charset=utf-8", PAGE_CSS)
-}
-
-async fn js() -> Response {
-    static_file("text/javascript; charset=utf-8", PAGE_JS)
-}
-
 async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.description.clone())
-}
-
-/// The model's description for `/api/model` and the page's side panel.
-fn describe(clf: &Classifier, path: &Path, warning: Option<&str>) -> Value {
-    let m = &clf.meta;
-    let architecture = format!(
-        "{}, {}",
-        m.model.backbone().describe(),
-        m.model.head.describe()
-    );
-    let p = &m.provenance;
-    let mut v = json!({
-        "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "architecture": architecture,
-        "members": m.model.members,
-        "parameters": clf.net.num_params(),
-        "input_size": m.model.image_size,
-        "resize_mode": m.preprocess.resize_mode.name(),
-        "class_names": m.class_names,
-        "positive_class": m.class_names.get(m.positive_class),
-        "threshold": m.threshold,
-        "threshold_rule": m.threshold_rule,
-        "tta": m.tta.to_string(),
-        "val_auc": p.val_auc,
-        "provenance": p,
-        "notice": NOTICE,
-    });
-    if let Some(w) = warning {
-        v["warning"] = json!(w);
-    }
-    v
 }
 
 #[derive(serde::Deserialize, Default)]

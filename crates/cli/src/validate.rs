@@ -22,7 +22,7 @@ pub struct ValidateArgs {
     /// The model file to validate.
     #[arg(long)]
     pub model: PathBuf,
-    /// The labelled folder: <data>/<split>/{fractured,not_fractured}/...
+    /// The labelled folder: `<data>/<split>/{fractured,not_fractured}/...`
     #[arg(long)]
     pub data: PathBuf,
     /// The split folder to validate on.
