@@ -15,6 +15,16 @@ pub enum Error {
     /// A setting that cannot work (zero epochs, an input size too small for the network...).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A training setting out of its range ([`crate::TrainConfig::validate`]).
+    #[error("invalid configuration: {setting} = {value}: {rule}")]
+    Setting {
+        /// The field of [`crate::TrainConfig`].
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

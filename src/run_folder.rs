@@ -103,6 +103,20 @@ impl Drop for RunFolder {
     }
 }
 
+/// The run folder of a run given none: `runs/<unix time>` (in seconds), relative to the
+/// working directory.
+///
+/// ```
+/// let dir = fracture_nn::run_folder::default_run_dir();
+/// assert!(dir.starts_with("runs") && dir.components().count() == 2);
+/// ```
+pub fn default_run_dir() -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("runs").join(now.to_string())
+}
+
 /// An I/O error on `path`, saying what was being done.
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();

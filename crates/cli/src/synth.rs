@@ -32,11 +32,8 @@ pub fn run(a: SynthArgs) -> Result<ExitCode> {
     }
     let cfg = PhantomConfig {
         size: a.size,
-        train: 2 * a.per_class,
-        val: (2 * a.per_class / 5).max(2),
-        test: (2 * a.per_class / 5).max(2),
         seed: a.seed,
-        ..PhantomConfig::default()
+        ..PhantomConfig::with_train(2 * a.per_class)
     };
     cfg.write_folder(&a.out)?;
     println!(

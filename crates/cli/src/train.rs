@@ -10,7 +10,7 @@ use clap::Args;
 use fracture_nn::data::classes::ClassFolders;
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::{BoxAnnotations, DataError, ImageFolder, LoadOptions, Split};
-use fracture_nn::run_folder::{ExistingRun, RunFolder};
+use fracture_nn::run_folder::{default_run_dir, ExistingRun, RunFolder};
 use fracture_nn::{
     model::ArchOverrides, BlockKind, Classifier, FitInputs, ModelConfig, OptimizerKind,
     TrainConfig, Trainer,
@@ -234,7 +234,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         },
         ..preset
     };
-    config.validate()?;
+    config.validate().map_err(setting_error)?;
     let boxes = match (&a.boxes, &a.data) {
         (Some(csv), Some(_)) => {
             Some(BoxAnnotations::load(csv).with_context(|| format!("--boxes {}", csv.display()))?)
@@ -245,12 +245,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let out = match a.out {
         Some(o) => o,
         None if a.resume => bail!("--resume needs --out: the directory of the run to continue"),
-        None => PathBuf::from("runs").join(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .to_string(),
-        ),
+        None => default_run_dir(),
     };
     // Held until the run ends: a second train on the same folder fails at once.
     let existing = match (a.resume, a.overwrite) {
@@ -265,11 +260,8 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         None => {
             let cfg = PhantomConfig {
                 size: image_size,
-                train: a.phantoms,
-                val: (a.phantoms / 5).max(2),
-                test: (a.phantoms / 5).max(2),
                 seed: a.seed,
-                ..PhantomConfig::default()
+                ..PhantomConfig::with_train(a.phantoms)
             };
             eprintln!(
                 "training on synthetic phantoms: {} train / {} val / {} test at {} px, positive class fractured (use --data DIR for real X-rays)",
@@ -374,8 +366,9 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The numeric training flags, checked before any data is loaded: each error names the flag,
-/// the value given and the accepted range.
+/// The flags of the model's shape and of the data source, checked before any data is loaded:
+/// each error names the flag, the value given and the accepted range. The training settings
+/// are checked by [`TrainConfig::validate`] (see [`setting_error`]).
 fn check_train_flags(a: &TrainArgs) -> Result<()> {
     fn positive(flag: &str, v: Option<usize>, hint: &str) -> Result<()> {
         if v == Some(0) {
@@ -383,23 +376,8 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
         }
         Ok(())
     }
-    positive(
-        "--epochs",
-        a.epochs,
-        "the number of passes over the training images",
-    )?;
-    positive(
-        "--batch-size",
-        Some(a.batch_size),
-        "images per step, e.g. 32",
-    )?;
     positive("--threads", a.threads, "worker threads")?;
     positive("--members", a.members, "networks in the ensemble")?;
-    positive(
-        "--patience",
-        a.patience,
-        "epochs without improvement before stopping",
-    )?;
     positive("--blocks", a.blocks, "residual blocks per stage")?;
     positive(
         "--image-size",
@@ -412,11 +390,6 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
             bail!("--widths {w:?}: every stage needs at least 1 channel, e.g. 32,64,128,256");
         }
     }
-    if let Some(lr) = a.lr {
-        if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr {lr}: the learning rate must be positive and finite, e.g. 2e-3 (AdamW) or 0.05 (SGD)");
-        }
-    }
     let unit = |flag: &str, v: Option<f32>, what: &str| -> Result<()> {
         match v {
             Some(v) if !(0.0..1.0).contains(&v) => bail!("{flag} {v}: {what} must lie in [0, 1)"),
@@ -425,20 +398,6 @@ fn check_train_flags(a: &TrainArgs) -> Result<()> {
     };
     unit("--dropout", a.dropout, "the dropout rate")?;
     unit("--drop-path", a.drop_path, "the stochastic depth rate")?;
-    unit("--label-smoothing", a.label_smoothing, "label smoothing")?;
-    unit("--ema", a.ema, "the EMA decay")?;
-    if let Some(wd) = a.weight_decay {
-        if !(wd.is_finite() && wd >= 0.0) {
-            bail!(
-                "--weight-decay {wd}: the weight decay must be 0 or positive and finite, e.g. 1e-4"
-            );
-        }
-    }
-    if let Some(s) = a.backbone_lr_scale {
-        if !(s.is_finite() && s >= 0.0) {
-            bail!("--backbone-lr-scale {s}: must be 0 or positive and finite, e.g. 0.1");
-        }
-    }
     if a.data.is_none() && a.positive_class.is_some() {
         bail!("--positive-class applies to --data folders only (phantoms are fractured/not_fractured)");
     }
@@ -470,4 +429,30 @@ fn class_folder_error(e: DataError) -> anyhow::Error {
         }
         e => anyhow::anyhow!("--data: {e}"),
     }
+}
+
+/// A [`TrainConfig`] setting out of range ([`fracture_nn::Error::Setting`]), named by the flag
+/// that sets it, with an example of a good value.
+fn setting_error(e: fracture_nn::Error) -> anyhow::Error {
+    let fracture_nn::Error::Setting {
+        setting,
+        value,
+        rule,
+    } = &e
+    else {
+        return e.into();
+    };
+    let (flag, hint) = match *setting {
+        "epochs" => ("--epochs", "the number of passes over the training images"),
+        "batch_size" => ("--batch-size", "images per step, e.g. 32"),
+        "lr" => ("--lr", "e.g. 2e-3 (AdamW) or 0.05 (SGD)"),
+        "weight_decay" => ("--weight-decay", "e.g. 1e-4"),
+        "label_smoothing" => ("--label-smoothing", "e.g. 0.1"),
+        "ema_decay" => ("--ema", "e.g. 0.998"),
+        "patience" => ("--patience", "epochs without improvement before stopping"),
+        "backbone_lr_scale" => ("--backbone-lr-scale", "e.g. 0.1"),
+        "mask_weight" => ("--mask-weight", "e.g. 1"),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!("{flag} {value}: {rule} ({hint})")
 }
