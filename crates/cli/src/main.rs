@@ -31,7 +31,8 @@ pub(crate) use checks::{
 };
 pub(crate) use predict::escape_path;
 
-/// Train, evaluate and apply a from-scratch CNN that tells fractured from intact bones in X-rays.
+/// Train, evaluate and apply CNNs that tell fractured from intact bones in X-rays: fine-tune an
+/// ImageNet-pretrained EfficientNet-Lite, or train a network from scratch.
 ///
 /// Research software, not a medical device: never use its output for diagnosis.
 #[derive(Parser, Debug)]
