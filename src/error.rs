@@ -15,6 +15,16 @@ pub enum Error {
     /// A setting that cannot work (zero epochs, an input size too small for the network...).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A training setting out of its range ([`crate::TrainConfig::validate`]).
+    #[error("invalid configuration: {setting} = {value}: {rule}")]
+    Setting {
+        /// The field of [`crate::TrainConfig`].
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -67,6 +77,23 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong and what to do.
         reason: String,
+    },
+    /// A run folder that already holds a run, claimed without resuming or overwriting it
+    /// ([`crate::run_folder::RunFolder::claim`]).
+    #[error("{} already holds a run ({}): pass --resume to continue it, --overwrite to replace it, or choose another --out", path.display(), files.join(", "))]
+    RunExists {
+        /// The run folder.
+        path: PathBuf,
+        /// Some of the files it holds (at most four named).
+        files: Vec<String>,
+    },
+    /// A run folder whose lock another process holds: a run is training into it.
+    #[error("{} is in use by another `fracture train` (it holds the lock file {}): wait for it to finish or choose another --out", path.display(), lock.display())]
+    RunInUse {
+        /// The run folder.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
     },
     /// A member of an ensemble failed to train (its run directory keeps what it finished).
     #[error("ensemble member {index} ({}): {source}", dir.display())]

@@ -2,7 +2,8 @@
 //! per line, appended batch by batch, that a killed run resumes without losing or repeating an
 //! image.
 //!
-//! - Each line is the object `predict --json` prints: `{"path", "p_fractured", "label", ...}`
+//! - Each line is a [`PredictionRecord`](crate::prediction_record::PredictionRecord), the
+//!   object `predict --json` prints: `{"path", "p_fractured", "label", ...}`
 //!   for a scored image, `{"path", "error"}` for a file that could not be classified. The
 //!   `path` field is the key: [`ResultsLog::recorded`] says whether a path already has a line.
 //! - [`ResultsLog::append`] writes a whole batch with one `write` and then `fsync`s the data,
@@ -408,25 +409,24 @@ fn count_lines(file: &File) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The key, kind and positive flag of one complete line, or what is wrong with it.
+/// The key, kind and positive flag of one complete line (a
+/// [`PredictionRecord`](crate::prediction_record::PredictionRecord)), or what is wrong with it.
 fn parse_line(
     line: &[u8],
     positive_label: &str,
 ) -> std::result::Result<(u128, Recorded, bool), String> {
     let v: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("not JSON ({e})"))?;
-    let path = v
-        .get("path")
-        .and_then(|p| p.as_str())
-        .ok_or("no \"path\" string")?;
-    if v.get("error").is_some() {
-        return Ok((key(path), Recorded::Failed, false));
+    if !v.get("path").is_some_and(serde_json::Value::is_string) {
+        return Err("no \"path\" string".into());
     }
-    let label = v
-        .get("label")
-        .and_then(|l| l.as_str())
-        .ok_or("neither \"label\" nor \"error\"")?;
-    Ok((key(path), Recorded::Scored, label == positive_label))
+    let r: crate::prediction_record::PredictionRecord =
+        serde_json::from_value(v).map_err(|e| format!("not a prediction record ({e})"))?;
+    match (&r.error, &r.label) {
+        (Some(_), _) => Ok((key(&r.path), Recorded::Failed, false)),
+        (None, Some(label)) => Ok((key(&r.path), Recorded::Scored, label == positive_label)),
+        (None, None) => Err("neither \"label\" nor \"error\"".into()),
+    }
 }
 
 /// A 128-bit hash of a path key (two independent 64-bit SipHashes): a collision, which would

@@ -343,7 +343,8 @@ impl Layer for TypicalityBank {
 }
 
 /// The `typicality` value of a prediction record (`predict --json`, `serve`, `validate`): the
-/// score and verdict, or, for a model without a bank, nulls and the reason.
+/// score and verdict, or, for a model without a bank, nulls and the reason (the JSON of
+/// [`crate::prediction_record::TypicalityRecord`]).
 ///
 /// ```
 /// use fracture_nn::typicality::{record, Typicality};
@@ -352,14 +353,8 @@ impl Layer for TypicalityBank {
 /// assert!(record(None)["typical"].is_null());
 /// ```
 pub fn record(t: Option<Typicality>) -> serde_json::Value {
-    match t {
-        Some(t) => serde_json::json!({"score": t.score, "typical": t.typical}),
-        None => serde_json::json!({
-            "score": null,
-            "typical": null,
-            "note": "this model file has no typicality reference (written before it existed): it cannot judge",
-        }),
-    }
+    serde_json::to_value(crate::prediction_record::TypicalityRecord::from(t))
+        .expect("a typicality record always converts")
 }
 
 /// The words a person reads for an atypical image.

@@ -235,43 +235,89 @@ impl TrainConfig {
         }
     }
 
-    /// Checks the settings.
+    /// Checks the settings; the error names the first one out of range
+    /// ([`Error::Setting`]: the field, its value and the rule).
+    ///
+    /// ```
+    /// use fracture_nn::{Error, TrainConfig};
+    /// let e = TrainConfig { lr: -1.0, ..TrainConfig::default() }.validate().unwrap_err();
+    /// assert!(matches!(e, Error::Setting { setting: "lr", .. }));
+    /// assert_eq!(e.to_string(), "invalid configuration: lr = -1: the learning rate must be positive and finite");
+    /// ```
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        let bad = |setting: &'static str, value: &dyn std::fmt::Display, rule: &'static str| {
+            Err(Error::Setting {
+                setting,
+                value: value.to_string(),
+                rule,
+            })
+        };
         if self.epochs == 0 {
-            return bad("epochs must be at least 1");
+            return bad("epochs", &self.epochs, "epochs must be at least 1");
         }
         if self.batch_size == 0 {
-            return bad("batch size must be at least 1");
+            return bad(
+                "batch_size",
+                &self.batch_size,
+                "batch size must be at least 1",
+            );
         }
         if let Some(d) = self.ema_decay {
             if !(0.0..1.0).contains(&d) {
-                return bad("the weight EMA decay must lie in [0, 1)");
+                return bad("ema_decay", &d, "the weight EMA decay must lie in [0, 1)");
             }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("the learning rate must be positive and finite");
+            return bad(
+                "lr",
+                &self.lr,
+                "the learning rate must be positive and finite",
+            );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("weight decay must be non-negative and finite");
+            return bad(
+                "weight_decay",
+                &self.weight_decay,
+                "weight decay must be non-negative and finite",
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return bad("label smoothing must lie in [0, 1)");
+            return bad(
+                "label_smoothing",
+                &self.label_smoothing,
+                "label smoothing must lie in [0, 1)",
+            );
         }
         if !(0.0..=1.0).contains(&self.target_sensitivity) {
-            return bad("target sensitivity must be in [0, 1]");
+            return bad(
+                "target_sensitivity",
+                &self.target_sensitivity,
+                "target sensitivity must be in [0, 1]",
+            );
         }
-        if self.patience == Some(0) {
-            return bad("patience must be at least 1 epoch");
+        if let Some(p) = self.patience.filter(|&p| p == 0) {
+            return bad("patience", &p, "patience must be at least 1 epoch");
         }
         if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
-            return bad("the backbone learning-rate scale must be finite and >= 0");
+            return bad(
+                "backbone_lr_scale",
+                &self.backbone_lr_scale,
+                "the backbone learning-rate scale must be finite and >= 0",
+            );
         }
         if !(self.mask_weight.is_finite() && self.mask_weight >= 0.0) {
-            return bad("the mask loss weight must be finite and >= 0");
+            return bad(
+                "mask_weight",
+                &self.mask_weight,
+                "the mask loss weight must be finite and >= 0",
+            );
         }
         if !(self.mask_pos_weight.is_finite() && self.mask_pos_weight > 0.0) {
-            return bad("the mask loss's positive-cell weight must be finite and > 0");
+            return bad(
+                "mask_pos_weight",
+                &self.mask_pos_weight,
+                "the mask loss's positive-cell weight must be finite and > 0",
+            );
         }
         Ok(())
     }

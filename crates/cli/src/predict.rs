@@ -21,6 +21,7 @@ use clap::Args;
 use crate::choices::BadFiles;
 use fracture_nn::batch_predict::{predict_stream, Input, Scored, Scoring, StreamConfig};
 use fracture_nn::overlay::{save_overlay, OverlayConfig, Probability};
+use fracture_nn::prediction_record::PredictionRecord;
 use fracture_nn::results_log::{Existing, RecordedPaths, ResultsLog, Tally};
 use fracture_nn::{Classifier, GradCam};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -378,7 +379,7 @@ fn batch_lines(
                 if to_file {
                     bar.suspend(|| eprintln!("{shown}: error: {e}"));
                 }
-                serde_json::json!({"path": shown, "error": e}).to_string()
+                PredictionRecord::failed(shown, e).to_line()
             }
         };
         if to_file {
@@ -390,27 +391,25 @@ fn batch_lines(
     (lines, None)
 }
 
-/// The object `predict --json` prints (and `--out` appends) for a scored image.
+/// The record `predict --json` prints (and `--out` appends) for a scored image.
 fn json_line(shown: &str, s: &Scoring, heat: Option<&Drawn>) -> String {
-    let mut v = serde_json::json!({"path": shown, "p_fractured": s.p_fractured, "label": s.label});
-    if let Some(uid) = &s.sop_instance_uid {
-        v["sop_instance_uid"] = serde_json::json!(uid); // DICOM: match back to the archive
-    }
+    let mut r = PredictionRecord::scored(
+        shown,
+        s.p_fractured,
+        s.label.as_str(),
+        s.typicality,
+        s.warning.clone(),
+    );
+    r.sop_instance_uid = s.sop_instance_uid.clone(); // DICOM: match back to the archive
     match heat {
         Some(Ok((png, peak))) => {
-            v["heatmap"] = serde_json::json!(escape_path(png));
-            v["peak"] = serde_json::json!(peak);
+            r.heatmap = Some(escape_path(png));
+            r.peak = Some(*peak);
         }
-        Some(Err(e)) => v["heatmap_error"] = serde_json::json!(e),
+        Some(Err(e)) => r.heatmap_error = Some(e.clone()),
         None => {}
     }
-    v["typicality"] = fracture_nn::typicality::record(s.typicality);
-    if let Some(n) = &s.warning {
-        v["warning"] = serde_json::json!(n);
-    } else if s.typicality.is_some_and(|t| !t.typical) {
-        v["warning"] = serde_json::json!(fracture_nn::typicality::ATYPICAL_WARNING);
-    }
-    v.to_string()
+    r.to_line()
 }
 
 /// The tab-separated text line of a scored image.

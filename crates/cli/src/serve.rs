@@ -6,6 +6,8 @@
 //! because axum runs on it and it gives signals, timeouts, a semaphore and `spawn_blocking` for
 //! the CPU-bound inference. Only the features in use are compiled (HTTP/1, JSON, query strings);
 //! multipart uploads are parsed by [`multipart`] rather than by axum's `multipart` feature.
+//! The accept loop, the checks of a request's head and the shutdown are in [`connections`]; the
+//! page and the model's description in [`page`](mod@page); this file holds the routes and the inference.
 //!
 //! Routes:
 //!
@@ -31,12 +33,15 @@
 //!
 //! Research software, not a medical device.
 
+mod connections;
 mod multipart;
+mod page;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,25 +52,19 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
 use fracture_nn::data::{load_resized_from_memory, standardise, DataError, PreprocessConfig};
-use fracture_nn::layers::Layer;
 use fracture_nn::overlay::{render_overlay, OverlayConfig, Probability};
+use fracture_nn::prediction_record::PredictionRecord;
 use fracture_nn::{Classifier, GradCam};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-const PAGE_HTML: &str = include_str!("serve/page.html");
-const PAGE_CSS: &str = include_str!("serve/page.css");
-const PAGE_JS: &str = include_str!("serve/page.js");
-
-/// The notice shown on the page and returned by `/api/model`.
-pub const NOTICE: &str =
-    "Research software, not a medical device: never use its output for diagnosis.";
+use connections::{check_head, log_request, serve_until, shutdown_signal};
+use page::{css, describe, js, page};
 
 /// Arguments of `fracture serve`.
 #[derive(Args, Debug)]
@@ -122,7 +121,7 @@ struct AppState {
     buffer: Arc<Semaphore>,
     /// Largest request body in bytes.
     body_limit: usize,
-    /// Set when the model's classifier was never trained (see [`untrained_warning`]).
+    /// Set when the model's classifier was never trained (see [`crate::predict::untrained_warning`]).
     warning: Option<String>,
 }
 
@@ -266,87 +265,6 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long requests in flight may take to finish after Ctrl-C or SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Longest request target (path and query) in bytes; longer is a 414 with a JSON body.
-const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// Most header fields, and most header bytes, of a request; more is a 431 with a JSON body.
-const MAX_HEADERS: usize = 100;
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Accepts connections until `shutdown` resolves, then lets the requests in flight finish for
-/// at most [`SHUTDOWN_GRACE`] and drops the rest.
-///
-/// Each connection is HTTP/1.1 served by hyper with a header read timeout of `timeout` (a
-/// client must send a request's headers within it, so a slow or silent client cannot hold a
-/// connection); axum's own `serve` has no such setting. hyper's own limits are set above this
-/// server's ([`MAX_URI_BYTES`], [`MAX_HEADERS`]), so that the usual oversized requests reach
-/// [`check_head`] and get a JSON error; only a request line over 64 KiB or a head over hyper's
-/// 400 KB buffer is answered by hyper itself, with an empty body.
-async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    timeout: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let (close_tx, close_rx) = tokio::sync::watch::channel(());
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    eprintln!("warning: cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            // Reap finished connections as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let mut close_rx = close_rx.clone();
-        connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .max_headers(4 * MAX_HEADERS);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = close_rx.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    drop(close_tx);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!(
-            "shutting down: {} connection(s) still open after {} s are closed",
-            connections.len(),
-            SHUTDOWN_GRACE.as_secs()
-        );
-        connections.abort_all();
-    }
-}
-
 fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(page))
@@ -368,135 +286,8 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// 414 and 431 with a JSON body, like every other error, for a request target or headers
-/// larger than this server takes.
-async fn check_head(req: Request, next: Next) -> Response {
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target > MAX_URI_BYTES {
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            format!(
-                "the request target is {target} bytes long; at most {MAX_URI_BYTES} are accepted"
-            ),
-        )
-        .into_response();
-    }
-    let headers = req.headers();
-    let bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "{} header fields ({bytes} bytes); at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes are accepted",
-                headers.len()
-            ),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// One stderr line per request: method, path, status, milliseconds.
-async fn log_request(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let response = next.run(req).await;
-    eprintln!(
-        "{method} {path} {} {} ms",
-        response.status().as_u16(),
-        start.elapsed().as_millis()
-    );
-    response
-}
-
-/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    Ok(async move {
-        #[cfg(unix)]
-        let term = async move {
-            term.recv().await;
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-        }
-        eprintln!(
-            "shutting down: finishing the requests in flight (at most {} s)",
-            SHUTDOWN_GRACE.as_secs()
-        );
-    })
-}
-
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Everything the page needs comes from this server; uploads show as blob: URLs and
-            // overlays as data: URLs.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn page() -> Response {
-    static_file("text/html; charset=utf-8", PAGE_HTML)
-}
-
-async fn css() -> Response {
-    static_file("text/css; charset=utf-8", PAGE_CSS)
-}
-
-async fn js() -> Response {
-    static_file("text/javascript; charset=utf-8", PAGE_JS)
-}
-
 async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.description.clone())
-}
-
-/// The model's description for `/api/model` and the page's side panel.
-fn describe(clf: &Classifier, path: &Path, warning: Option<&str>) -> Value {
-    let m = &clf.meta;
-    let architecture = format!(
-        "{}, {}",
-        m.model.backbone().describe(),
-        m.model.head.describe()
-    );
-    let p = &m.provenance;
-    let mut v = json!({
-        "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "architecture": architecture,
-        "members": m.model.members,
-        "parameters": clf.net.num_params(),
-        "input_size": m.model.image_size,
-        "resize_mode": m.preprocess.resize_mode.name(),
-        "class_names": m.class_names,
-        "positive_class": m.class_names.get(m.positive_class),
-        "threshold": m.threshold,
-        "threshold_rule": m.threshold_rule,
-        "tta": m.tta.to_string(),
-        "val_auc": p.val_auc,
-        "provenance": p,
-        "notice": NOTICE,
-    });
-    if let Some(w) = warning {
-        v["warning"] = json!(w);
-    }
-    v
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -521,7 +312,7 @@ async fn predict(
     State(state): State<Arc<AppState>>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     req: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PredictionRecord>, ApiError> {
     let start = Instant::now();
     let Query(query) = query.map_err(|r| {
         ApiError::new(
@@ -621,10 +412,11 @@ async fn predict(
                         &state.preprocess,
                         state.threshold,
                         heatmap,
+                        state.warning.as_deref(),
                     )
                 }));
                 lock(&state.workers).push(worker);
-                let mut result = result.unwrap_or_else(|panic| {
+                result.unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -634,11 +426,7 @@ async fn predict(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         format!("inference failed on {name}: {what}"),
                     ))
-                });
-                if let (Ok(v), Some(w)) = (&mut result, &state.warning) {
-                    v["warning"] = json!(w);
-                }
-                result
+                })
             })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -731,7 +519,8 @@ fn infer(
     preprocess: &PreprocessConfig,
     threshold: f64,
     heatmap: bool,
-) -> Result<Value, ApiError> {
+    warning: Option<&str>,
+) -> Result<PredictionRecord, ApiError> {
     let start = Instant::now();
     let internal = |e: fracture_nn::Error| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"))
@@ -741,15 +530,13 @@ fn infer(
     let p = w.clf.predict_batch(&x, 1).map_err(internal)?[0];
     let label = w.clf.label(p, Some(threshold)).to_string();
     let typicality = w.clf.last_typicality().and_then(|t| t.first().copied());
-    let mut v = json!({"path": name, "p_fractured": p, "label": label, "threshold": threshold,
-        "typicality": fracture_nn::typicality::record(typicality)});
-    if typicality.is_some_and(|t| !t.typical) {
-        v["warning"] = json!(fracture_nn::typicality::ATYPICAL_WARNING);
-    }
+    // A model-wide warning (an untrained classifier) comes before the image's own.
+    let mut v = PredictionRecord::scored(name, p, label, typicality, warning.map(String::from));
+    v.threshold = Some(threshold);
     if let Ok(Some(uid)) =
         fracture_nn::data::dicom::sop_instance_uid_from_memory(bytes, Path::new(name))
     {
-        v["sop_instance_uid"] = json!(uid); // DICOM: match back to the archive, as predict --json does
+        v.sop_instance_uid = Some(uid); // DICOM: match back to the archive, as predict --json does
     }
     if heatmap {
         if w.cam.is_none() {
@@ -767,15 +554,18 @@ fn infer(
         let mut png = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        v["heatmap"] = json!(format!("data:image/png;base64,{}", base64(&png)));
-        v["heatmap_kind"] = json!(if w.clf.meta.model.mask_head {
-            "fracture map (the model's box-mask head)"
-        } else {
-            "Grad-CAM"
-        });
-        v["peak"] = json!(heat.peak);
+        v.heatmap = Some(format!("data:image/png;base64,{}", base64(&png)));
+        v.heatmap_kind = Some(
+            if w.clf.meta.model.mask_head {
+                "fracture map (the model's box-mask head)"
+            } else {
+                "Grad-CAM"
+            }
+            .into(),
+        );
+        v.peak = Some(heat.peak);
     }
-    v["ms"] = json!(start.elapsed().as_secs_f64() * 1000.0);
+    v.ms = Some(start.elapsed().as_secs_f64() * 1000.0);
     Ok(v)
 }
 

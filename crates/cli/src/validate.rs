@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use fracture_nn::data::classes::align_classes;
 use fracture_nn::data::{DatasetSplit, LoadOptions, Split};
 use fracture_nn::validation::{LocalRecord, LocalValidation};
 use fracture_nn::validation_report::{render_html, ReportContext};
@@ -21,7 +22,7 @@ pub struct ValidateArgs {
     /// The model file to validate.
     #[arg(long)]
     pub model: PathBuf,
-    /// The labelled folder: <data>/<split>/{fractured,not_fractured}/...
+    /// The labelled folder: `<data>/<split>/{fractured,not_fractured}/...`
     #[arg(long)]
     pub data: PathBuf,
     /// The split folder to validate on.
@@ -85,7 +86,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     for f in &summary.skipped {
         eprintln!("warning: skipped {f}");
     }
-    let data = crate::align_classes(data, &clf.meta.class_names, &split_dir)?;
+    let data = align_classes(data, &clf.meta.class_names, &split_dir)?;
     let counts = data.class_counts();
     if counts.contains(&0) {
         bail!(

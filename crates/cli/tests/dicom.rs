@@ -104,7 +104,13 @@ fn train_and_predict_on_a_folder_of_dicom_files() {
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            ["label", "p_fractured", "path", "sop_instance_uid", "typicality"],
+            [
+                "label",
+                "p_fractured",
+                "path",
+                "sop_instance_uid",
+                "typicality"
+            ],
             "{v}"
         );
     }

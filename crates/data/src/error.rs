@@ -153,6 +153,46 @@ pub enum DataError {
         reference: String,
     },
 
+    /// The training split does not hold exactly two class folders.
+    #[error("{path} has {} class folder(s) {found:?}; a fracture classifier needs exactly two, fractured/ and not_fractured/ (or two others with a named positive class)", found.len())]
+    ClassCount {
+        /// The training split's folder.
+        path: PathBuf,
+        /// The class folders found, sorted.
+        found: Vec<String>,
+    },
+
+    /// The positive class named is not one of the class folders.
+    #[error("{positive:?} is not one of the class folders {found:?} in {path}")]
+    UnknownPositiveClass {
+        /// The training split's folder.
+        path: PathBuf,
+        /// The class named as positive.
+        positive: String,
+        /// The class folders found, sorted.
+        found: Vec<String>,
+    },
+
+    /// Two class folders not named fractured and not_fractured, and no positive class named.
+    #[error("{path}: class folders {found:?} are not fractured/ and not_fractured/; name the positive one")]
+    PositiveClassUnnamed {
+        /// The dataset root.
+        path: PathBuf,
+        /// The class folders found, sorted.
+        found: Vec<String>,
+    },
+
+    /// A folder to evaluate whose classes are not the model's.
+    #[error("{path}: class folders {found:?} are not the model's classes {expected:?}; evaluate on data laid out like the training data")]
+    NotModelClasses {
+        /// The split folder.
+        path: PathBuf,
+        /// Its class folders.
+        found: Vec<String>,
+        /// The model's classes.
+        expected: Vec<String>,
+    },
+
     /// A configuration value is out of its valid range.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -183,6 +223,10 @@ impl DataError {
             | DataError::EmptyClassFolder { path }
             | DataError::NoImages { path, .. }
             | DataError::ClassMismatch { path, .. }
+            | DataError::ClassCount { path, .. }
+            | DataError::UnknownPositiveClass { path, .. }
+            | DataError::PositiveClassUnnamed { path, .. }
+            | DataError::NotModelClasses { path, .. }
             | DataError::Write { path, .. } => Some(path),
             DataError::Config(_) => None,
         }

@@ -13,6 +13,7 @@
 //! - [`normalize`]: mean/std from the training split only, serialisable for checkpoints;
 //! - [`augment`]: seeded flips, rotation, crop, translation, brightness/contrast, noise, gamma,
 //!   blur and down-and-up-scaling;
+//! - [`classes`]: which class folder is positive, and labels in a model's class order;
 //! - [`boxes`]: finding boxes per image from a CSV, and the box-mask targets of a mask head;
 //! - [`csv_table`]: the per-image CSV tables (boxes, metadata) keyed by relative path;
 //! - [`loader`]: shuffled or balanced, prefetching batch loader;
@@ -37,6 +38,7 @@
 pub mod audit;
 pub mod augment;
 pub mod boxes;
+pub mod classes;
 pub mod csv_table;
 pub mod decode;
 pub mod dicom;

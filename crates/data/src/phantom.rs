@@ -134,6 +134,24 @@ pub struct PhantomSplit {
 }
 
 impl PhantomConfig {
+    /// `train` training phantoms, with a fifth as many (at least 2) for validation and for
+    /// test: the split sizes of `fracture train` on phantoms and of `fracture synth`.
+    ///
+    /// ```
+    /// use fracture_data::phantom::PhantomConfig;
+    /// let cfg = PhantomConfig { size: 32, ..PhantomConfig::with_train(1200) };
+    /// assert_eq!((cfg.train, cfg.val, cfg.test, cfg.size), (1200, 240, 240, 32));
+    /// assert_eq!(PhantomConfig::with_train(6).val, 2);
+    /// ```
+    pub fn with_train(train: usize) -> PhantomConfig {
+        PhantomConfig {
+            train,
+            val: (train / 5).max(2),
+            test: (train / 5).max(2),
+            ..PhantomConfig::default()
+        }
+    }
+
     /// Checks sizes and the fraction.
     pub fn validate(&self) -> Result<()> {
         if !(16..=1024).contains(&self.size) {
