@@ -4,34 +4,28 @@
 //!
 //! For a gray X-ray model built from RGB ImageNet weights the stem convolution's three input
 //! channels are summed into one (a gray image `g` fed as `(g, g, g)` gives the same stem output
-//! as `g` through the summed kernel), and the ImageNet classifier (`_fc`, 1000 classes) is
-//! replaced by a freshly initialised 2-class one. `num_batches_tracked` counters are read and
-//! ignored. Every other tensor must exist in the file with exactly the model's shape.
+//! as `g` through the summed kernel), and the ImageNet classifier (the family's own, `_fc` in
+//! EfficientNet-Lite, 1000 classes) is replaced by a freshly initialised 2-class one.
+//! `num_batches_tracked` counters are read and ignored. Every other tensor must exist in the
+//! file with exactly the model's shape.
 //!
-//! The ImageNet EfficientNet-Lite0 weights expect `(x - 0.5) / 0.5` of `[0, 1]` pixels, which
-//! [`PRETRAINED_NORMALIZATION`] records in the imported model file.
+//! [`detect`] tells from a file's tensor names and shapes alone which family (and which
+//! EfficientNet-Lite variant) it holds. The imported model file records the input
+//! standardisation its family's weights expect ([`crate::model::Backbone::pretrained_normalization`]:
+//! `(x - 0.5) / 0.5` of `[0, 1]` pixels for EfficientNet-Lite).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fracture_data::Normalization;
 use fracture_layers::{Layer, Sequential};
 use fracture_tensor::Tensor4;
 
 use crate::classifier::{Classifier, ClassifierMeta, Provenance};
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
+use crate::model::{BlockKind, ModelConfig};
 
-/// Input standardisation of the ImageNet EfficientNet-Lite weights: `(x - 0.5) / 0.5`.
-pub const PRETRAINED_NORMALIZATION: Normalization = Normalization {
-    mean: 0.5,
-    std: 0.5,
-};
-
-/// State-dict prefix of the classifier that importing replaces.
-pub const CLASSIFIER_PREFIX: &str = "_fc.";
-
-/// What [`load_into`] does with the checkpoint's classifier (`_fc.*`).
+/// What [`load_into`] does with the checkpoint's classifier (the model's
+/// [`ModelConfig::classifier_prefix`], `_fc.*` in EfficientNet-Lite).
 ///
 /// ```
 /// use fracture_nn::pretrained::ClassifierInit;
@@ -155,6 +149,19 @@ fn expected_shapes(net: &Sequential) -> BTreeMap<String, Vec<usize>> {
     want
 }
 
+/// The model's tensors with their PyTorch shapes in network order (stem first): parameters,
+/// then buffers.
+fn ordered_shapes(net: &Sequential) -> Vec<(String, Vec<usize>)> {
+    let mut order = Vec::new();
+    net.visit_params_ref("", &mut |name, p| {
+        order.push((name.to_string(), p.torch_shape().to_vec()))
+    });
+    net.visit_buffers_ref("", &mut |name, b| {
+        order.push((name.to_string(), b.torch_shape().to_vec()))
+    });
+    order
+}
+
 /// Whether a file tensor of shape `src` can fill a model tensor of shape `dst`: the same
 /// shape, or an RGB stem summed to the model's gray one (see [`load_into`]).
 fn fits(src: &[usize], dst: &[usize]) -> bool {
@@ -177,6 +184,7 @@ fn fits(src: &[usize], dst: &[usize]) -> bool {
 fn read_pth_for(
     path: &Path,
     net: &Sequential,
+    classifier_prefix: &str,
     classifier: ClassifierInit,
 ) -> Result<(BTreeMap<String, SourceTensor>, Vec<String>)> {
     use fracture_layers::pth::{load_selected, LoadOptions, ReadLimits, TensorInfo};
@@ -190,7 +198,7 @@ fn read_pth_for(
         .map(|s| s.iter().product::<usize>() as u64 * 4)
         .sum();
     let skip = |name: &str| {
-        (classifier == ClassifierInit::Replace && name.starts_with(CLASSIFIER_PREFIX))
+        (classifier == ClassifierInit::Replace && name.starts_with(classifier_prefix))
             || name.ends_with("num_batches_tracked")
     };
     let mut unused = Vec::new();
@@ -298,7 +306,8 @@ fn is_safetensors(path: &Path) -> bool {
 
 /// Fills `net` (built from `model`) with the tensors of `source`, as described in the
 /// [module docs](self): strict by name and shape, stem summed to the model's input channels,
-/// classifier replaced. Errors name every missing or mis-shaped tensor.
+/// classifier ([`ModelConfig::classifier_prefix`]) replaced or loaded as `classifier` says.
+/// Errors name every missing or mis-shaped tensor.
 ///
 /// ```
 /// use fracture_nn::{pretrained::{load_into, ClassifierInit, SourceTensor}, ModelConfig};
@@ -319,25 +328,27 @@ fn is_safetensors(path: &Path) -> bool {
 /// stem.data = stem.data.chunks(9).flat_map(|k| [k, k, k].concat()).map(|v| v / 3.0).collect();
 /// stem.shape[1] = 3;
 /// let mut net = model.build(2)?;
-/// let report = load_into(&mut net, &source, ClassifierInit::Replace)?;
+/// let report = load_into(&mut net, &model, &source, ClassifierInit::Replace)?;
 /// assert_eq!(report.adapted.len(), 1);
 /// assert_eq!(report.replaced, ["_fc.weight", "_fc.bias"]);
 /// let w = |n: &fracture_nn::layers::Sequential| n.param("_blocks.3._bn1.weight").unwrap().value.clone();
 /// assert_eq!(w(&net), w(&donor));
 /// source.remove("_blocks.3._bn1.weight");
-/// assert!(load_into(&mut net, &source, ClassifierInit::Replace).is_err());
+/// assert!(load_into(&mut net, &model, &source, ClassifierInit::Replace).is_err());
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 pub fn load_into(
     net: &mut Sequential,
+    model: &ModelConfig,
     source: &BTreeMap<String, SourceTensor>,
     classifier: ClassifierInit,
 ) -> Result<ImportReport> {
+    let prefix = model.classifier_prefix();
     let mut report = ImportReport::default();
     let mut problems = Vec::new();
     let mut used = std::collections::BTreeSet::new();
     let mut fill = |name: &str, value: &mut Tensor4, torch_shape: &[usize]| {
-        if classifier == ClassifierInit::Replace && name.starts_with(CLASSIFIER_PREFIX) {
+        if classifier == ClassifierInit::Replace && name.starts_with(&prefix) {
             report.replaced.push(name.to_string());
             return;
         }
@@ -414,8 +425,7 @@ pub fn load_into(
     report.unused = source
         .keys()
         .filter(|n| {
-            let replaced =
-                classifier == ClassifierInit::Replace && n.starts_with(CLASSIFIER_PREFIX);
+            let replaced = classifier == ClassifierInit::Replace && n.starts_with(&prefix);
             !(used.contains(*n) || n.ends_with("num_batches_tracked") || replaced)
         })
         .cloned()
@@ -424,7 +434,10 @@ pub fn load_into(
 }
 
 /// Builds `model` (new classifier drawn from `seed`), fills it from the checkpoint at `path`
-/// and returns it as a [`Classifier`] with [`PRETRAINED_NORMALIZATION`], plus the report.
+/// and returns it as a [`Classifier`] standardising its input as the family's pretrained
+/// weights expect ([`crate::model::Backbone::pretrained_normalization`]), plus the report. A
+/// file of another family or variant is refused, naming the first tensor that does not fit;
+/// [`detect`] finds which one a file holds.
 ///
 /// ```no_run
 /// use fracture_nn::{pretrained, ModelConfig};
@@ -435,17 +448,28 @@ pub fn load_into(
 /// # Ok::<(), fracture_nn::Error>(())
 /// ```
 pub fn import(path: &Path, model: &ModelConfig, seed: u64) -> Result<(Classifier, ImportReport)> {
+    let normalization = model.backbone().pretrained_normalization().ok_or_else(|| {
+        Error::Config(format!(
+            "{} has no published pretrained weights to import",
+            model.kind().title()
+        ))
+    })?;
     let mut net = model.build(seed)?;
     // A PyTorch checkpoint is read only as far as the architecture needs; safetensors files
     // are read whole.
     let (source, unused) = if is_safetensors(path) {
         (read_tensors(path)?, None)
     } else {
-        let (s, u) = read_pth_for(path, &net, ClassifierInit::Replace)?;
+        let (s, u) = read_pth_for(
+            path,
+            &net,
+            &model.classifier_prefix(),
+            ClassifierInit::Replace,
+        )?;
         (s, Some(u))
     };
     let mut report =
-        load_into(&mut net, &source, ClassifierInit::Replace).map_err(|e| match e {
+        load_into(&mut net, model, &source, ClassifierInit::Replace).map_err(|e| match e {
             Error::Config(reason) => Error::ModelFile {
                 path: path.to_path_buf(),
                 reason,
@@ -456,7 +480,7 @@ pub fn import(path: &Path, model: &ModelConfig, seed: u64) -> Result<(Classifier
     if let Some(unused) = unused {
         report.unused = unused;
     }
-    let mut meta = ClassifierMeta::new(model.clone(), PRETRAINED_NORMALIZATION);
+    let mut meta = ClassifierMeta::new(model.clone(), normalization);
     let file = path
         .file_name()
         .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
@@ -467,4 +491,148 @@ pub fn import(path: &Path, model: &ModelConfig, seed: u64) -> Result<(Classifier
     };
     meta.threshold_rule = "none: imported weights, not trained on X-rays".into();
     Ok((Classifier::from_parts(net, meta), report))
+}
+
+/// Names and PyTorch shapes of a checkpoint's tensors, read without their data from a
+/// PyTorch file (the pickle only), or from a safetensors file's header.
+/// A legacy-format file is read whole, so it may hold up to `max_data_bytes` of tensor data.
+fn tensor_shapes(path: &Path, max_data_bytes: u64) -> Result<BTreeMap<String, Vec<usize>>> {
+    if is_safetensors(path) {
+        return Ok(read_tensors(path)?
+            .into_iter()
+            .map(|(name, t)| (name, t.shape))
+            .collect());
+    }
+    use fracture_layers::pth::{load_selected, LoadOptions, ReadLimits, TensorInfo};
+    let mut shapes = BTreeMap::new();
+    let mut pick = |tensors: &[TensorInfo<'_>]| -> std::result::Result<Vec<bool>, String> {
+        for t in tensors {
+            shapes.insert(t.name.to_string(), t.shape.to_vec());
+        }
+        Ok(vec![false; tensors.len()])
+    };
+    load_selected(
+        path,
+        &LoadOptions::default(),
+        ReadLimits::for_data(max_data_bytes),
+        &mut pick,
+    )
+    .map_err(fracture_layers::LayersError::from)?;
+    Ok(shapes)
+}
+
+/// Which family with published pretrained weights (and which EfficientNet-Lite variant) the
+/// checkpoint at `path` holds, told from its tensor names and shapes alone: the family whose
+/// network at the variant's native size uses exactly the file's tensors (its classifier and
+/// `num_batches_tracked` aside; an RGB stem fits a gray model). A file that fits none is
+/// refused, naming the first tensor that does not fit the family it comes closest to.
+///
+/// ```no_run
+/// use fracture_nn::{model::LiteVariant, pretrained, BlockKind};
+/// let kind = pretrained::detect("efficientnet-lite1-77cc7160.pth".as_ref())?;
+/// assert_eq!(kind, BlockKind::EfficientNetLite(LiteVariant::Lite1));
+/// # Ok::<(), fracture_nn::Error>(())
+/// ```
+pub fn detect(path: &Path) -> Result<BlockKind> {
+    // Every family with published weights, built at its native size.
+    let mut candidates = Vec::new();
+    for kind in BlockKind::ALL {
+        let model = kind.preset(kind.native_size());
+        if model.backbone().pretrained_normalization().is_some() {
+            let want = ordered_shapes(&model.build(0)?);
+            candidates.push((kind, model, want));
+        }
+    }
+    // As much tensor data as the largest of them holds, twice (as an import reads at most).
+    let largest = candidates
+        .iter()
+        .map(|(_, _, want)| {
+            want.iter()
+                .map(|(_, s)| s.iter().product::<usize>() as u64 * 4)
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
+    let file = tensor_shapes(path, 2 * largest + (1 << 20))?;
+    let mut closest: Option<(usize, BlockKind, String)> = None;
+    for (kind, model, want) in candidates {
+        let prefix = model.classifier_prefix();
+        let ignored = |n: &str| n.starts_with(&prefix) || n.ends_with("num_batches_tracked");
+        let mut fitting = 0;
+        let mut first_problem = None;
+        for (name, shape) in want.iter().filter(|(n, _)| !ignored(n)) {
+            match file.get(name) {
+                Some(have) if fits(have, shape) => fitting += 1,
+                Some(have) => {
+                    first_problem.get_or_insert(format!(
+                        "{name} has shape {have:?} in the file but {shape:?} in {}",
+                        kind.title()
+                    ));
+                }
+                None => {
+                    first_problem.get_or_insert(format!(
+                        "{name} of {} is missing from the file",
+                        kind.title()
+                    ));
+                }
+            }
+        }
+        if first_problem.is_none() {
+            let names: std::collections::BTreeSet<&str> =
+                want.iter().map(|(n, _)| n.as_str()).collect();
+            if let Some(extra) = file
+                .keys()
+                .find(|n| !ignored(n) && !names.contains(n.as_str()))
+            {
+                first_problem = Some(format!(
+                    "the file's tensor {extra} has no place in {}",
+                    kind.title()
+                ));
+            }
+        }
+        match first_problem {
+            None => return Ok(kind),
+            Some(problem) => {
+                if closest.as_ref().is_none_or(|c| fitting > c.0) {
+                    closest = Some((fitting, kind, problem));
+                }
+            }
+        }
+    }
+    let families: Vec<&str> = BlockKind::ALL
+        .iter()
+        .filter(|k| {
+            k.preset(224)
+                .backbone()
+                .pretrained_normalization()
+                .is_some()
+        })
+        .map(|k| k.title())
+        .collect();
+    let reason = match closest {
+        Some((0, _, _)) | None => {
+            let names: Vec<&str> = file.keys().take(3).map(String::as_str).collect();
+            format!(
+                "not weights of a family with pretrained weights ({}): none of their tensors \
+                 is in the file, whose {} tensor(s) are named {}{}",
+                families.join(", "),
+                file.len(),
+                names.join(", "),
+                if file.len() > names.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        }
+        Some((_, kind, problem)) => format!(
+            "not weights of {}; closest is {}, but {problem}",
+            families.join(", "),
+            kind.title()
+        ),
+    };
+    Err(Error::ModelFile {
+        path: path.to_path_buf(),
+        reason,
+    })
 }

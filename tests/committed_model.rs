@@ -18,10 +18,13 @@ fn model_path(file: &str) -> PathBuf {
 /// The fine-tuned EfficientNet-Lite0 (`models/fracatlas.safetensors`, the default model).
 #[test]
 fn the_committed_fracatlas_model_loads_and_predicts_a_probability() {
-    let clf = check("fracatlas.safetensors", BlockKind::EfficientNetLite0);
+    let clf = check(
+        "fracatlas.safetensors",
+        BlockKind::EfficientNetLite(fracture_nn::model::LiteVariant::Lite0),
+    );
     assert_eq!(
-        clf.meta.normalization,
-        fracture_nn::pretrained::PRETRAINED_NORMALIZATION
+        Some(clf.meta.normalization),
+        clf.meta.model.backbone().pretrained_normalization()
     );
 }
 

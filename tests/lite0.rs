@@ -9,10 +9,15 @@ use std::path::Path;
 
 use fracture_nn::data::Split;
 use fracture_nn::layers::Layer;
-use fracture_nn::pretrained::PRETRAINED_NORMALIZATION;
 use fracture_nn::{
     evaluate_split, Classifier, ClassifierMeta, FitInputs, GradCam, ModelConfig, TrainConfig,
     Trainer,
+};
+
+/// How the ImageNet EfficientNet-Lite weights standardise their input: `(x - 0.5) / 0.5`.
+const IMAGENET_NORMALIZATION: fracture_nn::data::Normalization = fracture_nn::data::Normalization {
+    mean: 0.5,
+    std: 0.5,
 };
 
 const SIZE: usize = 32;
@@ -23,7 +28,7 @@ fn model() -> ModelConfig {
 
 /// A Lite0 model file with weights from seed 99, standing in for imported ImageNet weights.
 fn pretrained(dir: &Path) -> std::path::PathBuf {
-    let meta = ClassifierMeta::new(model(), PRETRAINED_NORMALIZATION);
+    let meta = ClassifierMeta::new(model(), IMAGENET_NORMALIZATION);
     let clf = Classifier::new(meta, 99).unwrap();
     let path = dir.join("pretrained.safetensors");
     clf.save(&path).unwrap();
@@ -80,7 +85,7 @@ fn lite0_fine_tunes_resumes_evaluates_and_explains() {
     // pretrained values, but not far (two epochs at half the rate).
     let start = Classifier::load(&init).unwrap();
     let mut clf = Classifier::load(&full.join("model.safetensors")).unwrap();
-    assert_eq!(clf.meta.normalization, PRETRAINED_NORMALIZATION);
+    assert_eq!(clf.meta.normalization, IMAGENET_NORMALIZATION);
     let name = "_blocks.0._depthwise_conv.weight";
     let (w0, w1) = (start.net.param(name).unwrap(), clf.net.param(name).unwrap());
     assert_ne!(w0.value, w1.value);

@@ -6,7 +6,7 @@
 use fracture_nn::data::phantom::{FractureLine, PhantomConfig};
 use fracture_nn::data::{PixelBox, Split};
 use fracture_nn::layers::{find_in, mask_bce_with_logits, Layer, MaskHead, Mode};
-use fracture_nn::pretrained::{load_into, ClassifierInit, SourceTensor, PRETRAINED_NORMALIZATION};
+use fracture_nn::pretrained::{load_into, ClassifierInit, SourceTensor};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{
     Classifier, ClassifierMeta, FitInputs, GradCam, ModelConfig, TrainConfig, Trainer,
@@ -14,13 +14,19 @@ use fracture_nn::{
 use prost::Message;
 use tract_onnx::prelude::*;
 
+/// How the ImageNet EfficientNet-Lite weights standardise their input: `(x - 0.5) / 0.5`.
+const IMAGENET_NORMALIZATION: fracture_nn::data::Normalization = fracture_nn::data::Normalization {
+    mean: 0.5,
+    std: 0.5,
+};
+
 const SIZE: usize = 64;
 
 fn model() -> ModelConfig {
     ModelConfig {
         mask_head: true,
         ..ModelConfig::lite0(SIZE)
-            .with_arch(fracture_nn::model::EfficientNetLite0 { drop_path: 0.0 })
+            .with_arch(fracture_nn::model::EfficientNetLite::default().with_drop_path(0.0))
     }
 }
 
@@ -119,7 +125,7 @@ fn train(dir: &std::path::Path, mask_weight: f32, init: &std::path::Path) -> Cla
 fn the_mask_head_trains_on_boxes_and_its_map_is_the_heatmap() {
     let tmp = tempfile::tempdir().unwrap();
     // A starting model with a mask head at its prior (what --pretrained gives).
-    let start = Classifier::new(ClassifierMeta::new(model(), PRETRAINED_NORMALIZATION), 7).unwrap();
+    let start = Classifier::new(ClassifierMeta::new(model(), IMAGENET_NORMALIZATION), 7).unwrap();
     let init = tmp.path().join("init.safetensors");
     start.save(&init).unwrap();
     assert!(start
@@ -205,7 +211,7 @@ fn weights_without_a_mask_head_start_it_fresh() {
         );
     }
     let mut net = model().build(5).unwrap();
-    let report = load_into(&mut net, &source, ClassifierInit::Load).unwrap();
+    let report = load_into(&mut net, &model(), &source, ClassifierInit::Load).unwrap();
     assert_eq!(
         report.replaced,
         [
@@ -229,7 +235,7 @@ fn weights_without_a_mask_head_start_it_fresh() {
 
 #[test]
 fn onnx_export_gives_the_mask_as_fracture_map() {
-    let meta = ClassifierMeta::new(model(), PRETRAINED_NORMALIZATION);
+    let meta = ClassifierMeta::new(model(), IMAGENET_NORMALIZATION);
     let mut clf = Classifier::new(meta, 11).unwrap();
     // A head that is not at its prior everywhere, so the map has structure.
     for (i, w) in clf

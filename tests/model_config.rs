@@ -4,7 +4,7 @@
 //! form and in the flat form of files written before it.
 
 use fracture_nn::layers::{Layer, Mode};
-use fracture_nn::model::{Architecture, EfficientNetLite0, PlainNet, PlainStage, ResNet, ResStage};
+use fracture_nn::model::{Architecture, EfficientNetLite, PlainNet, PlainStage, ResNet, ResStage};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{BlockKind, Head, ModelConfig};
 use serde_json::json;
@@ -176,7 +176,7 @@ fn the_typed_description_round_trips_and_names_its_family() {
         let family = match cfg.kind() {
             BlockKind::Plain => "plain",
             BlockKind::Residual => "residual",
-            BlockKind::EfficientNetLite0 => "efficientnet_lite0",
+            BlockKind::EfficientNetLite(_) => "efficientnet_lite",
         };
         assert_eq!(v["arch"]["family"], family, "{v}");
         // Nothing of the flat form is written.
@@ -288,7 +288,7 @@ fn every_family_describes_what_grad_cam_reads_and_the_network_computes_it() {
     for cfg in [
         ModelConfig::phantom(40),
         residual(40).with_arch(ResNet::new(&[4, 8, 8], 2).with_stem_pool(true)),
-        ModelConfig::lite0(64).with_arch(EfficientNetLite0 { drop_path: 0.0 }),
+        ModelConfig::lite0(64).with_arch(EfficientNetLite::default().with_drop_path(0.0)),
     ] {
         let net = cfg.build(0).unwrap();
         let chain = Box::new(net).into_chain("");

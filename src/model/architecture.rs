@@ -1,5 +1,5 @@
 //! The architecture description of a model: one typed description per family ([`PlainNet`],
-//! [`ResNet`], [`EfficientNetLite0`]) behind the [`Backbone`] trait, and the [`Architecture`]
+//! [`ResNet`], [`EfficientNetLite`]) behind the [`Backbone`] trait, and the [`Architecture`]
 //! enum that a model file stores (tagged by `family`).
 //!
 //! A family describes its feature extractor only: the layers and their state-dict names, the
@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use fracture_layers::Sequential;
 
-use super::{BlockKind, EfficientNetLite0, PlainNet, ResNet};
+use super::{BlockKind, EfficientNetLite, PlainNet, ResNet};
 use crate::error::{Error, Result};
+use fracture_data::Normalization;
 
 /// A feature map the network computes: the layer whose output it is, its channels and its
 /// side for a given input.
@@ -91,6 +92,13 @@ pub trait Backbone {
         ("drop", "fc")
     }
 
+    /// The input standardisation the family's published pretrained weights expect, recorded
+    /// in a model file imported from them ([`crate::pretrained::import`]); `None` (the
+    /// default) when the family has no such weights and a model learns its own from the data.
+    fn pretrained_normalization(&self) -> Option<Normalization> {
+        None
+    }
+
     /// The feature maps Grad-CAM may choose among by default, shallow to deep, with their
     /// sides for an `image_size` px input ([`crate::GradCam::default_targets`] picks from
     /// them).
@@ -140,9 +148,10 @@ pub enum Architecture {
     Plain(PlainNet),
     /// A stride-2 stem, then stages of residual basic blocks ([`ResNet`]).
     Residual(ResNet),
-    /// EfficientNet-Lite0 ([`EfficientNetLite0`]).
-    #[serde(rename = "efficientnet_lite0")]
-    EfficientNetLite0(EfficientNetLite0),
+    /// EfficientNet-Lite0, Lite1 or Lite2 ([`EfficientNetLite`]); files written before Lite1
+    /// and Lite2 existed are tagged `efficientnet_lite0` and read as Lite0.
+    #[serde(rename = "efficientnet_lite", alias = "efficientnet_lite0")]
+    EfficientNetLite(EfficientNetLite),
 }
 
 impl Architecture {
@@ -151,7 +160,7 @@ impl Architecture {
         match self {
             Architecture::Plain(a) => a,
             Architecture::Residual(a) => a,
-            Architecture::EfficientNetLite0(a) => a,
+            Architecture::EfficientNetLite(a) => a,
         }
     }
 
@@ -159,9 +168,9 @@ impl Architecture {
     /// (what model files written before the typed description hold, and what `fracture
     /// train`'s `--widths`, `--blocks`, `--stem-pool` and `--drop-path` give): plain stages
     /// of `widths`, each pooled; residual stages of `widths` with `blocks_per_stage` blocks,
-    /// stride 2 from the second stage on; EfficientNet-Lite0, whose shape is fixed, takes only
-    /// `drop_path`. A parameter that does not apply to the family must be at its neutral value
-    /// (no stem pool, no drop path outside Lite0) or it is an error.
+    /// stride 2 from the second stage on; EfficientNet-Lite, whose shape its variant fixes,
+    /// takes only `drop_path`. A parameter that does not apply to the family must be at its
+    /// neutral value (no stem pool, no drop path outside EfficientNet-Lite) or it is an error.
     ///
     /// ```
     /// use fracture_nn::{BlockKind, model::{Architecture, ResNet}};
@@ -177,22 +186,25 @@ impl Architecture {
         stem_pool: bool,
         drop_path: f32,
     ) -> Result<Self> {
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if kind != BlockKind::EfficientNetLite0 && drop_path != 0.0 {
-            return bad("drop_path applies to EfficientNet-Lite0 only");
+        let bad = |m: String| Err(Error::Config(m));
+        if !kind.has_drop_path() && drop_path != 0.0 {
+            return bad(format!("drop_path does not apply to {}", kind.title()));
         }
         match kind {
             BlockKind::Plain if stem_pool => {
-                bad("stem_pool applies to residual networks only (plain ones have no stem)")
+                bad("stem_pool applies to residual networks only (plain ones have no stem)".into())
             }
             BlockKind::Plain => Ok(PlainNet::new(widths).into()),
             BlockKind::Residual => Ok(ResNet::new(widths, blocks_per_stage)
                 .with_stem_pool(stem_pool)
                 .into()),
-            BlockKind::EfficientNetLite0 if stem_pool => {
-                bad("stem_pool does not apply to EfficientNet-Lite0 (its stem is fixed)")
+            BlockKind::EfficientNetLite(_) if stem_pool => bad(format!(
+                "stem_pool does not apply to {} (its stem is fixed)",
+                kind.title()
+            )),
+            BlockKind::EfficientNetLite(v) => {
+                Ok(EfficientNetLite::new(v).with_drop_path(drop_path).into())
             }
-            BlockKind::EfficientNetLite0 => Ok(EfficientNetLite0 { drop_path }.into()),
         }
     }
 
@@ -222,22 +234,21 @@ impl Architecture {
             // pool or the drop path may change.
             return self.edited(o.stem_pool, o.drop_path);
         }
-        if kind == BlockKind::EfficientNetLite0 {
+        if let BlockKind::EfficientNetLite(variant) = kind {
             if o.widths.is_some() || o.blocks_per_stage.is_some() || o.stem_pool == Some(true) {
-                return Err(Error::Config(
-                    "widths, blocks per stage and the stem pool do not apply to \
-                     EfficientNet-Lite0 (a fixed architecture)"
-                        .into(),
-                ));
+                return Err(Error::Config(format!(
+                    "widths, blocks per stage and the stem pool do not apply to {} (its \
+                     variant fixes its shape)",
+                    kind.title()
+                )));
             }
             let drop_path = match self {
-                Architecture::EfficientNetLite0(l) => l.drop_path,
-                _ => EfficientNetLite0::default().drop_path,
+                Architecture::EfficientNetLite(l) => l.drop_path,
+                _ => EfficientNetLite::default().drop_path,
             };
-            return Ok(EfficientNetLite0 {
-                drop_path: o.drop_path.unwrap_or(drop_path),
-            }
-            .into());
+            return Ok(EfficientNetLite::new(variant)
+                .with_drop_path(o.drop_path.unwrap_or(drop_path))
+                .into());
         }
         let (widths, blocks, stem_pool) = match self {
             Architecture::Plain(p) => (p.stages.iter().map(|s| s.width).collect(), 1, false),
@@ -246,11 +257,13 @@ impl Architecture {
                 r.stages.first().map_or(1, |s| s.blocks),
                 r.stem_pool,
             ),
-            Architecture::EfficientNetLite0(_) => match &o.widths {
+            Architecture::EfficientNetLite(_) => match &o.widths {
                 Some(w) => (w.clone(), 1, false),
                 None => {
                     return Err(Error::Config(format!(
-                        "a {kind:?} network needs its stage widths (EfficientNet-Lite0 has none to keep)"
+                        "a {} network needs its stage widths ({} has none to keep)",
+                        kind.title(),
+                        self.backbone().kind().title()
                     )))
                 }
             },
@@ -271,19 +284,25 @@ impl Architecture {
     /// the family has no such thing.
     fn edited(&self, stem_pool: Option<bool>, drop_path: Option<f32>) -> Result<Architecture> {
         let mut a = self.clone();
-        let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if drop_path.is_some_and(|p| p != 0.0) && !matches!(a, Architecture::EfficientNetLite0(_)) {
-            return bad("drop_path applies to EfficientNet-Lite0 only");
+        let kind = a.backbone().kind();
+        let bad = |m: String| Err(Error::Config(m));
+        if drop_path.is_some_and(|p| p != 0.0) && !kind.has_drop_path() {
+            return bad(format!("drop_path does not apply to {}", kind.title()));
         }
         match &mut a {
             Architecture::Residual(r) => r.stem_pool = stem_pool.unwrap_or(r.stem_pool),
             Architecture::Plain(_) if stem_pool == Some(true) => {
-                return bad("stem_pool applies to residual networks only (plain ones have no stem)")
+                return bad(
+                    "stem_pool applies to residual networks only (plain ones have no stem)".into(),
+                )
             }
-            Architecture::EfficientNetLite0(_) if stem_pool == Some(true) => {
-                return bad("stem_pool does not apply to EfficientNet-Lite0 (its stem is fixed)")
+            Architecture::EfficientNetLite(_) if stem_pool == Some(true) => {
+                return bad(format!(
+                    "stem_pool does not apply to {} (its stem is fixed)",
+                    kind.title()
+                ))
             }
-            Architecture::EfficientNetLite0(l) => l.drop_path = drop_path.unwrap_or(l.drop_path),
+            Architecture::EfficientNetLite(l) => l.drop_path = drop_path.unwrap_or(l.drop_path),
             Architecture::Plain(_) => {}
         }
         Ok(a)
@@ -298,8 +317,8 @@ pub const MASK_HEAD_NAME: &str = "mask_head";
 /// input pixels wide).
 ///
 /// ```
-/// use fracture_nn::model::{Backbone, EfficientNetLite0};
-/// let site = EfficientNetLite0::default().mask_site(224).unwrap();
+/// use fracture_nn::model::{Backbone, EfficientNetLite};
+/// let site = EfficientNetLite::default().mask_site(224).unwrap();
 /// assert_eq!((site.sequence.as_str(), site.after.as_str(), site.channels, site.side), ("_blocks", "10", 112, 14));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,7 +353,7 @@ pub struct ArchOverrides {
     pub blocks_per_stage: Option<usize>,
     /// The residual stem's max pool on or off.
     pub stem_pool: Option<bool>,
-    /// EfficientNet-Lite0's stochastic depth rate.
+    /// EfficientNet-Lite's stochastic depth rate.
     pub drop_path: Option<f32>,
 }
 
@@ -350,9 +369,9 @@ impl From<ResNet> for Architecture {
     }
 }
 
-impl From<EfficientNetLite0> for Architecture {
-    fn from(a: EfficientNetLite0) -> Self {
-        Architecture::EfficientNetLite0(a)
+impl From<EfficientNetLite> for Architecture {
+    fn from(a: EfficientNetLite) -> Self {
+        Architecture::EfficientNetLite(a)
     }
 }
 

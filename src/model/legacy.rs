@@ -68,7 +68,7 @@ impl TryFrom<StoredModelConfig> for ModelConfig {
                 let widths = match (kind, s.widths) {
                     (_, Some(w)) => w,
                     // Lite0's flat form held its fixed stem and head widths, unused.
-                    (BlockKind::EfficientNetLite0, None) => Vec::new(),
+                    (BlockKind::EfficientNetLite(_), None) => Vec::new(),
                     (_, None) => return Err("the flat model description lacks `widths`".into()),
                 };
                 Architecture::uniform(

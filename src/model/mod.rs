@@ -1,13 +1,13 @@
 //! Network architectures for grayscale radiographs: [`ModelConfig`] (input, classifier head,
 //! ensemble) around one typed [`Architecture`] per model family ([`PlainNet`], [`ResNet`],
-//! [`EfficientNetLite0`], each a [`Backbone`] in a file of its own), with presets for the
+//! [`EfficientNetLite`], each a [`Backbone`] in a file of its own), with presets for the
 //! benchmark reference model, the phantom demo and real X-rays.
 //!
 //! Parameter names follow PyTorch's `state_dict` of the equivalent `nn.Module`, so a checkpoint
 //! reads naturally in Python: each family documents its feature extractor's names; then come
 //! `pool` (global average, or global max and average side by side: [`Head`]), `drop`
 //! (dropout) and `fc` (linear to the classes), named `_dropout` and `_fc` in
-//! EfficientNet-Lite0. An ensemble of several such networks ([`ModelConfig::members`])
+//! EfficientNet-Lite. An ensemble of several such networks ([`ModelConfig::members`])
 //! prefixes member `i`'s names with `members.{i}.`, as an `nn.ModuleList` attribute `members`
 //! would.
 //!
@@ -23,15 +23,17 @@
 //! network (`legacy.rs`).
 
 mod architecture;
+mod efficientnet_lite;
 mod legacy;
-mod lite0;
 mod plain;
 mod residual;
 
 pub use architecture::{
     ArchOverrides, Architecture, Backbone, FeatureMap, MaskSite, SizeBound, MASK_HEAD_NAME,
 };
-pub use lite0::{EfficientNetLite0, LITE0_BLOCKS, LITE0_HEAD, LITE0_STEM};
+pub use efficientnet_lite::{
+    round_channels, EfficientNetLite, LiteStage, LiteVariant, LITE_HEAD, LITE_STAGES, LITE_STEM,
+};
 pub use plain::{PlainNet, PlainStage};
 pub use residual::{ResNet, ResStage};
 
@@ -44,38 +46,139 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The name of a model family (what `--arch` chooses); the family's description is an
-/// [`Architecture`].
+/// The name of a model family (what `--arch` chooses, and the one list of families that the
+/// command line's choices and help text come from); the family's description is an
+/// [`Architecture`]. Stored as its name with underscores (`"efficientnet_lite1"`).
 ///
 /// ```
-/// use fracture_nn::BlockKind;
+/// use fracture_nn::{model::LiteVariant, BlockKind};
 /// assert_eq!(serde_json::to_string(&BlockKind::Residual).unwrap(), "\"residual\"");
+/// let lite1: BlockKind = "efficientnet-lite1".parse()?;
+/// assert_eq!(lite1, BlockKind::EfficientNetLite(LiteVariant::Lite1));
+/// assert_eq!(serde_json::to_string(&lite1).unwrap(), "\"efficientnet_lite1\"");
+/// assert_eq!(BlockKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+///            ["plain", "residual", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]);
+/// # Ok::<(), fracture_nn::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockKind {
     /// conv3x3-BN-ReLU-maxpool2 stages ([`PlainNet`]; the benchmark reference model).
     Plain,
     /// A stride-2 stem, then residual blocks ([`ResNet`]).
     Residual,
-    /// EfficientNet-Lite0 ([`EfficientNetLite0`]), whose names are those of the ImageNet
-    /// weights of `efficientnet_pytorch`.
-    #[serde(rename = "efficientnet_lite0")]
-    EfficientNetLite0,
+    /// EfficientNet-Lite0, Lite1 or Lite2 ([`EfficientNetLite`]), whose names are those of the
+    /// ImageNet weights of `efficientnet_pytorch`.
+    EfficientNetLite(LiteVariant),
+}
+
+impl BlockKind {
+    /// Every family, in the order `--help` lists them.
+    pub const ALL: [BlockKind; 5] = [
+        BlockKind::Plain,
+        BlockKind::Residual,
+        BlockKind::EfficientNetLite(LiteVariant::Lite0),
+        BlockKind::EfficientNetLite(LiteVariant::Lite1),
+        BlockKind::EfficientNetLite(LiteVariant::Lite2),
+    ];
+
+    /// The name on the command line: `plain`, `residual`, `efficientnet-lite0`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::Plain => "plain",
+            BlockKind::Residual => "residual",
+            BlockKind::EfficientNetLite(v) => v.arch_name(),
+        }
+    }
+
+    /// Short names also accepted (`lite1`).
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            BlockKind::Plain | BlockKind::Residual => &[],
+            BlockKind::EfficientNetLite(v) => v.aliases(),
+        }
+    }
+
+    /// The family for people: `plain CNN`, `residual CNN`, `EfficientNet-Lite1`.
+    pub fn title(self) -> &'static str {
+        match self {
+            BlockKind::Plain => "plain CNN",
+            BlockKind::Residual => "residual CNN",
+            BlockKind::EfficientNetLite(v) => v.name(),
+        }
+    }
+
+    /// One line of help: what the family is.
+    pub fn summary(self) -> &'static str {
+        match self {
+            BlockKind::Plain => "VGG-like stages: conv, batch norm, ReLU, max pool",
+            BlockKind::Residual => "residual blocks after a stride-2 stem",
+            BlockKind::EfficientNetLite(v) => v.summary(),
+        }
+    }
+
+    /// The input side the family's preset is made for: the ImageNet weights' native size for
+    /// EfficientNet-Lite, 224 px otherwise.
+    pub fn native_size(self) -> usize {
+        match self {
+            BlockKind::EfficientNetLite(v) => v.native_size(),
+            BlockKind::Plain | BlockKind::Residual => 224,
+        }
+    }
+
+    /// Whether the family has a stochastic depth rate (`--drop-path`).
+    pub fn has_drop_path(self) -> bool {
+        matches!(self, BlockKind::EfficientNetLite(_))
+    }
+
+    /// The family's preset for `image_size` px gray radiographs: [`ModelConfig::default`]'s
+    /// residual network, the reference plain network, or EfficientNet-Lite as
+    /// [`ModelConfig::efficientnet_lite`] describes it.
+    pub fn preset(self, image_size: usize) -> ModelConfig {
+        match self {
+            BlockKind::Plain => ModelConfig::reference(image_size),
+            BlockKind::Residual => ModelConfig {
+                image_size,
+                ..ModelConfig::default()
+            },
+            BlockKind::EfficientNetLite(v) => ModelConfig::efficientnet_lite(v, image_size),
+        }
+    }
+}
+
+impl std::fmt::Display for BlockKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for BlockKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "plain" => Ok(BlockKind::Plain),
-            "residual" => Ok(BlockKind::Residual),
-            "efficientnet-lite0" | "lite0" => Ok(BlockKind::EfficientNetLite0),
-            other => Err(Error::Config(format!(
-                "unknown architecture {other:?} (expected plain, residual or efficientnet-lite0)"
-            ))),
-        }
+        let want = s.to_ascii_lowercase().replace('_', "-");
+        BlockKind::ALL
+            .into_iter()
+            .find(|k| k.name() == want || k.aliases().contains(&want.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = BlockKind::ALL.iter().map(|k| k.name()).collect();
+                Error::Config(format!(
+                    "unknown architecture {s:?} (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+impl Serialize for BlockKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name().replace('-', "_"))
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -222,8 +325,8 @@ impl ModelConfig {
         }
     }
 
-    /// EfficientNet-Lite0 for gray `image_size` px radiographs: dropout 0.2 before the
-    /// classifier (as the ImageNet model), stochastic depth 0.2, global average pooling.
+    /// EfficientNet-Lite0 for gray `image_size` px radiographs
+    /// ([`ModelConfig::efficientnet_lite`]).
     ///
     /// ```
     /// use fracture_nn::ModelConfig;
@@ -236,9 +339,24 @@ impl ModelConfig {
     /// # Ok::<(), fracture_nn::Error>(())
     /// ```
     pub fn lite0(image_size: usize) -> Self {
+        ModelConfig::efficientnet_lite(LiteVariant::Lite0, image_size)
+    }
+
+    /// EfficientNet-Lite `variant` for gray `image_size` px radiographs: dropout 0.2 before
+    /// the classifier (as the ImageNet models), stochastic depth 0.2, global average pooling.
+    ///
+    /// ```
+    /// use fracture_nn::{model::LiteVariant, ModelConfig};
+    /// use fracture_nn::layers::Layer;
+    /// let net = ModelConfig::efficientnet_lite(LiteVariant::Lite2, 64).build(0)?;
+    /// // Lite2's last block projects 208 x 6 channels to 352.
+    /// assert_eq!(net.param("_blocks.20._project_conv.weight").unwrap().torch_shape(), [352, 1248, 1, 1]);
+    /// # Ok::<(), fracture_nn::Error>(())
+    /// ```
+    pub fn efficientnet_lite(variant: LiteVariant, image_size: usize) -> Self {
         ModelConfig {
             image_size,
-            arch: EfficientNetLite0 { drop_path: 0.2 }.into(),
+            arch: EfficientNetLite::new(variant).into(),
             dropout: 0.2,
             ..ModelConfig::default()
         }
@@ -267,14 +385,14 @@ impl ModelConfig {
     ///
     /// ```
     /// use fracture_nn::{BlockKind, ModelConfig};
-    /// assert_eq!(ModelConfig::lite0(224).kind(), BlockKind::EfficientNetLite0);
+    /// assert_eq!(ModelConfig::lite0(224).kind().name(), "efficientnet-lite0");
     /// ```
     pub fn kind(&self) -> BlockKind {
         self.backbone().kind()
     }
 
     /// State-dict prefix of the classifier (the last linear layer): `"_fc."` for
-    /// EfficientNet-Lite0, `"fc."` otherwise. Parameters outside it are the backbone.
+    /// EfficientNet-Lite, `"fc."` otherwise. Parameters outside it are the backbone.
     ///
     /// ```
     /// use fracture_nn::ModelConfig;

