@@ -166,22 +166,35 @@ fn inputs(clf: &Classifier, files: &[PathBuf]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The project's own probabilities and logits, image by image.
-fn reference(clf: &mut Classifier, xs: &[Vec<f32>]) -> (Vec<f32>, Vec<[f32; 2]>) {
+/// The project's own probabilities, logits and (for a model with a typicality bank) typicality
+/// scores, image by image.
+fn reference(clf: &mut Classifier, xs: &[Vec<f32>]) -> (Vec<f32>, Vec<[f32; 2]>, Vec<f32>) {
     let s = clf.image_size();
     let mut probs = Vec::new();
     let mut logits = Vec::new();
+    let mut typicality = Vec::new();
     for x in xs {
         let t = Tensor4::from_vec([1, 1, s, s], x.clone()).unwrap();
         probs.push(clf.predict_tensor(&t).unwrap()[0] as f32);
         let l = clf.net.forward(&t, Mode::Eval).unwrap();
         logits.push([l.as_slice()[0], l.as_slice()[1]]);
+        // The bank scored the image itself in that last pass (the graph's first view).
+        if let Some(t) = clf.last_typicality() {
+            typicality.push(t[0].score);
+        }
     }
-    (probs, logits)
+    (probs, logits, typicality)
 }
 
-/// Probabilities and logits of the exported graph under tract, in batches of `batch`.
-fn run_tract(bytes: &[u8], xs: &[Vec<f32>], s: usize, batch: usize) -> (Vec<f32>, Vec<[f32; 2]>) {
+/// Probabilities, logits and typicality scores (the last output, when `typicality`) of the
+/// exported graph under tract, in batches of `batch`.
+fn run_tract(
+    bytes: &[u8],
+    xs: &[Vec<f32>],
+    s: usize,
+    batch: usize,
+    typicality: bool,
+) -> (Vec<f32>, Vec<[f32; 2]>, Vec<f32>) {
     let plan = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .expect("tract reads the exported file")
@@ -191,6 +204,7 @@ fn run_tract(bytes: &[u8], xs: &[Vec<f32>], s: usize, batch: usize) -> (Vec<f32>
         .unwrap();
     let mut probs = Vec::new();
     let mut logits = Vec::new();
+    let mut scores = Vec::new();
     for chunk in xs.chunks(batch) {
         let data: Vec<f32> = chunk.concat();
         let input = tract_ndarray::Array4::from_shape_vec((chunk.len(), 1, s, s), data).unwrap();
@@ -203,8 +217,13 @@ fn run_tract(bytes: &[u8], xs: &[Vec<f32>], s: usize, batch: usize) -> (Vec<f32>
         let l = out[1].to_plain_array_view::<f32>().unwrap();
         assert_eq!(l.shape(), [chunk.len(), 2], "logits are [N, 2]");
         logits.extend(l.outer_iter().map(|r| [r[0], r[1]]));
+        if typicality {
+            let t = out.last().unwrap().to_plain_array_view::<f32>().unwrap();
+            assert_eq!(t.shape(), [chunk.len()], "typicality is [N]");
+            scores.extend(t.iter().copied());
+        }
     }
-    (probs, logits)
+    (probs, logits, scores)
 }
 
 /// Largest absolute difference.
@@ -219,10 +238,20 @@ fn worst(a: &[f32], b: &[f32]) -> f32 {
 fn check_tract(name: &str, clf: &mut Classifier, files: &[PathBuf]) {
     let bytes = onnx::export(clf).unwrap().encode_to_vec();
     let xs = inputs(clf, files);
-    let (want_p, want_l) = reference(clf, &xs);
+    let (want_p, want_l, want_t) = reference(clf, &xs);
     let s = clf.image_size();
+    let banked = clf.meta.model.typicality.is_some();
+    assert_eq!(want_t.len(), if banked { xs.len() } else { 0 });
     for batch in [1, 7] {
-        let (p, l) = run_tract(&bytes, &xs, s, batch);
+        let (p, l, t) = run_tract(&bytes, &xs, s, batch, banked);
+        if banked {
+            let dt = worst(&t, &want_t);
+            eprintln!("{name}, batch {batch}: max |d typicality| = {dt:.2e}");
+            assert!(
+                dt <= 1e-4,
+                "{name}, batch {batch}: typicality differs by {dt}"
+            );
+        }
         let dp = worst(&p, &want_p);
         let dl = worst(&l.concat(), &want_l.concat());
         let scale = want_l.concat().iter().fold(1.0f32, |m, v| m.max(v.abs()));

@@ -374,6 +374,54 @@ impl Walker<'_> {
         let bank_t = self
             .g
             .constant_f32(&format!("{path}.reference_t"), &[d, r], &transposed);
+        // The per-image features `[N, D]`, as `TypicalityBank::features_of`: the channel means
+        // and (population) standard deviations of the map, or the flattened input.
+        let features = if cfg.mean_std {
+            let mean = self.g.node(
+                "ReduceMean",
+                &[x],
+                vec![attr_ints("axes", &[2, 3]), attr_int("keepdims", 1)],
+                &format!("{path}.channel_mean"),
+            );
+            let centred = self
+                .g
+                .node("Sub", &[x, &mean], vec![], &format!("{path}.centred"));
+            let squared = self.g.node(
+                "Mul",
+                &[&centred, &centred],
+                vec![],
+                &format!("{path}.squared"),
+            );
+            let var = self.g.node(
+                "ReduceMean",
+                &[&squared],
+                vec![attr_ints("axes", &[2, 3]), attr_int("keepdims", 0)],
+                &format!("{path}.channel_var"),
+            );
+            let sd = self
+                .g
+                .node("Sqrt", &[&var], vec![], &format!("{path}.channel_sd"));
+            let mean_flat = self.g.node(
+                "Flatten",
+                &[&mean],
+                vec![attr_int("axis", 1)],
+                &format!("{path}.channel_mean_flat"),
+            );
+            self.g.node(
+                "Concat",
+                &[&mean_flat, &sd],
+                vec![attr_int("axis", 1)],
+                &format!("{path}.features"),
+            )
+        } else {
+            self.g.node(
+                "Flatten",
+                &[x],
+                vec![attr_int("axis", 1)],
+                &format!("{path}.features"),
+            )
+        };
+        let x = features.as_str();
         let norm = self.g.node(
             "ReduceL2",
             &[x],
