@@ -15,7 +15,9 @@ fn model_path(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The fine-tuned EfficientNet-Lite0 (`models/fracatlas.safetensors`, the default model).
+/// The default model (`models/fracatlas.safetensors`): EfficientNet-Lite0 fine-tuned with a
+/// box-mask head, whose map is its heatmap, and a typicality bank, so that it can say when an
+/// image is unlike its training X-rays.
 #[test]
 fn the_committed_fracatlas_model_loads_and_predicts_a_probability() {
     let clf = check(
@@ -26,6 +28,25 @@ fn the_committed_fracatlas_model_loads_and_predicts_a_probability() {
         Some(clf.meta.normalization),
         clf.meta.model.backbone().pretrained_normalization()
     );
+    assert!(clf.meta.model.mask_head);
+    let bank = clf
+        .meta
+        .model
+        .typicality
+        .as_ref()
+        .expect("a typicality bank");
+    assert!(bank.q95 > 0.0 && bank.q99 >= bank.q95, "{bank:?}");
+}
+
+/// The first fine-tuned EfficientNet-Lite0 (`models/fracatlas-v1.safetensors`, the default
+/// model until the box-mask model replaced it): no mask head, no typicality bank.
+#[test]
+fn the_first_fine_tuned_model_still_loads_and_predicts() {
+    let clf = check(
+        "fracatlas-v1.safetensors",
+        BlockKind::EfficientNetLite(fracture_nn::model::LiteVariant::Lite0),
+    );
+    assert!(!clf.meta.model.mask_head && clf.meta.model.typicality.is_none());
 }
 
 /// The from-scratch residual network (`models/fracatlas-scratch.safetensors`).
