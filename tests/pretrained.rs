@@ -2,16 +2,13 @@
 //! engine against PyTorch's logits (`../shared/golden/lite0_imagenet_forward`), RGB and with the
 //! stem summed to one gray channel; and the import path a user takes.
 
-mod common;
-
 use std::path::PathBuf;
 
 use fracture_nn::layers::{Layer, Mode};
 use fracture_nn::pretrained::{self, ClassifierInit};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::ModelConfig;
-
-use common::shared;
+use fracture_test_support::shared_dir;
 
 fn weights(dir: &std::path::Path) -> PathBuf {
     dir.join("pretrained/efficientnet-lite0-57934424.pth")
@@ -77,7 +74,7 @@ fn imagenet_model(x: &Tensor4, classes: usize) -> ModelConfig {
 
 #[test]
 fn lite0_imagenet_logits_match_pytorch() {
-    let Some(dir) = shared() else {
+    let Some(dir) = shared_dir() else {
         return;
     };
     let g = Golden::load(&dir);
@@ -113,7 +110,7 @@ fn lite0_imagenet_logits_match_pytorch() {
 /// What `fracture import` does: a gray 2-class model whose backbone is ImageNet's.
 #[test]
 fn import_makes_a_gray_two_class_model() {
-    let Some(dir) = shared() else {
+    let Some(dir) = shared_dir() else {
         return;
     };
     let (clf, report) = pretrained::import(&weights(&dir), &ModelConfig::lite0(224), 3).unwrap();
