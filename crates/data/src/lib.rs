@@ -34,6 +34,8 @@
 //! # Ok::<(), fracture_data::DataError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod augment;
 pub mod boxes;
