@@ -11,8 +11,6 @@
 //! imports `onnxruntime`, `numpy` and `PIL` (skipped with a message otherwise, required when
 //! `CI` is set: `.ci/run` makes such a venv).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use fracture_nn::data::{Normalization, PreprocessConfig, ResizeMode};
@@ -21,6 +19,7 @@ use fracture_nn::model::{PlainNet, ResNet};
 use fracture_nn::onnx::{self, proto::ModelProto};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{Classifier, ClassifierMeta, Head, ModelConfig, Tta};
+use fracture_test_support::{shared_dir, unavailable};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use tract_onnx::prelude::*;
@@ -30,8 +29,6 @@ const PROB_TOL: f32 = 1e-4;
 /// Images from FracAtlas's test split: the first half of the fractured ones, then as many
 /// intact ones, in sorted file order.
 const IMAGES: usize = 20;
-
-use common::shared;
 
 /// The 20 FracAtlas test images (10 fractured, 10 not), sorted.
 fn fracatlas_images(shared: &Path) -> Vec<PathBuf> {
@@ -276,7 +273,7 @@ fn check_tract(name: &str, clf: &mut Classifier, files: &[PathBuf]) {
 
 #[test]
 fn tract_matches_the_forward_pass_of_every_architecture() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let files = fracatlas_images(&shared);
     for (name, mut clf) in phantom_models() {
         check_tract(name, &mut clf, &files);
@@ -285,7 +282,7 @@ fn tract_matches_the_forward_pass_of_every_architecture() {
 
 #[test]
 fn tract_matches_the_committed_fracatlas_model() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let files = fracatlas_images(&shared);
     let mut clf = committed_model();
     assert_eq!(
@@ -391,12 +388,9 @@ fn python() -> Option<String> {
     if ok {
         return Some(py);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but {py} cannot import onnxruntime, numpy and PIL (set FRACTURE_ONNX_PYTHON)"
-    );
-    eprintln!("skipped: {py} cannot import onnxruntime, numpy and PIL (set FRACTURE_ONNX_PYTHON)");
-    None
+    unavailable(&format!(
+        "{py} cannot import onnxruntime, numpy and PIL (set FRACTURE_ONNX_PYTHON)"
+    ))
 }
 
 /// `scripts/onnx_predict.py --json --batch B` on `files`: path -> (p_fractured, label).
@@ -460,7 +454,7 @@ fn check_runtime(py: &str, name: &str, clf: &mut Classifier, files: &[PathBuf], 
 
 #[test]
 fn onnx_runtime_matches_the_forward_pass_of_every_architecture() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let Some(py) = python() else { return };
     let files = fracatlas_images(&shared);
     let dir = tempfile::tempdir().unwrap();
@@ -471,7 +465,7 @@ fn onnx_runtime_matches_the_forward_pass_of_every_architecture() {
 
 #[test]
 fn onnx_runtime_matches_the_committed_fracatlas_model() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let Some(py) = python() else { return };
     let files = fracatlas_images(&shared);
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,6 @@
 //! at each variant's native size), RGB and with the stem summed to one gray channel; the
 //! variant told from a file's shapes; and the import path a user takes.
 
-mod common;
-
 use std::path::PathBuf;
 
 use fracture_nn::layers::{Layer, Mode};
@@ -12,8 +10,7 @@ use fracture_nn::model::LiteVariant;
 use fracture_nn::pretrained::{self, ClassifierInit};
 use fracture_nn::tensor::Tensor4;
 use fracture_nn::{BlockKind, ModelConfig};
-
-use common::shared;
+use fracture_test_support::shared_dir;
 
 /// The ImageNet weights of `variant` in `../shared/pretrained`.
 fn weights_of(dir: &std::path::Path, variant: LiteVariant) -> PathBuf {
@@ -107,7 +104,7 @@ fn lite2_imagenet_logits_match_pytorch() {
 }
 
 fn imagenet_logits_match_pytorch(variant: LiteVariant) {
-    let Some(dir) = shared() else {
+    let Some(dir) = shared_dir() else {
         return;
     };
     let g = Golden::load(&dir, variant);
@@ -148,7 +145,7 @@ fn imagenet_logits_match_pytorch(variant: LiteVariant) {
 /// What `fracture import` does: a gray 2-class model whose backbone is ImageNet's.
 #[test]
 fn import_makes_a_gray_two_class_model() {
-    let Some(dir) = shared() else {
+    let Some(dir) = shared_dir() else {
         return;
     };
     let (clf, report) = pretrained::import(&weights(&dir), &ModelConfig::lite0(224), 3).unwrap();
@@ -188,7 +185,7 @@ fn import_makes_a_gray_two_class_model() {
 /// naming the first tensor that does not fit.
 #[test]
 fn the_variant_is_told_from_the_files_shapes() {
-    let Some(dir) = shared() else {
+    let Some(dir) = shared_dir() else {
         return;
     };
     for variant in LiteVariant::ALL {

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a subset
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::ImageFolder;
@@ -47,21 +47,4 @@ pub fn named_tensors(net: &dyn Layer) -> Vec<(String, Vec<f32>)> {
             .map(|(n, b)| (n, b.value.as_slice().to_vec())),
     );
     out
-}
-
-/// `../shared` (or `$FRACTURE_SHARED`) if it is there; otherwise prints that the test skipped
-/// and returns `None`, or fails when `CI` is set (CI must run the tests that need it).
-pub fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but ../shared is missing"
-    );
-    eprintln!("skipped: ../shared not found");
-    None
 }

@@ -15,25 +15,11 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-}
-
-fn fracture(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the fracture binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use support::{bin, fracture, s, text};
 
 /// A tiny phantom model (one epoch at 32 px), shared by the tests.
 fn model() -> &'static Path {

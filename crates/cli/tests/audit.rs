@@ -4,18 +4,8 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn fracture(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-        .args(args)
-        .output()
-        .expect("the fracture binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::{fracture, text};
 
 /// `fracture synth` into `dir` (12 train, 4 val, 4 test per class at 48 px).
 fn synth(dir: &Path) {

@@ -16,19 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fracture_test_support::{shared_path, unavailable};
 use serde_json::{json, Value};
-use support::{committed_model, request, workspace, Server};
+use support::{committed_model, request, Server};
 
-/// Skips (returns `None`) with a message, or fails under CI.
+/// `Some(())` if `ok`; otherwise skips (returns `None`) with a message, or fails under CI.
 fn require(ok: bool, what: &str) -> Option<()> {
     if ok {
         return Some(());
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but {what}");
-    }
-    eprintln!("skipping the browser test: {what}");
-    None
+    unavailable(&format!("the browser test: {what}"))
 }
 
 fn on_path(program: &str) -> bool {
@@ -36,15 +33,19 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-/// The first FracAtlas test image (sorted), if the shared datasets are there.
+/// The first FracAtlas test image (sorted), or `None` (skipped; fails under CI) without the
+/// shared datasets.
 fn fracatlas_image() -> Option<PathBuf> {
-    let dir = workspace().join("../shared/datasets/fracatlas/test/fractured");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
+    let dir = shared_path("datasets/fracatlas/test/fractured")?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
-    files.into_iter().next()
+    files
+        .into_iter()
+        .next()
+        .or_else(|| unavailable(&format!("no image in {}", dir.display())))
 }
 
 struct Driver {
@@ -239,15 +240,11 @@ fn the_page_shows_what_predict_prints() {
     {
         return;
     }
-    let Some(image) = require(
-        fracatlas_image().is_some(),
-        "../shared/datasets/fracatlas/test is absent",
-    )
-    .and_then(|_| fracatlas_image()) else {
+    let Some(image) = fracatlas_image() else {
         return;
     };
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_fracture"))
+    let out = support::bin()
         .args(["predict", "--json", "--model"])
         .arg(committed_model())
         .arg(&image)

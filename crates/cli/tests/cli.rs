@@ -5,32 +5,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
-fn fracture(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-        .args(args)
-        .output()
-        .expect("the fracture binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A phantom dataset and a model trained on it for one epoch, shared by the tests.
-fn fixture() -> &'static (PathBuf, PathBuf) {
-    static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    let f = FIX.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, model) = support::tiny_phantom_run(dir.path());
-        (dir, data, model)
-    });
-    // Leak the pair of paths with the TempDir kept alive in the static.
-    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
-}
+use support::{fracture, phantom_fixture, text};
 
 /// Asserts a failed run: non-zero exit, no panic, and the error as exactly one line starting
 /// with `error:` (the last line on stderr; progress notes may precede it) containing `needle`.
@@ -66,7 +43,7 @@ fn assert_usage_error(out: &Output, possible: &str) {
 
 #[test]
 fn eval_json_has_the_documented_keys() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let out = fracture(&[
         "eval",
         "--model",
@@ -115,7 +92,7 @@ fn eval_json_has_the_documented_keys() {
 
 #[test]
 fn train_json_prints_the_report_it_writes() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let out = fracture(&support::tiny_train_args(data, &run, "1", &["--json"]));
@@ -129,7 +106,7 @@ fn train_json_prints_the_report_it_writes() {
 
 #[test]
 fn eval_text_report() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("roc.png");
     let out = fracture(&[
@@ -155,7 +132,7 @@ fn eval_text_report() {
 
 #[test]
 fn predict_answers_for_good_files_when_one_is_corrupt() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let good: Vec<PathBuf> = std::fs::read_dir(data.join("test/fractured"))
         .unwrap()
@@ -224,7 +201,7 @@ fn predict_answers_for_good_files_when_one_is_corrupt() {
 
 #[test]
 fn predict_heatmap_writes_one_overlay_png_per_image_with_its_peak() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let images = tempfile::tempdir().unwrap();
     for (i, e) in std::fs::read_dir(data.join("test/fractured"))
         .unwrap()
@@ -283,7 +260,7 @@ fn predict_heatmap_writes_one_overlay_png_per_image_with_its_peak() {
 
 #[test]
 fn info_describes_the_model() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let out = fracture(&["info", "--model", model.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
@@ -314,7 +291,7 @@ fn info_describes_the_model() {
 /// `predict --heatmap` take like any other.
 #[test]
 fn an_ensemble_trains_and_serves_like_one_model() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("pair");
     let out = fracture(&support::tiny_train_args(
@@ -397,7 +374,7 @@ fn help_on_every_command() {
 
 #[test]
 fn error_paths_exit_non_zero_with_one_line() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let (d, m) = (data.to_str().unwrap(), model.to_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.safetensors");

@@ -11,22 +11,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use fracture_nn::data::dicom::SyntheticDicom;
 use fracture_nn::data::phantom::PhantomConfig;
 use fracture_nn::data::Split;
-
-fn fracture(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-        .args(args)
-        .output()
-        .expect("the fracture binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::{fracture, text};
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     text(&out.stdout)
@@ -116,21 +106,9 @@ fn train_and_predict_on_a_folder_of_dicom_files() {
     }
 }
 
+/// `../shared/datasets/dicom-sample/fracatlas`, or `None` (skipped; fails under CI).
 fn sample_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-        .join("datasets/dicom-sample/fracatlas");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is required under CI",
-        dir.display()
-    );
-    eprintln!("skipped: {} not found", dir.display());
-    None
+    fracture_test_support::shared_path("datasets/dicom-sample/fracatlas")
 }
 
 #[test]

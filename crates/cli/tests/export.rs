@@ -2,25 +2,12 @@
 //! `fracture info` state alike; bad inputs are errors naming the file. (The graph's numbers are
 //! checked against the engine in the root crate's `tests/onnx_export.rs`.)
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
 
-fn fracture(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use support::{fracture, text};
 
 fn committed_model() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/fracatlas.safetensors")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    support::committed_model().to_string_lossy().into_owned()
 }
 
 #[test]

@@ -9,63 +9,9 @@ mod support;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-}
-
-fn fracture(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the fracture binary runs")
-}
-
-/// Runs `fracture args`, killing it (and failing the test) if it takes longer than `limit`:
-/// the hang tests must fail rather than block CI.
-fn fracture_within(args: &[&str], limit: Duration) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the fracture binary runs");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "`fracture {}` still running after {limit:?} (hang); stderr: {}",
-                args.join(" "),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A phantom dataset and a model trained on it for one epoch.
-fn fixture() -> &'static (PathBuf, PathBuf) {
-    static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    let f = FIX.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, model) = support::tiny_phantom_run(dir.path());
-        (dir, data, model)
-    });
-    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
-}
+use support::{bin, fracture, fracture_within, phantom_fixture, s, text};
 
 /// `args` with the value of `flag` set to `value` (added if absent).
 fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a str> {
@@ -78,7 +24,7 @@ fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a st
 
 /// A few phantom images copied into a fresh folder.
 fn image_folder(n: usize) -> tempfile::TempDir {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let mut srcs: Vec<PathBuf> = std::fs::read_dir(data.join("test/fractured"))
         .unwrap()
@@ -131,7 +77,7 @@ fn tamper(model: &Path, dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -
 
 #[test]
 fn bad_model_metadata_is_one_error_naming_the_field() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let images = image_folder(1);
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, Edit); 9] = [
@@ -171,7 +117,7 @@ fn bad_model_metadata_is_one_error_naming_the_field() {
 
 #[test]
 fn eval_refuses_a_threshold_outside_0_1_like_predict() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     for t in ["5", "-1", "NaN"] {
         let eval = [
             "eval",
@@ -226,7 +172,7 @@ fn png_announcing(w: u32, h: u32) -> Vec<u8> {
 
 #[test]
 fn limits_in_a_model_file_cannot_raise_the_built_in_ones() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let bad = tamper(model, dir.path(), |m| {
         m["preprocess"]["limits"] = serde_json::json!({
@@ -254,7 +200,7 @@ fn limits_in_a_model_file_cannot_raise_the_built_in_ones() {
 #[test]
 fn a_closed_stdout_pipe_is_not_a_panic() {
     use std::os::unix::process::ExitStatusExt;
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let images = image_folder(40);
     for args in [
         vec!["predict", "--model", s(model), s(images.path())],
@@ -293,7 +239,7 @@ fn libc_sigpipe() -> i32 {
 
 #[test]
 fn train_refuses_a_folder_holding_a_run_unless_resume_or_overwrite() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));
@@ -321,7 +267,7 @@ fn train_refuses_a_folder_holding_a_run_unless_resume_or_overwrite() {
 
 #[test]
 fn a_second_train_on_a_locked_folder_fails_at_once() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();
@@ -346,7 +292,7 @@ fn a_second_train_on_a_locked_folder_fails_at_once() {
 /// holding a process id) is simply locked again, without a warning.
 #[test]
 fn a_lock_file_left_by_a_dead_process_is_no_obstacle() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();
@@ -385,7 +331,7 @@ fn a_lock_file_left_by_a_dead_process_is_no_obstacle() {
 
 #[test]
 fn two_trains_at_once_on_one_folder_never_both_succeed() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = with(
@@ -420,7 +366,7 @@ fn two_trains_at_once_on_one_folder_never_both_succeed() {
 
 #[test]
 fn train_into_an_unwritable_folder_fails_before_training() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     // Under a regular file: no folder can be created there (even by root).
     let file = dir.path().join("file");
@@ -494,7 +440,7 @@ fn mkfifo(path: &Path) {
 #[cfg(unix)]
 #[test]
 fn fifos_are_skipped_not_opened() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let limit = Duration::from_secs(60);
     // Named directly: an error for that file, no hang.
     let dir = image_folder(2);
@@ -550,7 +496,7 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn symlink_loops_visit_each_image_once() {
     use std::os::unix::fs::symlink;
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = image_folder(3);
     let d = dir.path();
     // A link to the folder itself, and two branches pointing at each other.
@@ -574,7 +520,7 @@ fn symlink_loops_visit_each_image_once() {
 #[cfg(unix)]
 #[test]
 fn predict_on_dev_zero_and_a_huge_sparse_file_reads_almost_nothing() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let sparse = dir.path().join("sparse.png");
     std::fs::File::create(&sparse)
@@ -609,7 +555,7 @@ fn predict_on_dev_zero_and_a_huge_sparse_file_reads_almost_nothing() {
 
 #[test]
 fn unwritable_outputs_fail_before_the_work() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
@@ -642,7 +588,7 @@ fn unwritable_outputs_fail_before_the_work() {
 
 #[test]
 fn predict_heatmap_inside_the_input_folder_does_not_classify_its_overlays() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let images = image_folder(2);
     let heat = images.path().join("heat");
     for _ in 0..2 {
@@ -668,7 +614,7 @@ fn predict_heatmap_inside_the_input_folder_does_not_classify_its_overlays() {
 #[test]
 fn odd_file_names_stay_one_escaped_line() {
     use std::os::unix::ffi::OsStrExt;
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let images = image_folder(1);
     let src = images.path().join("img00.png");
     let tabbed = images.path().join("a\tb\nc.png");
@@ -694,7 +640,7 @@ fn odd_file_names_stay_one_escaped_line() {
 
 #[test]
 fn degenerate_inputs_are_flagged() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     image::GrayImage::new(1, 1)
         .save(dir.path().join("dot.png"))
@@ -717,7 +663,7 @@ fn degenerate_inputs_are_flagged() {
 
 /// The fixture's data with its class folders renamed in every split.
 fn renamed_classes(root: &Path, renames: &[(&str, &str)]) {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     copy_tree(data, root);
     for split in ["train", "val", "test"] {
         for (from, to) in renames {
@@ -767,7 +713,7 @@ fn unknown_class_names_need_positive_class_and_it_is_announced() {
     let info = text(&info.stdout);
     assert!(info.contains("(positive: positive)"), "{info}");
     // The known names announce their positive class too.
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let run2 = dir.path().join("run2");
     let out = fracture(&support::tiny_train_args(data, &run2, "1", &[]));
     let first = text(&out.stderr).lines().next().unwrap_or("").to_string();
@@ -787,7 +733,7 @@ fn one_or_three_classes_are_one_clear_error_before_loading() {
     ));
     assert_one_line_error(&out, "1 class folder(s)");
     let three = dir.path().join("three");
-    copy_tree(&fixture().0, &three);
+    copy_tree(&phantom_fixture().0, &three);
     for split in ["train", "val", "test"] {
         copy_tree(
             &three.join(split).join("fractured"),
@@ -840,7 +786,13 @@ fn eval_of_a_positive_class_model_uses_the_models_class_order() {
     // Threshold 0 labels everything positive: 4 of the 8 test images are `positive`.
     assert_eq!(v["confusion"]["tp"], 4, "{v}");
     assert_eq!(v["confusion"]["fp"], 4, "{v}");
-    let out = fracture(&["eval", "--model", s(&model), "--data", s(&fixture().0)]);
+    let out = fracture(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&phantom_fixture().0),
+    ]);
     assert_one_line_error(&out, "not the model's classes");
 }
 
@@ -865,13 +817,13 @@ fn a_missing_file_is_named_once_not_twice() {
 fn eval_stopping_on_a_corrupt_file_suggests_skipping() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    copy_tree(&fixture().0, &root);
+    copy_tree(&phantom_fixture().0, &root);
     std::fs::write(
         root.join("test/fractured/zz.png"),
         b"\x89PNG\r\n\x1a\nbroken",
     )
     .unwrap();
-    let model = &fixture().1;
+    let model = &phantom_fixture().1;
     let eval = |extra: &[&str]| {
         let mut args = vec!["eval", "--model", s(model), "--data", s(&root)];
         args.extend_from_slice(extra);
@@ -892,7 +844,7 @@ fn eval_stopping_on_a_corrupt_file_suggests_skipping() {
 
 #[test]
 fn nan_weights_are_refused_on_open() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = std::fs::read(model).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -934,7 +886,7 @@ fn a_divergence_in_epoch_1_does_not_promise_a_checkpoint() {
 
 #[test]
 fn a_refused_resume_names_the_changed_setting() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let out = fracture(&support::tiny_train_args(data, &run, "1", &[]));

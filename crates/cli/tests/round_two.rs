@@ -8,22 +8,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use support::{fracture, s, text, Server};
-
-/// A phantom dataset and the tiny model trained on it for one epoch.
-fn fixture() -> &'static (PathBuf, PathBuf) {
-    static FIX: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    let f = FIX.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, model) = support::tiny_phantom_run(dir.path());
-        (dir, data, model)
-    });
-    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PATHS.get_or_init(|| (f.1.clone(), f.2.clone()))
-}
+use support::{fracture, phantom_fixture, s, text, Server};
 
 /// Non-zero exit, no panic, and exactly one `error: ` line, the last, containing `needle`.
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -46,7 +33,7 @@ fn assert_one_line_error(out: &Output, needle: &str) {
 /// `ru_maxrss` would also count the test process's own pages, shared with the child between
 /// `fork` and `exec`.)
 fn fracture_peak_rss(args: &[&str]) -> (Output, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fracture"))
+    let mut child = support::bin()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,17 +72,7 @@ fn fracture_peak_rss(args: &[&str]) -> (Output, u64) {
 /// `../shared/pretrained/efficientnet-lite0-57934424.pth`, or `None` (with a note) without
 /// `../shared`; under CI its absence fails the test.
 fn lite0_pth() -> Option<PathBuf> {
-    let p = support::workspace().join("../shared/pretrained/efficientnet-lite0-57934424.pth");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing under CI",
-        p.display()
-    );
-    eprintln!("skipped: {} not found", p.display());
-    None
+    fracture_test_support::shared_path("pretrained/efficientnet-lite0-57934424.pth")
 }
 
 /// Bytes of EfficientNet-Lite0's own weights at 224 px with a 2-class head: the parameter
@@ -240,7 +217,7 @@ fn is_fifo(path: &Path) -> bool {
 
 #[test]
 fn export_and_import_never_replace_an_input_or_a_special_file() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("c.safetensors");
     std::fs::copy(model, &copy).unwrap();
@@ -358,7 +335,7 @@ fn json_body(raw: &str) -> serde_json::Value {
 
 #[test]
 fn serve_refuses_with_503_before_reading_a_body_when_full() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &["--slots", "1", "--queue", "0"]);
     // The only place is taken by an upload that has sent its head and 1 kB of 49 MB.
     let _holder = start_upload(server.addr, 49_000_000, 1000);
@@ -377,7 +354,7 @@ fn serve_refuses_with_503_before_reading_a_body_when_full() {
 
 #[test]
 fn serve_caps_the_bytes_it_buffers_across_requests() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(
         model,
         &["--slots", "2", "--queue", "8", "--max-buffered-mb", "100"],
@@ -442,7 +419,7 @@ fn upload_shared(addr: SocketAddr, body: &std::sync::Arc<Vec<u8>>) -> u16 {
 
 #[test]
 fn forty_parallel_49_mb_uploads_keep_the_server_small() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &[]);
     let pid = server.child.id();
     // 49 MB behind a PNG signature: read in full by an admitted request, then refused as
@@ -478,7 +455,7 @@ fn forty_parallel_49_mb_uploads_keep_the_server_small() {
 
 #[test]
 fn a_one_byte_per_second_body_is_cut_off_within_the_timeout() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &["--timeout", "3"]);
     let mut c = start_upload(server.addr, 1000, 0);
     let mut writer = c.try_clone().unwrap();
@@ -501,7 +478,7 @@ fn a_one_byte_per_second_body_is_cut_off_within_the_timeout() {
 
 #[test]
 fn slow_headers_are_cut_off_within_the_timeout() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &["--timeout", "3"]);
     let mut c = TcpStream::connect(server.addr).unwrap();
     c.write_all(b"POST /api/predict HTTP/1.1\r\nX-Slow: ")
@@ -524,7 +501,7 @@ fn slow_headers_are_cut_off_within_the_timeout() {
 
 #[test]
 fn sigterm_exits_within_10_s_despite_a_slow_client() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &["--timeout", "60"]);
     let c = start_upload(server.addr, 1_000_000, 10);
     let mut writer = c.try_clone().unwrap();
@@ -565,7 +542,7 @@ fn sigterm_exits_within_10_s_despite_a_slow_client() {
 
 #[test]
 fn train_refuses_an_image_size_over_1024_before_any_work() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     for size in ["1025", "4096"] {
@@ -613,7 +590,7 @@ fn an_untrained_classifier_is_flagged_by_predict_and_serve() {
         "{v}"
     );
     // A trained model has no such warning.
-    let (_, trained) = fixture();
+    let (_, trained) = phantom_fixture();
     let o = fracture(&["predict", "--json", "--model", s(trained), s(&png)]);
     assert!(!text(&o.stdout).contains("not trained"));
     assert!(!text(&o.stderr).contains("not trained"));
@@ -644,7 +621,7 @@ fn an_untrained_classifier_is_flagged_by_predict_and_serve() {
 
 #[test]
 fn split_refuses_an_output_inside_its_source_and_the_reverse() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let from = dir.path().join("from");
     for class in ["fractured", "not_fractured"] {
@@ -699,7 +676,7 @@ fn split_refuses_an_output_inside_its_source_and_the_reverse() {
 
 #[test]
 fn a_two_file_multipart_upload_is_refused() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &[]);
     let png = support::synthetic_png();
     let mut form = Vec::new();
@@ -728,7 +705,7 @@ fn a_two_file_multipart_upload_is_refused() {
 
 #[test]
 fn info_and_the_api_describe_settings_in_words_not_type_names() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let o = fracture(&["info", "--model", s(model)]);
     // The layer table names layers; the settings above it are in words.
     let out = text(&o.stdout);
@@ -744,7 +721,7 @@ fn info_and_the_api_describe_settings_in_words_not_type_names() {
 
 #[test]
 fn a_conflicting_arch_is_named_as_on_the_command_line() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let o = fracture(&[
         "train",
@@ -768,7 +745,7 @@ fn a_conflicting_arch_is_named_as_on_the_command_line() {
 
 #[test]
 fn decode_limits_are_explained_without_type_names() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let big = image::GrayImage::new(3000, 20);
     let p = dir.path().join("wide.png");
@@ -802,7 +779,7 @@ fn decode_limits_are_explained_without_type_names() {
 
 #[test]
 fn every_error_status_of_serve_has_a_json_body() {
-    let (_, model) = fixture();
+    let (_, model) = phantom_fixture();
     let server = Server::start(model, &[]);
     // 415 names every accepted kind, DICOM included.
     let r = support::request(
@@ -833,7 +810,7 @@ fn every_error_status_of_serve_has_a_json_body() {
 
 #[test]
 fn counts_are_plural_only_when_plural_and_causes_are_said_once() {
-    let (data, model) = fixture();
+    let (data, model) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     // One image in the test split.
     let one = dir.path().join("one");
@@ -937,11 +914,11 @@ fn a_huge_learning_rate_ends_with_a_divergence_message() {
 
 #[test]
 fn ctrl_c_during_train_says_so_and_leaves_no_lock_behind() {
-    let (data, _) = fixture();
+    let (data, _) = phantom_fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = support::tiny_train_args(data, &run, "200", &[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fracture"))
+    let mut child = support::bin()
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -978,18 +955,12 @@ fn ctrl_c_during_train_says_so_and_leaves_no_lock_behind() {
 
 #[test]
 fn predict_refuses_a_ct_naming_its_modality() {
-    let ct = support::workspace()
-        .join("../shared/datasets/dicom-sample/pydicom-test-files/CT_small.dcm");
-    if !ct.is_file() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} missing under CI",
-            ct.display()
-        );
-        eprintln!("skipped: {} not found", ct.display());
+    let Some(ct) =
+        fracture_test_support::shared_path("datasets/dicom-sample/pydicom-test-files/CT_small.dcm")
+    else {
         return;
-    }
-    let (_, model) = fixture();
+    };
+    let (_, model) = phantom_fixture();
     let o = fracture(&["predict", "--json", "--model", s(model), s(&ct)]);
     assert!(!o.status.success());
     let out = text(&o.stdout) + &text(&o.stderr);

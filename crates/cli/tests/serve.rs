@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier};
 use support::{committed_model, get, request, synthetic_png, Server};
 
 fn predict_cli(path: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fracture"))
+    let out = support::bin()
         .args(["predict", "--json", "--model"])
         .arg(committed_model())
         .arg(path)

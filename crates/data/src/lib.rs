@@ -35,6 +35,8 @@
 //! # Ok::<(), fracture_data::DataError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod augment;
 pub mod boxes;

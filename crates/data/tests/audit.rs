@@ -16,6 +16,7 @@ use fracture_data::audit::{
 };
 use fracture_data::phantom::render;
 use fracture_data::Split;
+use fracture_test_support::shared_path;
 use image::{imageops, GrayImage, ImageFormat};
 
 /// A phantom of `size` px as an image (seeded; `fractured` picks the kind).
@@ -411,15 +412,9 @@ fn split_keeps_groups_whole_stratified_and_seeded() {
 
 #[test]
 fn shared_fracatlas_has_no_exact_copies_across_splits() {
-    let Some(shared) = common::shared_dir() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but ../shared (datasets/fracatlas) is missing"
-        );
-        eprintln!("skipped: ../shared not found");
+    let Some(root) = shared_path("datasets/fracatlas") else {
         return;
     };
-    let root = shared.join("datasets/fracatlas");
     let started = std::time::Instant::now();
     let scan = Scan::dataset(&root, &AuditConfig::default(), &|| {}).unwrap();
     let report = AuditReport::new(&scan);
@@ -450,16 +445,10 @@ fn shared_fracatlas_has_no_exact_copies_across_splits() {
 fn thresholds_separate_real_copies_from_distinct_radiographs() {
     use fracture_data::audit::{Dihedral, NearSignature};
     use rayon::prelude::*;
-    let Some(shared) = common::shared_dir() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but ../shared (datasets/fracatlas) is missing"
-        );
-        eprintln!("skipped: ../shared not found");
+    let Some(root) = shared_path("datasets/fracatlas") else {
         return;
     };
     let cfg = AuditConfig::default();
-    let root = shared.join("datasets/fracatlas");
     let files = fracture_data::audit::list_dataset(&root).unwrap();
     let sigs: Vec<NearSignature> = files
         .par_iter()

@@ -30,21 +30,12 @@ use fracture_data::{
     decode_luma8, decode_luma8_from_memory, BadFileKind, BadFilePolicy, DataError, DecodeLimits,
     ImageFolder, LoadOptions, Split,
 };
+use fracture_test_support::shared_path;
 use proptest::prelude::*;
 
+/// `../shared/datasets/dicom-sample/<sub>`, or `None` (skipped; fails under CI).
 fn sample_dir(sub: &str) -> Option<PathBuf> {
-    let dir = common::shared_dir().map(|d| d.join("datasets/dicom-sample").join(sub));
-    match dir {
-        Some(d) if d.is_dir() => Some(d),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "../shared/datasets/dicom-sample/{sub} is required under CI"
-            );
-            eprintln!("skipped: ../shared/datasets/dicom-sample/{sub} not found");
-            None
-        }
-    }
+    shared_path(&format!("datasets/dicom-sample/{sub}"))
 }
 
 fn mad(a: &[u8], b: &[u8]) -> f64 {

@@ -8,71 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use fracture_data::{decode_luma8_from_memory, DecodeLimits};
+use fracture_test_support::alloc::{measure, Counting};
 use image::ImageFormat;
 use proptest::prelude::*;
 
-/// Counts the bytes this thread has live on the heap, and their peak, so that a property can
-/// bound what one parse allocates (other test threads do not disturb the count).
-mod counting {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    thread_local! {
-        static LIVE: Cell<usize> = const { Cell::new(0) };
-        static PEAK: Cell<usize> = const { Cell::new(0) };
-    }
-
-    pub struct Counting;
-
-    fn add(n: usize) {
-        let _ = LIVE.try_with(|l| {
-            let v = l.get() + n;
-            l.set(v);
-            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-        });
-    }
-
-    fn sub(n: usize) {
-        let _ = LIVE.try_with(|l| l.set(l.get().saturating_sub(n)));
-    }
-
-    // SAFETY: forwards to the system allocator; the counters are plain thread-local cells
-    // without destructors.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            add(layout.size());
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            sub(layout.size());
-            unsafe { System.dealloc(ptr, layout) }
-        }
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            add(layout.size());
-            unsafe { System.alloc_zeroed(layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            add(new_size);
-            sub(layout.size());
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    /// Runs `f` and returns its result with the peak of the bytes it had live at once (above
-    /// what was live before) and the time it took.
-    pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, std::time::Duration) {
-        let base = LIVE.with(|l| l.get());
-        PEAK.with(|p| p.set(base));
-        let t = std::time::Instant::now();
-        let out = f();
-        let elapsed = t.elapsed();
-        let peak = PEAK.with(|p| p.get()).saturating_sub(base);
-        (out, peak, elapsed)
-    }
-}
-
+/// Counts this thread's live heap bytes, so that a property can bound what one call holds.
 #[global_allocator]
-static ALLOC: counting::Counting = counting::Counting;
+static ALLOC: Counting = Counting;
 
 const LIMITS: DecodeLimits = DecodeLimits {
     max_width: 1024,
@@ -121,7 +63,7 @@ fn seeds() -> &'static [(ImageFormat, Vec<u8>)] {
 /// within the limits, bounded time and, with `bound_peak`, bounded memory.
 fn check(bytes: &[u8], bound_peak: bool) -> Result<(), TestCaseError> {
     let (result, peak, elapsed) =
-        counting::measure(|| decode_luma8_from_memory(bytes, Path::new("fuzz"), &LIMITS));
+        measure(|| decode_luma8_from_memory(bytes, Path::new("fuzz"), &LIMITS));
     if let Ok(img) = &result {
         prop_assert!(img.width() <= LIMITS.max_width && img.height() <= LIMITS.max_height);
         prop_assert!(img.width() > 0 && img.height() > 0);
@@ -155,7 +97,7 @@ fn crc32(data: &[u8]) -> u32 {
 fn the_seeds_decode() {
     for (f, bytes) in seeds() {
         let (img, peak, _) =
-            counting::measure(|| decode_luma8_from_memory(bytes, Path::new("seed"), &LIMITS));
+            measure(|| decode_luma8_from_memory(bytes, Path::new("seed"), &LIMITS));
         let img = img.unwrap_or_else(|e| panic!("{f:?}: {e}"));
         // The counter sees the decoder's allocations (at least the output image).
         assert!(peak >= 24 * 16, "{f:?}: peak {peak}");

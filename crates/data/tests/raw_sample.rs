@@ -5,8 +5,8 @@
 //! GIF data behind `.jpg`, `.jpeg`, sizes 224 px to 2880 px) to its listed size, except the two
 //! JPEGs truncated in the original release, which are corrupt: `Fail` stops on the first of them,
 //! `Skip` loads the 36 others with their labels and lists exactly those two.
-
-mod common;
+//!
+//! Without `../shared` the tests print that they skipped, and fail instead when `CI` is set.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use fracture_data::{
     decode_luma8, BadFileKind, BadFilePolicy, DataError, DatasetSplit, DecodeLimits, LoadOptions,
     Split,
 };
+use fracture_test_support::shared_path;
 
 struct Row {
     file: String,
@@ -70,15 +71,15 @@ fn read_labels(dir: &std::path::Path) -> Vec<Row> {
         .collect()
 }
 
+/// `../shared/datasets/raw-sample` (with its `labels.csv`), or `None` (skipped; fails under CI).
 fn raw_sample() -> Option<PathBuf> {
-    let dir = common::shared_dir()?.join("datasets/raw-sample");
-    dir.join("labels.csv").is_file().then_some(dir)
+    let labels = shared_path("datasets/raw-sample/labels.csv")?;
+    Some(labels.parent().expect("a file has a folder").to_path_buf())
 }
 
 #[test]
 fn raw_sample_file_by_file_under_both_policies() {
     let Some(dir) = raw_sample() else {
-        eprintln!("skipped: ../shared not found (no datasets/raw-sample)");
         return;
     };
     let rows = read_labels(&dir);
@@ -142,7 +143,6 @@ fn raw_sample_file_by_file_under_both_policies() {
 #[test]
 fn raw_sample_with_a_size_limit_skips_the_large_originals() {
     let Some(dir) = raw_sample() else {
-        eprintln!("skipped: ../shared not found (no datasets/raw-sample)");
         return;
     };
     let rows = read_labels(&dir);

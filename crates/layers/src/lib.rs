@@ -42,6 +42,8 @@
 //! # Ok::<(), fracture_layers::LayersError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod batch_norm;
 pub mod bn_relu_pool;
 pub mod checkpoint;

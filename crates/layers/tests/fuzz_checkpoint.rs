@@ -8,72 +8,14 @@ use std::time::Duration;
 
 use fracture_layers::checkpoint::{self, Metadata};
 use fracture_layers::*;
+use fracture_test_support::alloc::{measure, Counting};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use serde_json::Value;
 
-/// Counts the bytes this thread has live on the heap, and their peak, so that a property can
-/// bound what one parse allocates (other test threads do not disturb the count).
-mod counting {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    thread_local! {
-        static LIVE: Cell<usize> = const { Cell::new(0) };
-        static PEAK: Cell<usize> = const { Cell::new(0) };
-    }
-
-    pub struct Counting;
-
-    fn add(n: usize) {
-        let _ = LIVE.try_with(|l| {
-            let v = l.get() + n;
-            l.set(v);
-            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-        });
-    }
-
-    fn sub(n: usize) {
-        let _ = LIVE.try_with(|l| l.set(l.get().saturating_sub(n)));
-    }
-
-    // SAFETY: forwards to the system allocator; the counters are plain thread-local cells
-    // without destructors.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            add(layout.size());
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            sub(layout.size());
-            unsafe { System.dealloc(ptr, layout) }
-        }
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            add(layout.size());
-            unsafe { System.alloc_zeroed(layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            add(new_size);
-            sub(layout.size());
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    /// Runs `f` and returns its result with the peak of the bytes it had live at once (above
-    /// what was live before) and the time it took.
-    pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, std::time::Duration) {
-        let base = LIVE.with(|l| l.get());
-        PEAK.with(|p| p.set(base));
-        let t = std::time::Instant::now();
-        let out = f();
-        let elapsed = t.elapsed();
-        let peak = PEAK.with(|p| p.get()).saturating_sub(base);
-        (out, peak, elapsed)
-    }
-}
-
+/// Counts this thread's live heap bytes, so that a property can bound what one call holds.
 #[global_allocator]
-static ALLOC: counting::Counting = counting::Counting;
+static ALLOC: Counting = Counting;
 
 fn net() -> Sequential {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -112,7 +54,7 @@ fn join(header: &Value, data: &[u8]) -> Vec<u8> {
 /// Loads `bytes` as a model and as optimizer state; checks memory and time.
 fn check(bytes: &[u8]) -> std::result::Result<(), TestCaseError> {
     let mut model = net();
-    let ((), peak, elapsed) = counting::measure(|| {
+    let ((), peak, elapsed) = measure(|| {
         let _ = checkpoint::model_from_bytes(bytes, &mut model, Path::new("fuzz"));
         let _ = checkpoint::optimizer_state_from_bytes(bytes, Path::new("fuzz"));
     });

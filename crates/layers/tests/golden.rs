@@ -8,6 +8,7 @@ use common::{assert_close, set_param, tiny_net_check, tiny_net_check_members, Go
 use fracture_layers::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use fracture_layers::*;
 use fracture_tensor::Tensor4;
+use fracture_test_support::shared_dir;
 use rand::SeedableRng;
 
 const REL: f32 = 1e-4;
@@ -77,12 +78,7 @@ fn batch_norm2d_matches_pytorch() {
 /// and two-group). The layer is configured from the metadata and the tensors' shapes only.
 #[test]
 fn grouped_conv2d_layer_matches_pytorch() {
-    let Some(dir) = common::shared_dir() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but ../shared (the golden files) is missing"
-        );
-        eprintln!("skipped: ../shared not found");
+    let Some(dir) = shared_dir() else {
         return;
     };
     let mut paths: Vec<_> = std::fs::read_dir(dir.join("golden"))

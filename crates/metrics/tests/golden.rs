@@ -2,30 +2,18 @@
 //! 1e-9: confusion, threshold metrics, ROC-AUC, average precision and the ROC curve.
 //!
 //! Skipped with a message when the shared folder is absent (set `FRACTURE_SHARED` to point
-//! elsewhere).
-
-use std::path::PathBuf;
+//! elsewhere), and failed instead when `CI` is set.
 
 use fracture_metrics::{
     average_precision, roc_auc, roc_curve, BinaryReport, ClassificationReport, Confusion,
 };
+use fracture_test_support::shared_path;
 use serde_json::Value;
 
 const TOL: f64 = 1e-9;
 
-fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    dir.is_dir().then_some(dir)
-}
-
 fn load_cases() -> Option<Vec<Value>> {
-    let Some(dir) = shared_dir() else {
-        println!("skipped: ../shared not found");
-        return None;
-    };
-    let path = dir.join("golden/metrics.json");
+    let path = shared_path("golden/metrics.json")?;
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let json: Value = serde_json::from_str(&text)

@@ -118,6 +118,10 @@ macro_rules! avx2_dispatch {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                /// `$imp` compiled with AVX2.
+                ///
+                /// # Safety
+                /// The CPU supports AVX2.
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {

@@ -124,8 +124,15 @@ pub(crate) fn run_checked(
 
 // The AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since Rust 1.89,
 // above the workspace's declared `rust-version`; this module is the one place that needs 1.89.
+//
+// Inside `kernel`, the bodies of the `unsafe fn`s are pointer arithmetic, loads and stores from
+// end to end, so `unsafe_op_in_unsafe_fn` (denied for the crate) is allowed here rather than
+// wrapping each body in one `unsafe` block that would say nothing more: each function states in
+// `# Safety` what its caller guarantees, and the one entry point, `sgemm` above, says at its
+// `unsafe` block why those guarantees hold.
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
+#[allow(unsafe_op_in_unsafe_fn)]
 mod kernel {
     use core::arch::x86_64::*;
     use std::cell::RefCell;
@@ -258,6 +265,10 @@ mod kernel {
     }
 
     /// The blocked product with C's rows vectorised.
+    ///
+    /// # Safety
+    /// As for [`gemm`]: AVX-512F available; `m, k, n >= 1`; every addressed element of A, B
+    /// and C valid; C's elements distinct and not overlapping A or B.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn gemm_nn(
@@ -368,6 +379,11 @@ mod kernel {
 
     /// One strip of `mr` rows of C across the B block (tile `t` starts at its left end), from
     /// the packed A panel `a`.
+    ///
+    /// # Safety
+    /// AVX-512F available; `1 <= mr <= MR`; `a` holds `kc >= 1` packed steps of [`MR`] floats;
+    /// `bb` describes valid B panels of `kc` rows for its `nc` columns; `t` addresses `mr` rows
+    /// and `bb.nc` columns of C that are valid, distinct and overlap neither A nor B.
     #[target_feature(enable = "avx512f")]
     unsafe fn strip(mr: usize, kc: usize, a: *const f32, bb: &BBlock, t: Tile) {
         match mr {
@@ -387,6 +403,9 @@ mod kernel {
     }
 
     /// [`strip`] for exactly `R` rows: one [`tile`] per 32-column panel.
+    ///
+    /// # Safety
+    /// As for [`strip`], with `mr == R`.
     #[target_feature(enable = "avx512f")]
     unsafe fn strip_r<const R: usize>(kc: usize, a: *const f32, bb: &BBlock, t: Tile) {
         let mut jr = 0;
@@ -409,6 +428,11 @@ mod kernel {
 
     /// The micro-kernel: an `R x 32` tile of C from an A panel (`kc >= 1` steps of [`MR`]
     /// floats) and a B panel (`kc` rows of 32 floats, `ldb` apart).
+    ///
+    /// # Safety
+    /// AVX-512F available; `kc >= 1`; `a` valid for `kc * MR` floats (the first `R` of each
+    /// step read); `b + s * ldb` valid for 32 floats for every step `s < kc`; `t` addresses an
+    /// `R x t.nr` tile of C (`t.nr <= 32`) that is valid, distinct and overlaps neither A nor B.
     #[inline]
     #[allow(clippy::needless_range_loop)] // `r` indexes A's panel and the accumulators alike
     #[target_feature(enable = "avx512f")]
@@ -488,6 +512,10 @@ mod kernel {
     /// The vector arithmetic is the one of the fast paths in [`tile`] (`beta` 0: `alpha * v`;
     /// 1: `fma(alpha, v, c)`; else `fma(alpha, v, beta * c)`), so every element is rounded the
     /// same way whatever C's strides.
+    ///
+    /// # Safety
+    /// AVX-512F available; `mask` is a prefix of lanes (from [`lanes`]); for each lane `l` in
+    /// it, `cp + l * t.csc` is a valid element of C, not aliased by anything else live.
     #[target_feature(enable = "avx512f")]
     unsafe fn store_general(v: __m512, cp: *mut f32, mask: __mmask16, t: Tile) {
         let count = mask.count_ones() as usize;
@@ -523,6 +551,9 @@ mod kernel {
     }
 
     /// Transposes 16 vectors: `out[q]` lane `r` = `rows[r]` lane `q`.
+    ///
+    /// # Safety
+    /// AVX-512F available (the only requirement: it reads no memory but `r`).
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
@@ -561,6 +592,10 @@ mod kernel {
 
     /// Loads up to 16 "lines" of up to 16 contiguous floats (`line l` at `src + l * ld`),
     /// zero elsewhere, and transposes them: `out[q]` lane `l` = `src[l * ld + q]`.
+    ///
+    /// # Safety
+    /// AVX-512F available; `nlines <= 16`, `len <= 16`; for each line `l < nlines`,
+    /// `src + l * ld` is valid for `len` floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load_t(src: *const f32, ld: isize, nlines: usize, len: usize) -> [__m512; 16] {
@@ -580,6 +615,10 @@ mod kernel {
 
     /// Packs `mr` rows x `kc` columns of A (strides `rs`, `cs`) as `kc` groups of [`MR`]
     /// floats (rows past `mr` left unspecified; the kernels for `mr` rows never read them).
+    ///
+    /// # Safety
+    /// AVX-512F available; `1 <= mr <= MR`; every element `src + r * rs + p * cs` (`r < mr`,
+    /// `p < kc`) valid; `dst` valid for `kc * MR` floats and not overlapping the source.
     #[target_feature(enable = "avx512f")]
     unsafe fn pack_a(dst: *mut f32, src: *const f32, rs: isize, cs: isize, kc: usize, mr: usize) {
         if cs == 1 && mr > 1 {
@@ -611,6 +650,10 @@ mod kernel {
 
     /// Packs `kc` rows x `nr` columns of B (strides `rs`, `cs`) as `kc` rows of [`NR`] floats,
     /// zero-padded past `nr`.
+    ///
+    /// # Safety
+    /// AVX-512F available; `1 <= nr <= NR`; every element `src + p * rs + j * cs` (`p < kc`,
+    /// `j < nr`) valid; `dst` valid for `kc * NR` floats and not overlapping the source.
     #[target_feature(enable = "avx512f")]
     unsafe fn pack_b(dst: *mut f32, src: *const f32, rs: isize, cs: isize, kc: usize, nr: usize) {
         if cs == 1 {

@@ -53,6 +53,11 @@
 //! # Ok::<(), TensorError>(())
 //! ```
 
+// Unsafe code here: the AVX-512 GEMM kernel (gemm_avx512.rs), the matrixmultiply call
+// (gemm.rs) and the AVX2 dispatch of the SIMD kernels; every `unsafe fn` documents its
+// `# Safety` contract and every `unsafe` block says why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod batch_stats;
 mod bn_act_pool;
 mod bn_act_pool_simd;

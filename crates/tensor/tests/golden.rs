@@ -8,14 +8,18 @@
 //! y = F.conv2d(x, w, b, stride=s, padding=p); y.backward(dy)   # dx = x.grad, ...
 //! ```
 //! with the op's parameters in the safetensors `__metadata__` as JSON strings.
+//!
+//! Without `../shared` every test prints that it skipped, and fails instead when `CI` is set
+//! (`fracture_test_support::shared_dir`).
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{check_close, shared_dir};
+use common::check_close;
 use fracture_tensor::{naive, ConvParams, ConvWorkspace, PoolParams, Tensor4};
+use fracture_test_support::shared_dir;
 use safetensors::{Dtype, SafeTensors};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -107,12 +111,10 @@ impl Golden {
     }
 }
 
-/// The golden files whose names start with `prefix`, or `None` (test skipped) without ../shared.
+/// The golden files whose names start with `prefix`, or `None` (test skipped; fails under CI)
+/// without ../shared.
 fn golden_files(prefix: &str) -> Option<Vec<Golden>> {
-    let Some(dir) = shared_dir() else {
-        println!("skipped: ../shared not found");
-        return None;
-    };
+    let dir = shared_dir()?;
     let mut paths: Vec<_> = std::fs::read_dir(dir.join("golden"))
         .expect("shared/golden is readable")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -182,13 +184,9 @@ fn conv2d_matches_pytorch() -> TestResult {
 }
 
 /// Grouped and depthwise convolutions (`grouped_conv2d_*`): stride, padding, groups and bias
-/// come from the metadata, every shape from the tensors. Unlike the other golden tests, this
-/// one fails instead of skipping when `../shared` is missing and the `CI` variable is set.
+/// come from the metadata, every shape from the tensors.
 #[test]
 fn grouped_conv2d_matches_pytorch() -> TestResult {
-    if shared_dir().is_none() && std::env::var_os("CI").is_some() {
-        return Err("CI is set but ../shared (the golden files) is missing".into());
-    }
     let Some(files) = golden_files("grouped_conv2d_") else {
         return Ok(());
     };

@@ -2,6 +2,10 @@
 //! tiny phantom model most tests start from, and, for the `fracture serve` tests, a minimal
 //! HTTP/1.1 client on `TcpStream` (no HTTP crate needed) and a server process on a free port
 //! that is stopped when dropped.
+//!
+//! What is not about the CLI (running a binary, the `../shared` policy, reading output) is in
+//! `fracture_test_support`; this module gives it the binary's path, which only this crate's
+//! tests know (`CARGO_BIN_EXE_fracture`).
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -10,24 +14,29 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+pub use fracture_test_support::{arg as s, text};
+
+/// The `fracture` binary that cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_fracture");
+
+/// A command that runs the `fracture` binary, for tests that set its input, output or
+/// environment themselves.
+pub fn bin() -> Command {
+    Command::new(BIN)
+}
 
 /// Runs the `fracture` binary with `args` and waits for it.
 pub fn fracture(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture"))
-        .args(args)
-        .output()
-        .expect("the fracture binary runs")
+    fracture_test_support::process::run(BIN, args)
 }
 
-/// Output bytes as text (lossy).
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A path as a command-line argument.
-pub fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
+/// Runs `fracture args`, killing it (and failing the test) if it takes longer than `limit`:
+/// the hang tests must fail rather than block CI.
+pub fn fracture_within(args: &[&str], limit: Duration) -> std::process::Output {
+    fracture_test_support::process::run_within(BIN, args, limit)
 }
 
 /// The arguments of `fracture train` for the tiny network the CLI tests share (plain, widths 8
@@ -86,15 +95,27 @@ pub fn tiny_phantom_run(dir: &Path) -> (PathBuf, PathBuf) {
     (data, run.join("model.safetensors"))
 }
 
+/// [`tiny_phantom_run`] once per test binary, in a temporary folder kept for the whole run:
+/// `(data, model file)`, shared by the tests of that binary.
+pub fn phantom_fixture() -> &'static (PathBuf, PathBuf) {
+    static FIX: OnceLock<(tempfile::TempDir, (PathBuf, PathBuf))> = OnceLock::new();
+    &FIX.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = tiny_phantom_run(dir.path());
+        (dir, paths)
+    })
+    .1
+}
+
 /// Runs [`tiny_train_args`].
 pub fn train_tiny(data: &Path, out: &Path, epochs: usize, extra: &[&str]) -> std::process::Output {
     let epochs = epochs.to_string();
     fracture(&tiny_train_args(data, out, &epochs, extra))
 }
 
-/// The workspace root (two levels above this crate).
+/// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    fracture_test_support::workspace_root()
 }
 
 /// The committed FracAtlas model.
@@ -226,7 +247,7 @@ impl Server {
     /// Starts `fracture serve --model model --addr 127.0.0.1:0 <extra>` and waits for the
     /// address it prints.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fracture"))
+        let mut child = bin()
             .args(["serve", "--model"])
             .arg(model)
             .args(["--addr", "127.0.0.1:0"])

@@ -92,11 +92,3 @@ pub fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
     chunk(b"IEND", &[]);
     out
 }
-
-/// The shared reference folder, or `None` (tests then print a skip message).
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    dir.is_dir().then_some(dir)
-}

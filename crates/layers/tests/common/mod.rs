@@ -1,20 +1,13 @@
-//! Helpers shared by the integration tests: locating `../shared`, reading golden safetensors
-//! files, and tolerance checks that print the worst difference.
+//! Helpers shared by this crate's integration tests: reading golden safetensors files (from
+//! `../shared`, found by `fracture_test_support::shared_dir`) and tolerance checks that print
+//! the worst difference.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use fracture_layers::{CrossEntropyLoss, Layer, Mode};
 use fracture_tensor::Tensor4;
-
-/// `../shared` (or `$FRACTURE_SHARED`), if present.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    dir.is_dir().then_some(dir)
-}
+use fracture_test_support::shared_dir;
 
 /// A golden file: tensors by name (shape, values) and metadata.
 pub struct Golden {
@@ -23,16 +16,10 @@ pub struct Golden {
 }
 
 impl Golden {
-    /// Loads `golden/<name>.safetensors`, or prints "skipped" and returns `None`.
+    /// Loads `golden/<name>.safetensors` from `../shared`, or prints "skipped" and returns `None`
+    /// (fails under CI: `fracture_test_support::shared_dir`).
     pub fn load(name: &str) -> Option<Golden> {
-        let Some(dir) = shared_dir() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but ../shared (the golden files) is missing"
-            );
-            eprintln!("skipped: ../shared not found");
-            return None;
-        };
+        let dir = shared_dir()?;
         Some(Golden::from_path(
             &dir.join("golden").join(format!("{name}.safetensors")),
         ))

@@ -1,8 +1,6 @@
-//! Helpers shared by the integration tests: seeded random tensors, tolerance checks and the
-//! location of the shared golden files.
+//! Helpers shared by this crate's integration tests: seeded random tensors and tolerance
+//! checks. The shared golden files are found by `fracture_test_support::shared_dir`.
 #![allow(dead_code)]
-
-use std::path::PathBuf;
 
 use fracture_tensor::Tensor4;
 use rand::{Rng, SeedableRng};
@@ -75,12 +73,4 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-/// `../shared` beside the repository (or `$FRACTURE_SHARED`), if present.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("FRACTURE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    dir.is_dir().then_some(dir)
 }
