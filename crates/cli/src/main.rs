@@ -4,6 +4,7 @@
 //! error is one line on stderr and a non-zero exit status.
 //!
 //! Research software, not a medical device.
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -117,6 +118,7 @@ fn one_line(e: &anyhow::Error) -> String {
 /// when the reader goes away. Rust ignores SIGPIPE, which turns the closed pipe into a panic
 /// in `println!`; restoring the default action ends the process as every Unix tool does
 /// (status 141 in a shell, no message).
+#[allow(unsafe_code)] // the one unsafe call of the CLI
 fn restore_default_sigpipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in `main`, before any thread exists; it only changes how the
