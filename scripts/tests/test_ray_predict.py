@@ -246,9 +246,10 @@ def rows_of_file(f):
 
 
 def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, ray_stack, onnx_model):
-    """Parquet rows, and a graph that gained outputs: `typicality` gives each row its score,
-    judged against the metadata's typicality_q99 (an atypical image gets fracture predict's
-    warning); another output (a mask) is not computed; p_fractured is still found by name."""
+    """Parquet rows, and the graph's side outputs: `typicality` gives each row fracture
+    predict's record (score, judged against the metadata's typicality_q99; an atypical image gets
+    its warning); another output (the fracture map, and an extra one placed first) is not
+    computed; p_fractured is still found by name."""
     require(importable("onnx"), f"{sys.executable} cannot import onnx (pip install onnx)")
     import onnx
     import pyarrow.parquet as pq
@@ -256,17 +257,12 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
 
     m = onnx.load(str(onnx_model))
     g = m.graph
-    # typicality := 1 - p_fractured (any function of the image would do); a [N, 2] "mask" output
-    # placed first, so that outputs are not found by position.
-    g.node.append(helper.make_node("Sub", ["one", "p_fractured"], ["typicality"]))
-    g.initializer.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
-    g.node.append(helper.make_node("Identity", ["logits"], ["mask"]))
-    g.output.insert(0, helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2]))
-    g.output.append(helper.make_tensor_value_info("typicality", TensorProto.FLOAT, ["N"]))
-    q99 = 0.5  # so images with P(fractured) < 0.5 are "atypical" here
-    assert not [p for p in m.metadata_props if p.key.startswith("typicality")], "no bank here"
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "typicality_q99", str(q99)  # as `fracture export` writes it
+    names = [o.name for o in g.output]
+    assert "typicality" in names and "fracture_map" in names, names
+    assert any(p.key == "typicality_q99" for p in m.metadata_props), "the default model has a bank"
+    # A [N, 2] output placed first, so that outputs are not found by position.
+    g.node.append(helper.make_node("Identity", ["logits"], ["extra"]))
+    g.output.insert(0, helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 2]))
     extended = tmp_path / "extended.onnx"
     onnx.save(m, str(extended))
 
@@ -274,6 +270,9 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
     inp.mkdir()
     for f in fracatlas_sample(shared, 8)[:8]:
         shutil.copy(f, inp / f"{f.parent.name}_{f.name}")
+    # Photographs the model must call atypical.
+    for name in ("brick.png", "astronaut.png"):
+        shutil.copy(shared / "datasets" / "not-radiographs" / name, inp / f"photo_{name}")
     (inp / "broken_empty.png").write_bytes(b"")
     want = predict_rows(fracture_bin, inp)
 
@@ -295,8 +294,8 @@ def test_parquet_output_and_extra_graph_outputs(tmp_path, shared, fracture_bin, 
         assert r["error"] is None
         assert abs(r["p_fractured"] - w["p_fractured"]) <= TOL, (r, w)
         t = r["typicality"]
-        assert abs(t["score"] - (1.0 - r["p_fractured"])) <= 1e-6, r
-        assert t["typical"] == (t["score"] <= q99) and t["note"] is None, r
+        assert abs(t["score"] - w["typicality"]["score"]) <= TOL, (r, w)
+        assert t["typical"] == w["typicality"]["typical"] and t["note"] is None, (r, w)
         judged.add(t["typical"])
         if not t["typical"]:
             assert "unlike the radiographs the model learned from" in r["warning"], r
