@@ -189,15 +189,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
             a.max_body_mb
         );
     }
-    if let Some(n) = a.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("cannot set the number of threads")?;
-    }
+    crate::checks::set_threads(a.threads)?;
     let mut workers = Vec::with_capacity(a.slots);
     for _ in 0..a.slots {
         let clf = Classifier::load(&a.model)?;
